@@ -10,7 +10,8 @@ import sys
 from crystal_dask import commands
 
 # verb -> module under crystal_dask.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
-VERBS: tuple[str, ...] = tuple(sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(commands.__path__)))
+VERBS: tuple[str, ...] = tuple(sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(commands.__path__)
+                                     if not m.name.startswith("_")))
 
 
 def _module(verb: str):

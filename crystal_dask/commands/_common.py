@@ -1,0 +1,33 @@
+"""Options and helpers shared by the verbs that run on a Dask cluster."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from distributed import Client
+
+
+def add_cluster_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", type=Path, default=None,
+                   help="cluster.yaml saying where to run (default: an embedded LocalCluster)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@contextlib.contextmanager
+def client_for(args: argparse.Namespace) -> Iterator[Client]:
+    from crystal_dask.cluster import connect, load_cluster_config
+
+    with connect(load_cluster_config(args.cluster)) as client:
+        yield client
+
+
+def progress_bar(args: argparse.Namespace):
+    """A callable that shows a terminal progress bar over futures (None with --no-progress)."""
+    if getattr(args, "no_progress", False):
+        return None
+    from distributed import progress
+
+    return lambda futures: progress(futures)
