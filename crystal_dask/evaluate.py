@@ -36,7 +36,8 @@ def _predict_block(block: np.ndarray, model) -> np.ndarray:
 
 
 def _confusion_block(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    return confusion(y_true, proba.argmax(axis=1), N_CLASSES)[None]
+    """One block's confusion matrix, flattened to a (1, 81) row so blocks stack and sum."""
+    return confusion(y_true[:, 0], proba.argmax(axis=1), N_CLASSES).reshape(1, -1)
 
 
 def evaluation_rows(patches: pa.Table, splits: Sequence[str]) -> np.ndarray:
@@ -69,10 +70,10 @@ def evaluate(
     labels = da.from_zarr(group["label"])[rows].rechunk((pixels.chunks[0],))
     proba = pixels.map_blocks(_predict_block, model_future, dtype=np.float32, drop_axis=2,
                               chunks=(pixels.chunks[0], (N_CLASSES,)), name="evaluate-predict")
-    cm_blocks = da.map_blocks(_confusion_block, labels, proba, dtype=np.int64, new_axis=[1, 2], drop_axis=[],
-                              chunks=((1,) * proba.numblocks[0], (N_CLASSES,), (N_CLASSES,)),
+    cm_blocks = da.map_blocks(_confusion_block, labels[:, None], proba, dtype=np.int64,
+                              chunks=((1,) * proba.numblocks[0], (N_CLASSES * N_CLASSES,)),
                               name="evaluate-confusion")
-    cm = cm_blocks.sum(axis=0)
+    cm = cm_blocks.sum(axis=0).reshape(N_CLASSES, N_CLASSES)
     proba_f, cm_f = client.compute([proba, cm])
     if show_progress is not None:
         show_progress([proba_f, cm_f])
@@ -92,7 +93,6 @@ def evaluate(
     summary = {"dataset": str(dataset.root), "model": str(model_path), "splits": list(splits),
                "n": int(len(rows)), "confusion": cm_v.tolist(), "classes": list(CLASSES)}
     (out / "confusion.json").write_text(json.dumps(summary, indent=2))
-    client.cancel(model_future)
     return summary
 
 
