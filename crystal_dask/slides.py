@@ -110,9 +110,8 @@ class _LevelReader:
               and self.compression in _JPEG_COMPRESSIONS):
             self.grey = False
         else:
-            raise SlideError(f"{where} has photometric {_enum_name(tifffile.PHOTOMETRIC, photometric)} "
-                             f"with {samples} samples; "
-                             "only RGB(A) or greyscale is supported")
+            raise SlideError(f"{where} has photometric {_enum_name(tifffile.PHOTOMETRIC, photometric)} with "
+                             f"{samples} samples; only RGB(A) or greyscale is supported")
         self.ycbcr_j2k = self.compression == _APERIO_J2K_YCBCR
         # planes to decode: every colour plane when samples are stored separately, else the one interleaved plane
         self.planes = (0,) if self.grey or not self.separate else (0, 1, 2)
@@ -148,7 +147,7 @@ class _LevelReader:
             "planar": "separate" if self.separate else "contig",
         }
 
-    def paste(self, fh: Any, lock: threading.Lock, out: np.ndarray, x: int, y: int) -> None:
+    def paste(self, fh: Any, lock: threading.RLock, out: np.ndarray, x: int, y: int) -> None:
         """Fill `out`, whose top-left is this level's pixel (x, y), from the segments it overlaps, decoding each
         once; parts of `out` outside the level keep their values."""
         h, w = out.shape[:2]
@@ -161,7 +160,7 @@ class _LevelReader:
         try:
             segments = list(fh.read_segments([self.offsets[i] for i in indices],
                                              [self.bytecounts[i] for i in indices],
-                                             indices, sort=True, lock=lock, flat=True))
+                                             indices=indices, sort=True, lock=lock, flat=True))
         except Exception as exc:
             raise SlideError(f"{self.path}: reading {self.kind}s of level {self.index} failed: {exc}") from exc
         for data, index in segments:
@@ -216,7 +215,7 @@ class Slide:
             raise SlideError(f"{self.path}: not a readable TIFF file: {exc}") from exc
         except OSError as exc:
             raise SlideError(f"{self.path}: cannot open: {exc}") from exc
-        self._lock = threading.Lock()  # one seek+read at a time on the shared handle
+        self._lock = threading.RLock()  # one seek+read at a time on the shared handle
         try:
             self._open()
         except SlideError:
