@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "show a slide's levels and pixel size (JSON); with --x/--y/--width/--height, save that region as PNG"
+HELP = "Show a slide's levels and pixel size as JSON; with --x/--y/--width/--height, save that region as a PNG."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
