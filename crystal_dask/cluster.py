@@ -284,7 +284,9 @@ def connect(cfg: ClusterConfig) -> Iterator[Client]:
         if cfg.kind == "address":
             address = cfg.settings["address"]
             try:
-                client = stack.enter_context(Client(address, security=_security(cfg.settings["tls"])))
+                client = stack.enter_context(
+                    Client(address, security=_security(cfg.settings["tls"]), timeout=cfg.wait_for_workers)
+                )
             except OSError as exc:
                 raise ConnectionError(f"{cfg.source}: address: cannot reach the scheduler at {address}: {exc}") from exc
             waited_for = f"the scheduler at {address}"
@@ -295,7 +297,7 @@ def connect(cfg: ClusterConfig) -> Iterator[Client]:
             if cfg.kind in BATCH_KINDS:
                 logs = cfg.settings.get("log_directory", "the jobs' output files")
                 waited_for += f"; see the batch queue (are the jobs pending?) and the worker logs in {logs}"
-        print(f"dashboard: {_dashboard_link(client)}", file=sys.stderr, flush=True)
+        print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
         try:
             client.wait_for_workers(1, timeout=cfg.wait_for_workers)
         except TimeoutError:
@@ -326,13 +328,6 @@ def _security(tls: Mapping[str, str] | None):
     return Security(
         tls_ca_file=tls["ca_file"], tls_client_cert=tls["cert"], tls_client_key=tls["key"], require_encryption=True
     )
-
-
-def _dashboard_link(client: Client) -> str:
-    try:
-        return client.dashboard_link
-    except KeyError:  # the scheduler runs without a dashboard service
-        return "none (the scheduler runs without a dashboard)"
 
 
 @contextlib.contextmanager
