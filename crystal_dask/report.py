@@ -130,10 +130,11 @@ def _confusion_png(summary: dict[str, Any], title: str, path: Path) -> Path:
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["Blues"].with_extremes(bad="0.88")
     im = ax.imshow(frac, cmap=cmap, vmin=0.0, vmax=1.0)
+    dark = frac.filled(0) > 0.55
     for i in range(k):
         for j in range(k):
             ax.text(j, i, f"{cm[i, j]:,}", ha="center", va="center", fontsize=7,
-                    color="white" if frac.filled(0)[i, j] > 0.55 else "black", fontweight="bold" if i == j else "normal")
+                    color="white" if dark[i, j] else "black", fontweight="bold" if i == j else "normal")
     ax.set_xticks(range(k), labels, rotation=45, ha="right")
     ax.set_yticks(range(k), [f"{c} ({s:,})" for c, s in zip(labels, support[:, 0])])
     ax.set_xlabel("predicted class")

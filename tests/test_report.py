@@ -60,7 +60,8 @@ def test_files_written(report: tuple[dict[str, Path], Path]) -> None:
         if name.endswith(".png"):
             data = written[name].read_bytes()
             assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    assert written["confusion_toy-eval_baseline.png"].read_bytes() != written["confusion_toy-eval_crystal.png"].read_bytes()
+    baseline, crystal = (written[f"confusion_toy-eval_{c}.png"].read_bytes() for c in ("baseline", "crystal"))
+    assert baseline != crystal
 
 
 def test_json_numbers_match_metrics(report: tuple[dict[str, Path], Path]) -> None:
