@@ -1,0 +1,27 @@
+"""`crystal-dask run`: one job file, the whole experiment, on the cluster cluster.yaml describes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from crystal_dask.commands._common import add_cluster_argument, client_for, progress_bar
+
+HELP = "Run a job (jobs/<job>.yaml): synth or corpus, scan, extract, train, evaluate, report. Finished stages skip."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", type=Path, help="job file, e.g. jobs/demo.yaml")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the job's `out`, or runs/<name>)")
+    add_cluster_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from crystal_dask.job import load_job, run_job
+
+    job = load_job(args.job, args.out)  # checked before any cluster starts
+    print(f"job {job.name}: outputs in {job.out}")
+    with client_for(args) as client:
+        report = run_job(job, client, progress_bar(args))
+    print(f"report: {report}")
+    return 0
