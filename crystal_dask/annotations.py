@@ -89,41 +89,48 @@ def _num(v: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- NEDC csv
-def _read_csv_header(lines: list[str], issue) -> tuple[dict[str, str], int]:
-    """Parse the leading '#' lines; return (fields, index of the first non-comment line)."""
+def _read_csv_header(lines: list[str], issue) -> tuple[dict[str, str], dict[str, str], int]:
+    """Parse the leading '#' lines; return (fields, each field's "line N", index of the first non-comment line)."""
     fields: dict[str, str] = {}
+    where: dict[str, str] = {}
     i = 0
     while i < len(lines) and lines[i].startswith("#"):
         text = lines[i][1:].strip()
+        key, eq, value = text.partition("=")
         m = _SIZE.fullmatch(text)
         if m:
             fields["width"], fields["height"] = m.groups()
-        elif "=" in text:
-            key, _, value = text.partition("=")
+            where["width"] = where["height"] = f"line {i + 1}"
+        elif key.strip().lower() in ("width", "height"):
+            # a garbled size line would otherwise pass as a 'width' field and fail int() later
+            issue(f"line {i + 1}", f"size line not understood (expected '# width = W pixels, height = H pixels'): "
+                                   f"{lines[i]!r}")
+            where["width"] = f"line {i + 1}"
+        elif eq:
             fields[key.strip()] = value.strip()
+            where[key.strip()] = f"line {i + 1}"
         elif text:
             issue(f"line {i + 1}", f"header line not understood: {lines[i]!r}")
         i += 1
-    return fields, i
+    return fields, where, i
 
 
-def _header_from(fields: dict[str, str], path: Path, issue) -> Header | None:
-    ok = True
+def _header_from(fields: dict[str, str], where: dict[str, str], path: Path, issue) -> Header | None:
     if fields.get("version") != CSV_VERSION:
-        issue("header", f"version is {fields.get('version')!r}, expected {CSV_VERSION!r}")
+        issue(where.get("version", "header"), f"version is {fields.get('version')!r}, expected {CSV_VERSION!r}")
     mpp: float | None = None
     if "MicronsPerPixel" in fields:
         try:
             mpp = float(fields["MicronsPerPixel"])
-            if not mpp > 0:
+            if not (mpp > 0 and math.isfinite(mpp)):
                 raise ValueError
         except ValueError:
-            issue("header", f"MicronsPerPixel is not a positive number: {fields['MicronsPerPixel']!r}")
+            issue(where["MicronsPerPixel"],
+                  f"MicronsPerPixel is not a positive number: {fields['MicronsPerPixel']!r}")
             mpp = None
     if "width" not in fields:
-        issue("header", "no '# width = W pixels, height = H pixels' line")
-        ok = False
-    if not ok:
+        if "width" not in where:  # a garbled size line was reported where it stands
+            issue("header", "no '# width = W pixels, height = H pixels' line")
         return None
     return Header(
         bname=fields.get("bname", path.stem),
@@ -146,8 +153,8 @@ def read_nedc_csv(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> Annota
     except (OSError, UnicodeDecodeError) as exc:
         issue("", f"cannot read the file: {exc}")
         return out
-    fields, start = _read_csv_header(lines, issue)
-    out.header = _header_from(fields, path, issue)
+    fields, where, start = _read_csv_header(lines, issue)
+    out.header = _header_from(fields, where, path, issue)
     if start >= len(lines) or tuple(c.strip() for c in lines[start].split(",")) != CSV_COLUMNS:
         got = lines[start] if start < len(lines) else "end of file"
         issue(f"line {start + 1}", f"expected the column line {','.join(CSV_COLUMNS)!r}, got {got!r}")
@@ -162,7 +169,13 @@ def read_nedc_csv(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> Annota
             continue
         where = f"line {lineno}"
         if len(row) != len(CSV_COLUMNS):
-            issue(where, f"malformed row: expected {len(CSV_COLUMNS)} fields, got {len(row)}: {','.join(row)!r}")
+            # the region of a malformed row (when its id is readable) lost a vertex: it cannot be used either
+            rid_text = row[1].strip() if len(row) > 1 else ""
+            rid = int(rid_text) if rid_text.lstrip("-").isdigit() else None
+            reason = f"malformed row: expected {len(CSV_COLUMNS)} fields, got {len(row)}: {','.join(row)!r}"
+            if rid is not None:
+                bad_regions.setdefault(rid, f"{where}: {reason}")
+            issue(where, reason, rid)
             continue
         rec = dict(zip(CSV_COLUMNS, (c.strip() for c in row), strict=True))
         try:
@@ -252,8 +265,12 @@ def read_imagescope_xml(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> 
     mpp = None
     try:
         mpp = float(mpp_text) if mpp_text else None
+        if mpp is not None and not (mpp >= 0 and math.isfinite(mpp)):
+            raise ValueError
+        mpp = mpp or None  # 0 means unknown (what format_imagescope_xml writes for a header without MPP)
     except ValueError:
-        issue("header", f"MicronsPerPixel is not a number: {mpp_text!r}")
+        issue("header", f"MicronsPerPixel is not a positive number (or 0 for unknown): {mpp_text!r}")
+        mpp = None
     try:
         out.header = Header(path.stem, mpp, int(attrs["width"]), int(attrs["height"]), attrs.get("tissue", "breast"))
     except (KeyError, ValueError):
