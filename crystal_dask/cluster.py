@@ -20,6 +20,7 @@ import dask.config
 import yaml
 from dask.utils import parse_bytes
 from distributed import Client
+from distributed.security import Security
 
 KINDS: tuple[str, ...] = ("local", "address", "slurm", "pbs", "sge", "kubernetes")
 BATCH_KINDS: tuple[str, ...] = ("slurm", "pbs", "sge")
@@ -320,11 +321,9 @@ def job_script(cfg: ClusterConfig) -> str:
         return cluster.job_script()
 
 
-def _security(tls: Mapping[str, str] | None):
+def _security(tls: Mapping[str, str] | None) -> Security | None:
     if tls is None:
         return None
-    from distributed.security import Security
-
     return Security(
         tls_ca_file=tls["ca_file"], tls_client_cert=tls["cert"], tls_client_key=tls["key"], require_encryption=True
     )

@@ -58,8 +58,9 @@ def make_tls_files(directory: Path) -> TLSFiles:
     )
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     for cmd in (
-        [openssl, "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=crystal-dask test CA",
-         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        [openssl, "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=crystal-dask test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
         [openssl, "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
         [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
          "-days", "2", "-extfile", ext],
@@ -70,8 +71,9 @@ def make_tls_files(directory: Path) -> TLSFiles:
 
 @contextlib.contextmanager
 def scheduler_and_workers(n_workers: int, tmp_path: Path, tls: TLSFiles | None = None) -> Iterator[str]:
-    """Run a scheduler (its http server on a free port, no bokeh dashboard) and `n_workers` single-threaded workers; yield the scheduler address once
-    all workers have registered. Logs go to tmp_path/dask-*.log and are quoted when startup fails."""
+    """Run a scheduler (its http server on a free port, no bokeh dashboard) and `n_workers` single-threaded
+    workers; yield the scheduler address once all workers have registered. Logs go to tmp_path/dask-*.log and
+    are quoted when startup fails."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     scheduler_file = tmp_path / "scheduler.json"
     tls_args = tls.cli_args() if tls else []
@@ -88,15 +90,18 @@ def scheduler_and_workers(n_workers: int, tmp_path: Path, tls: TLSFiles | None =
         return RuntimeError(f"{what}\n{logs}")
 
     try:
-        spawn("scheduler", ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                            "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file),
+        spawn("scheduler", ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                            "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file),
                             *(["--protocol", "tls"] if tls else []), *tls_args])
         deadline = time.monotonic() + START_TIMEOUT
-        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
-            if time.monotonic() > deadline or procs[0][0].poll() is not None:
-                raise failed("the dask scheduler did not write its scheduler file")
-            time.sleep(0.05)
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = None
+        while address is None:
+            try:
+                address = json.loads(scheduler_file.read_text())["address"]
+            except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or half written
+                if time.monotonic() > deadline or procs[0][0].poll() is not None:
+                    raise failed("the dask scheduler did not write its scheduler file") from None
+                time.sleep(0.05)
         for i in range(n_workers):
             spawn(f"worker-{i}", ["distributed.cli.dask_worker", address, "--name", f"worker-{i}", "--nthreads", "1",
                                   "--no-nanny", "--no-dashboard", "--local-directory", str(tmp_path), *tls_args])

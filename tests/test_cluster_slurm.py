@@ -33,13 +33,13 @@ def slurm_ready() -> None:
         pytest.skip("SLURM has no idle node")
 
 
-def slurm_yaml(tmp_path: Path, scale: dict) -> ClusterConfig:
+def slurm_yaml(tmp_path: Path, scale: dict, **extra) -> ClusterConfig:
     path = tmp_path / "cluster.yaml"
     # No scheduler host or interface: the scheduler listens on the default interface, as on a real login node.
     path.write_text(yaml.safe_dump({
         "kind": "slurm", "cores": 1, "memory": "2GB", "walltime": "00:10:00", "processes": 1,
         "python": sys.executable, "local_directory": str(tmp_path / "spill"), "log_directory": str(tmp_path / "logs"),
-        "scale": scale, "wait_for_workers": 90,
+        "scale": scale, "wait_for_workers": 90, **extra,
         "jobqueue": {"job_name": JOB_NAME, "scheduler_options": {"dashboard_address": ":0"}},
     }))
     return load_cluster_config(path)
@@ -71,3 +71,12 @@ def test_slurm_adaptive_keeps_its_minimum_job(slurm_ready, tmp_path):
         assert len(job_ids) == 1 and None not in job_ids and job_ids <= squeue_ids()
         assert client.submit(sum, [1, 2, 3]).result() == 6
     wait_until_gone(job_ids)
+
+
+def test_slurm_pending_job_times_out_naming_the_wait_and_is_cancelled(slurm_ready, tmp_path):
+    cfg = slurm_yaml(tmp_path, {"jobs": 1}, wait_for_workers=3, job_extra_directives=["--begin=now+1hour"])
+    with pytest.raises(TimeoutError, match=r"cluster\.yaml: wait_for_workers: no worker joined the slurm cluster "
+                                           r".*are the jobs pending\?.* within 3 s"):
+        with connect(cfg):
+            pass
+    wait_until_gone(squeue_ids())  # nothing else runs under this test's job name
