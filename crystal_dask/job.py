@@ -321,20 +321,21 @@ def _synth_kwargs(a: Mapping[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def setup_logging(out: Path) -> logging.Handler:
-    """The job log at <out>/job.log (and stderr), for crystal_dask's own logger only."""
+def setup_logging(out: Path) -> list[logging.Handler]:
+    """The job log at <out>/job.log and on stderr, for crystal_dask's own logger only."""
     out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "job.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handlers: list[logging.Handler] = [logging.FileHandler(out / "job.log"), logging.StreamHandler()]
     logger = logging.getLogger("crystal_dask")
-    logger.addHandler(handler)
+    for h in handlers:
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(h)
     logger.setLevel(logging.INFO)
-    return handler
+    return handlers
 
 
 def run_job(job: Job, client: Client, show_progress: Callable[[list], None] | None = None) -> Path:
     """Run every stage of `job` on `client`; return the Markdown report's path."""
-    handler = setup_logging(job.out)
+    handlers = setup_logging(job.out)
     runner = Runner(job, client, show_progress)
     try:
         return runner.run()
@@ -343,5 +344,6 @@ def run_job(job: Job, client: Client, show_progress: Callable[[list], None] | No
                              error=f"{type(exc).__name__}: {exc}", ended=time.time())
         raise
     finally:
-        logging.getLogger("crystal_dask").removeHandler(handler)
-        handler.close()
+        for h in handlers:
+            logging.getLogger("crystal_dask").removeHandler(h)
+            h.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +21,20 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip(f"real scanner files not found at {REALDATA} (a fresh clone has no ../shared)")
     return REALDATA
+
+
+@pytest.fixture
+def slurm_ready() -> None:
+    """A running SLURM with an idle node; skips without one, fails instead when CI requires SLURM."""
+    require = os.environ.get("CRYSTAL_DASK_REQUIRE_SLURM") == "1"
+    why = None
+    if shutil.which("sinfo") is None:
+        why = "sinfo is not on PATH: no SLURM here (.ci/slurm.sh start sets one up, as root)"
+    elif not subprocess.run(["sinfo", "-h", "-t", "idle,mixed", "-o", "%n"], capture_output=True,
+                            text=True).stdout.strip():
+        why = "SLURM has no idle node"
+    if why:
+        (pytest.fail if require else pytest.skip)(why)
 
 
 @pytest.fixture(scope="session")

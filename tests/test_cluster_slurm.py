@@ -24,15 +24,6 @@ def squeue_ids() -> set[str]:
     return set(out.stdout.split())
 
 
-@pytest.fixture
-def slurm_ready() -> None:
-    if shutil.which("sinfo") is None:
-        pytest.skip("sinfo is not on PATH: no SLURM here (.ci/slurm.sh start sets one up, as root)")
-    idle = subprocess.run(["sinfo", "-h", "-t", "idle,mixed", "-o", "%n"], capture_output=True, text=True).stdout
-    if not idle.strip():
-        pytest.skip("SLURM has no idle node")
-
-
 def slurm_yaml(tmp_path: Path, scale: dict, **extra) -> ClusterConfig:
     path = tmp_path / "cluster.yaml"
     # No scheduler host or interface: the scheduler listens on the default interface, as on a real login node.
