@@ -20,7 +20,6 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import tifffile
-from skimage.transform import resize
 
 APERIO_HEADER = "Aperio Image Library v12.0.15 \r\n"
 _JPEG_TABLE_MARKERS = (0xDB, 0xC4)  # DQT, DHT: moved to the shared JPEGTables
@@ -49,8 +48,11 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     h, w = image.shape[0] // factor, image.shape[1] // factor
     if h == 0 or w == 0:
         raise ValueError(f"image {image.shape[1]}x{image.shape[0]} is smaller than the downsample {factor}")
-    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, -1)
-    total = blocks.sum(axis=(1, 3), dtype=np.uint32)
+    crop = image[: h * factor, : w * factor]
+    total = np.zeros((h, w, *image.shape[2:]), np.uint16 if factor * factor * 255 < 2**16 else np.uint32)
+    for i in range(factor):  # strided adds: several times faster than a sum over a 5-d reshape
+        for j in range(factor):
+            total += crop[i::factor, j::factor]
     return ((total + factor * factor // 2) // (factor * factor)).astype(np.uint8)
 
 
@@ -150,10 +152,8 @@ def write_slide(
     description = aperio_description(width, height, tile=tile, quality=quality, mpp=mpp, app_mag=app_mag,
                                      metadata=meta)
     thumb_src = next((lv for lv in reversed(levels) if lv.shape[1] >= thumbnail_width), image)
-    tw = min(thumbnail_width, width)
-    th = max(1, round(height * tw / width))
-    thumbnail = resize(thumb_src, (th, tw), order=1, anti_aliasing=True, preserve_range=True)
-    thumbnail = np.round(thumbnail).astype(np.uint8)
+    thumbnail = downsample(thumb_src, -(-thumb_src.shape[1] // thumbnail_width))
+    th, tw = thumbnail.shape[:2]
     raw = sum(lv.nbytes for lv in levels)
 
     common = {"photometric": "rgb", "software": False, "metadata": None}
