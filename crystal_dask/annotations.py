@@ -12,6 +12,7 @@ import io
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,19 +277,18 @@ def read_imagescope_xml(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> 
     except (KeyError, ValueError):
         issue("header", "width/height attributes missing or not integers")
 
-    seen: set[int] = set()
-    for n, reg in enumerate(root.iterfind("Annotation/Regions/Region"), start=1):
-        rid_text = reg.get("Id", "")
-        try:
-            rid = int(float(rid_text))
-        except ValueError:
-            issue(f"region #{n}", f"Id is not a number: {rid_text!r}")
+    elements = list(root.iterfind("Annotation/Regions/Region"))
+    ids = [_region_id(reg.get("Id", "")) for reg in elements]
+    uses = Counter(ids)
+    for n, (reg, rid) in enumerate(zip(elements, ids, strict=True), start=1):
+        if rid is None:
+            issue(f"region #{n}", f"Id is not an integer: {reg.get('Id', '')!r}")
             continue
         where = f"region {rid}"
-        if rid in seen:
-            issue(where, f"duplicate region id {rid}", rid)
+        if uses[rid] > 1:
+            # which polygon the id names cannot be told (as in csv): every region carrying it is rejected
+            issue(where, f"duplicate region id {rid}: {uses[rid]} regions carry it (region #{n} of the file)", rid)
             continue
-        seen.add(rid)
         try:
             pts = [(float(v.get("X", "")), float(v.get("Y", ""))) for v in reg.iterfind("Vertices/Vertex")]
             if not all(math.isfinite(c) for p in pts for c in p):
@@ -306,6 +306,15 @@ def read_imagescope_xml(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> 
         else:
             out.regions.append(region)
     return out
+
+
+def _region_id(text: str) -> int | None:
+    """An integral Region Id ("7", or "7.0" as some exporters write it); None for anything else."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
 
 
 def format_imagescope_xml(header: Header, regions: Sequence[Region]) -> str:
