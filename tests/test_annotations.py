@@ -421,20 +421,22 @@ def test_xml_bad_region_is_one_issue_naming_file_and_region_and_others_survive(t
     assert [r.region_id for r in ann.regions] == [1, 3]
 
 
-def test_xml_duplicate_region_id(tmp_path):
+def test_xml_duplicate_region_id_rejects_every_region_carrying_it(tmp_path):
     text = imagescope_xml(xml_region("1", "norm", square_pts()) + xml_region("2", "dcis", square_pts(900))
-                          + xml_region("1", "indc", square_pts(2000)))
+                          + xml_region("1.0", "indc", square_pts(2000)))
     ann = read_imagescope_xml(write(tmp_path, "a.xml", text))
-    issue = only_issue(ann.errors)
-    assert (issue.location, issue.reason, issue.region_id) == ("region 1", "duplicate region id 1", 1)
-    assert [(r.region_id, r.label) for r in ann.regions] == [(1, "norm"), (2, "dcis")]
+    assert [(i.location, i.region_id) for i in ann.errors] == [("region 1", 1), ("region 1", 1)]
+    assert [i.reason for i in ann.errors] == ["duplicate region id 1: 2 regions carry it (region #1 of the file)",
+                                              "duplicate region id 1: 2 regions carry it (region #3 of the file)"]
+    assert [(r.region_id, r.label) for r in ann.regions] == [(2, "dcis")]
 
 
-def test_xml_region_id_not_a_number(tmp_path):
-    text = imagescope_xml(xml_region("one", "norm", square_pts()) + xml_region("2", "norm", square_pts(900)))
+@pytest.mark.parametrize("rid", ["one", "", "1.5", "inf", "nan"])
+def test_xml_region_id_not_an_integer(tmp_path, rid):
+    text = imagescope_xml(xml_region(rid, "norm", square_pts()) + xml_region("2", "norm", square_pts(900)))
     ann = read_imagescope_xml(write(tmp_path, "a.xml", text))
     issue = only_issue(ann.errors)
-    assert issue.location == "region #1" and "Id is not a number: 'one'" in issue.reason
+    assert issue.location == "region #1" and f"Id is not an integer: {rid!r}" in issue.reason
     assert [r.region_id for r in ann.regions] == [2]
 
 
