@@ -26,6 +26,7 @@ _TEX = 512  # side of the periodic noise fields
 _FIELD = 1024  # side of the periodic nucleus fields
 _STRIPE = 512  # rows per pass over the full canvas (bounds memory)
 _ANGLES = np.arange(0, 180, 15)  # fibre directions with a precomputed field
+_SIGMAS = (1.0, 3.0, 4.0, 6.0, 10.0, 12.0, 14.0, 28.0, 40.0)  # feature sizes of the smooth-noise fields
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,16 @@ def _nuclei(kind: str) -> np.ndarray:
         np.maximum.at(field, (iy, ix), dark[sel, None] * prof[None, :])
     grain = _blobs(1.0)[: _TEX, : _TEX]
     return np.clip(field * (0.85 + 0.3 * np.tile(grain, (_FIELD // _TEX, _FIELD // _TEX))), 0, 1)
+
+
+def warm_textures() -> None:
+    """Compute every texture field now (e.g. before forking workers, which then share them)."""
+    for kind in _NUCLEI:
+        _nuclei(kind)
+    for angle in _ANGLES:
+        _fibres(int(angle))
+    for sigma in _SIGMAS:
+        _blobs(sigma)
 
 
 def _window(tex: np.ndarray, h: int, w: int, rng: np.random.Generator, turn: bool = True) -> np.ndarray:
@@ -268,7 +279,7 @@ def _calcium(reg: _Region, cy: int, cx: int, r: float, rings: bool) -> None:
     win, d, theta = _local(reg, cy, cx, int(r * 1.35) + 2)
     dn = d / (r * _wobble(theta, rng, 0.18))
     core = dn < 1
-    h = 1.25 + 0.15 * np.sin(d / rng.uniform(2.5, 5.0)) if rings else np.float32(1.35)
+    h = 1.35 + 0.12 * np.sin(d / rng.uniform(2.5, 5.0)) if rings else np.float32(1.5)
     crack = np.abs(_window(_blobs(4.0), *d.shape, rng) - 0.5) < 0.012
     hv = np.broadcast_to(h, d.shape)
     reg.h[win][core] = np.where(crack[core], 0.05, hv[core])
