@@ -29,7 +29,7 @@ from crystal_dask.annotations import Header, Region, write_imagescope_xml, write
 from crystal_dask.labels import CLASSES, CRYSTALLINE
 from crystal_dask.layout import SPLITS
 from crystal_dask.slide_writer import downsample, write_slide
-from crystal_dask.tissue import FLAVOURS, paint_slide
+from crystal_dask.tissue import FLAVOURS, paint_slide, warm_textures
 
 _GROUPS = {"noncancer": ("bckg", "norm", "artf", "null", "infl", "nneo"), "carcinogenic": ("susp", "dcis"),
            "cancerous": ("indc",)}
@@ -82,6 +82,15 @@ def _covering(rng: np.random.Generator, weights: dict[str, float], n: int) -> li
     keys = sorted(weights)
     labels = keys + _weighted(rng, weights, n - len(keys)) if n >= len(keys) else _weighted(rng, weights, n)
     return [labels[i] for i in rng.permutation(n)]
+
+
+def _apportion(total: int, fractions: Sequence[float]) -> list[int]:
+    """Split an integer by fractions (largest remainders; ties go to the earlier share)."""
+    f = np.asarray(fractions, float) / sum(fractions)
+    base = np.floor(total * f).astype(int)
+    extra = np.argsort(-(total * f - base), kind="stable")[: total - base.sum()]
+    base[extra] += 1
+    return base.tolist()
 
 
 def _subject(rng: np.random.Generator) -> str:
@@ -151,10 +160,9 @@ def plan_corpus(root: Path, *, flavour: str, patients: int, slides_per_patient: 
         raise ValueError("patients and regions_per_slide must be >= 1 and crystalline >= 0")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     foxchase = splits is None
-    digits = 9 if foxchase else 8
     ids: list[str] = []
-    while len(ids) < patients:
-        pid = f"{int(rng.integers(10 ** (digits - 3), 10**digits)):0{digits}d}"
+    while len(ids) < patients:  # Fox Chase numbers patients from 1, zero-padded to 9 digits
+        pid = f"{int(rng.integers(1, 10**6)):09d}" if foxchase else f"{int(rng.integers(10**5, 10**8)):08d}"
         if pid not in ids:
             ids.append(pid)
     split_of = {p: None for p in ids} if foxchase else _split_patients(rng, ids, splits)
@@ -181,20 +189,18 @@ def plan_corpus(root: Path, *, flavour: str, patients: int, slides_per_patient: 
         for i in members:
             labels[i], drawn = drawn[: slides[i]["count"]], drawn[slides[i]["count"] :]
 
-    # crystalline regions: extra regions on the slides of some patients, spread over the splits
-    if crystalline:
-        holders_wanted = min(patients, max(1, math.ceil(crystalline / 6)))
-        groups = [[p for p in ids if (split_of[p] or "") == sp] for sp in sorted({split_of[p] or "" for p in ids})]
-        pools = [[g[i] for i in rng.permutation(len(g))] for g in groups]
-        holders: list[str] = []
-        while len(holders) < holders_wanted:  # round robin over the splits
-            for pool in pools:
-                if pool and len(holders) < holders_wanted:
-                    holders.append(pool.pop())
-        crystal_labels = _covering(rng, {k: float(v) for k, v in CRYSTAL_SHARE.items()}, crystalline)
+    # crystalline regions: extra regions on the slides of some patients, shared out over the splits by their
+    # fractions (each split's share covers the three labels when it can)
+    groups = [name for name in SPLITS if name in split_of.values()] or [None]
+    fractions = [1.0] if foxchase else [splits[SPLITS.index(g)] for g in groups]
+    for group, n in zip(groups, _apportion(crystalline, fractions)):
+        members = [p for p in ids if split_of[p] == group]
+        if not n or not members:
+            continue
+        holders = {members[i] for i in rng.permutation(len(members))[: max(1, math.ceil(n / 6))]}
         targets = [i for i, s in enumerate(slides) if s["patient"] in holders]
         order = [targets[j] for j in rng.permutation(len(targets))]
-        for k, label in enumerate(crystal_labels):
+        for k, label in enumerate(_covering(rng, {k: float(v) for k, v in CRYSTAL_SHARE.items()}, n)):
             labels[order[k % len(order)]].append(label)
 
     n_xml = int(round(xml_fraction * len(slides)))
@@ -327,6 +333,7 @@ def generate_corpus(
                        mpp=mpp, seed=seed, xml_fraction=xml_fraction, splits=splits, quality=quality)
     root.mkdir(parents=True, exist_ok=True)
     if workers > 1 and len(jobs) > 1:
+        warm_textures()  # forked workers inherit the texture fields instead of each computing them
         with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
             results = list(pool.map(render, jobs))
     else:  # one process: let the tile encoder use the threads instead
