@@ -5,6 +5,7 @@ Runs on the client and reads no pixels: only annotation files and slide headers 
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,10 @@ from crystal_dask.layout import SlideEntry, discover
 from crystal_dask.schema import REGIONS, REJECTS, make_table
 from crystal_dask.slides import Slide, SlideError
 from crystal_dask.split import split_patients
+
+_REGION_PREFIX = re.compile(r"^region \d+: ")
+_NUMBER = re.compile(r"\d+")
+_UNCLOSED = re.compile(r" \([^)]*$")  # "unknown label 'x' (known" once the list after ': ' is cut
 
 
 @dataclass
@@ -38,8 +43,17 @@ class ScanResult:
             "patients": len(set(t.column("patient").to_pylist())),
             "rejects": self.rejects.num_rows,
             "by_split": dict(by_split),
-            "reject_reasons": dict(Counter(r.split(":")[0] for r in self.rejects.column("reason").to_pylist())),
+            "reject_reasons": dict(Counter(map(reason_kind, self.rejects.column("reason").to_pylist()))),
         }
+
+
+def reason_kind(reason: str) -> str:
+    """A reject reason without what names one region or file, to count reasons by kind.
+
+    Reasons read "<kind>: <details>"; csv faults found per region start with "region N: ".
+    """
+    kind = _REGION_PREFIX.sub("", reason).split(": ", 1)[0]
+    return _UNCLOSED.sub("", _NUMBER.sub("N", kind))
 
 
 def _reject(source: Path | str, location: str, reason: str, region_id: int | None = None) -> dict:
@@ -104,8 +118,9 @@ def scan(
     rows = [r for rs, _ in results for r in rs]
     rejects = [_reject(p, "", reason) for p, reason in layout.skipped] + [x for _, rj in results for x in rj]
 
-    # A patient whose slides carry no split folder gets a patient-level split; a patient found in two split
-    # folders is an error for its later slides (no patient in two sets).
+    # A patient whose slides carry no split folder gets a patient-level split (spreading crystalline rows apart
+    # from the others of their class); a patient found in two split folders is an error for its later slides
+    # (no patient in two sets).
     fixed: dict[str, str] = {}
     for e in layout.entries:
         if e.split is not None:
@@ -113,14 +128,14 @@ def scan(
     unsplit: dict[str, Counter] = defaultdict(Counter)
     for r in rows:
         if r["split"] is None and r["patient"] not in fixed:
-            unsplit[r["patient"]][r["cls"]] += 1
+            unsplit[r["patient"]][r["cls"] + ("+crystal" if r["crystal"] else "")] += 1
     assigned = {**split_patients(unsplit, split_fractions, split_seed), **fixed} if unsplit else fixed
     kept = []
     for r in rows:
         split = assigned[r["patient"]]
         if r["split"] is not None and r["split"] != split:
             rejects.append(_reject(r["slide"], f"region {r['region_id']}",
-                                   f"patient {r['patient']} is also in split {split!r}; no patient in two sets",
+                                   f"patient in two splits: {r['patient']} is also in {split!r}",
                                    r["region_id"]))
             continue
         kept.append({**r, "split": split})
