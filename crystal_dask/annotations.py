@@ -158,12 +158,12 @@ def read_nedc_csv(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> Annota
     out.header = _header_from(fields, where, path, issue)
     if start >= len(lines) or tuple(c.strip() for c in lines[start].split(",")) != CSV_COLUMNS:
         got = lines[start] if start < len(lines) else "end of file"
-        issue(f"line {start + 1}", f"expected the column line {','.join(CSV_COLUMNS)!r}, got {got!r}")
+        issue(f"line {start + 1}", f"column line not understood: expected {','.join(CSV_COLUMNS)!r}, got {got!r}")
         return out
 
     # region_id -> (first line, label, tissue, confidence, [(coord_index, x, y, line)])
     groups: dict[int, dict] = {}
-    bad_regions: dict[int, str] = {}
+    bad_regions: set[int] = set()  # ids already reported: their regions are not used
     last_id: int | None = None
     for lineno, row in enumerate(csv.reader(lines[start + 1 :]), start=start + 2):
         if not row or (len(row) == 1 and not row[0].strip()):
@@ -175,7 +175,7 @@ def read_nedc_csv(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> Annota
             rid = int(rid_text) if rid_text.lstrip("-").isdigit() else None
             reason = f"malformed row: expected {len(CSV_COLUMNS)} fields, got {len(row)}: {','.join(row)!r}"
             if rid is not None:
-                bad_regions.setdefault(rid, f"{where}: {reason}")
+                bad_regions.add(rid)
             issue(where, reason, rid)
             continue
         rec = dict(zip(CSV_COLUMNS, (c.strip() for c in row), strict=True))
@@ -193,7 +193,7 @@ def read_nedc_csv(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> Annota
         except ValueError:
             reason = (f"non-numeric value in coord_index/row/column/confidence: "
                       f"{rec['coord_index']!r}, {rec['row']!r}, {rec['column']!r}, {rec['confidence']!r}")
-            bad_regions.setdefault(rid, f"{where}: {reason}")
+            bad_regions.add(rid)
             issue(where, reason, rid)
             continue
         g = groups.get(rid)
@@ -201,11 +201,11 @@ def read_nedc_csv(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> Annota
             g = groups[rid] = {"line": lineno, "label": rec["label"].lower(), "tissue": rec["tissue"],
                                "confidence": conf, "coords": []}
         elif rid != last_id and rid not in bad_regions:
-            bad_regions[rid] = f"duplicate region id {rid}: used again at {where} (first at line {g['line']})"
-            issue(where, bad_regions[rid], rid)
+            bad_regions.add(rid)
+            issue(where, f"duplicate region id {rid}: used again at {where} (first at line {g['line']})", rid)
         if rec["label"].lower() != g["label"] and rid not in bad_regions:
-            bad_regions[rid] = f"{where}: label {rec['label']!r} differs from the region's {g['label']!r}"
-            issue(where, bad_regions[rid], rid)
+            bad_regions.add(rid)
+            issue(where, f"label {rec['label']!r} differs from the region's {g['label']!r}", rid)
         g["coords"].append((ci, x, y, lineno))
         last_id = rid
 

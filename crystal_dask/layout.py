@@ -68,12 +68,12 @@ def discover(root: str | Path) -> Layout:
                 layout.skipped += [(p, "no slide with the same name in its folder") for p in annotations]
                 continue
             if len(slides) > 1:
-                layout.skipped += [(p, f"several slides share the name {stem!r}") for p in slides + annotations]
+                layout.skipped += [(p, f"several slides share one name: {stem}") for p in slides + annotations]
                 continue
             if not annotations:
                 layout.skipped.append((slides[0], "no annotation file (.csv or .xml) with the same name"))
                 continue
-            layout.skipped += [(p, f"{annotations[0].name} is used for this slide") for p in annotations[1:]]
+            layout.skipped += [(p, f"another annotation file is used for this slide: {annotations[0].name}") for p in annotations[1:]]
             patient = stem.split("_")[0]
             layout.entries.append(SlideEntry(slides[0], annotations[0], stem, patient, _split_of(slides[0], root)))
     return layout
