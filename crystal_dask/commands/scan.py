@@ -23,7 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from crystal_dask.scan import scan
 
-    result = scan(args.root, corpus=args.corpus, split_seed=args.split_seed)
+    try:
+        result = scan(args.root, corpus=args.corpus, split_seed=args.split_seed)
+    except FileNotFoundError as exc:  # no corpus root: nothing to scan, nothing written
+        print(f"scan: {exc}", file=sys.stderr)
+        return 2
     write_table(result.regions, args.out / "regions.parquet", REGIONS)
     write_table(result.rejects, args.out / "rejects.parquet", REJECTS)
     print(json.dumps(result.summary(), indent=2))
