@@ -69,7 +69,7 @@ def test_csv_is_preferred_and_the_xml_is_accounted_as_skipped(tmp_path):
     slide, csv, xml = (touch(tmp_path, f"{stem}{s}") for s in (".svs", ".csv", ".xml"))
     layout = discover(tmp_path)
     assert [(e.slide, e.annotation) for e in layout.entries] == [(slide, csv)]
-    assert layout.skipped == [(xml, f"{csv.name} is used for this slide")]
+    assert layout.skipped == [(xml, f"another annotation file is used for this slide: {csv.name}")]
 
 
 def test_unpaired_files_are_skipped_with_a_reason(tmp_path):
@@ -118,7 +118,7 @@ def test_two_slides_with_one_name_are_both_skipped(tmp_path):
     layout = discover(tmp_path)
     assert layout.entries == []
     assert sorted(p for p, _ in layout.skipped) == sorted(files)
-    assert all("several slides share the name" in reason for _, reason in layout.skipped)
+    assert all(reason == f"several slides share one name: {Path(stem).name}" for _, reason in layout.skipped)
 
 
 def test_split_is_read_only_right_under_svs(tmp_path):
