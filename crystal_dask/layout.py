@@ -73,7 +73,8 @@ def discover(root: str | Path) -> Layout:
             if not annotations:
                 layout.skipped.append((slides[0], "no annotation file (.csv or .xml) with the same name"))
                 continue
-            layout.skipped += [(p, f"another annotation file is used for this slide: {annotations[0].name}") for p in annotations[1:]]
+            used = f"another annotation file is used for this slide: {annotations[0].name}"
+            layout.skipped += [(p, used) for p in annotations[1:]]
             patient = stem.split("_")[0]
             layout.entries.append(SlideEntry(slides[0], annotations[0], stem, patient, _split_of(slides[0], root)))
     return layout
