@@ -266,8 +266,8 @@ def csv_with_bad_region(tmp_path: Path, bad: list[str]) -> tuple[Path, list[Regi
          0, "region 2: coord_index is not 0..2"),
         # partly outside: column 50100 > width 50000
         (["1,2,breast,norm,0,500,49900,0,1.0", "1,2,breast,norm,1,500,50100,0,1.0",
-          "1,2,breast,norm,2,600,50000,0,1.0"], 0, "region 2: polygon bbox (49900,500)-(50100,600) lies partly "
-                                                   "outside the 50000x40000 slide"),
+          "1,2,breast,norm,2,600,50000,0,1.0"], 0,
+         "region 2: polygon bbox (49900,500)-(50100,600) lies partly outside the 50000x40000 slide"),
         # wholly outside: row 41000 > height 40000
         (["1,2,breast,norm,0,41000,500,0,1.0", "1,2,breast,norm,1,41000,600,0,1.0",
           "1,2,breast,norm,2,41100,600,0,1.0"], 0, "wholly outside the 50000x40000 slide"),
@@ -404,8 +404,8 @@ def test_csv_labels_are_checked_with_the_jobs_label_map(tmp_path):
         (xml_region("2", "norm", []), "has 0 vertices"),
         (xml_region("2", "norm", [("500", "500"), ("600", "600"), ("700", "700")]), "has zero area"),
         (xml_region("2", "tumr", square_pts(500, 500)), "unknown label 'tumr'"),
-        (xml_region("2", "norm", square_pts(49980, 500)), "(49980,500)-(50030,550) lies partly outside the "
-                                                          "50000x40000 slide"),
+        (xml_region("2", "norm", square_pts(49980, 500)),
+         "(49980,500)-(50030,550) lies partly outside the 50000x40000 slide"),
         (xml_region("2", "norm", square_pts(500, 40010)), "wholly outside the 50000x40000 slide"),
     ],
     ids=["non-numeric", "two-vertices", "no-vertices", "collinear", "unknown-label", "partly-outside",
@@ -453,7 +453,7 @@ def test_xml_bad_mpp(tmp_path, value):
     ann = read_imagescope_xml(write(tmp_path, "a.xml", imagescope_xml(xml_region("1", "norm", square_pts()),
                                                                         mpp=value)))
     issue = only_issue(ann.errors)
-    assert issue.location == "header" and f"MicronsPerPixel is not a positive number" in issue.reason
+    assert issue.location == "header" and "MicronsPerPixel is not a positive number" in issue.reason
     assert value in issue.reason
     assert ann.header.mpp is None and len(ann.regions) == 1
 

@@ -16,8 +16,8 @@ import pytest
 
 from crystal_dask.annotations import Header, Region, write_imagescope_xml, write_nedc_csv
 from crystal_dask.cli import main
-from crystal_dask.schema import REGIONS, REJECTS, read_table
 from crystal_dask.scan import scan
+from crystal_dask.schema import REGIONS, REJECTS, read_table
 from crystal_dask.slide_writer import write_slide
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
@@ -138,7 +138,7 @@ def test_unpaired_files_and_region_decisions_are_rejects(nedc_corpus):
 
 
 def test_patient_in_two_split_folders_is_rejected_for_the_later_slides(nedc_corpus):
-    root, f = nedc_corpus
+    root, _ = nedc_corpus
     # patient 00000002 is in dev; the same patient under train (sorted after dev) is refused
     slide, _ = pair(nedc(root, "train", "00000002", subject="aaaaaaab"), [box(1, "norm"), box(2, "bckg", x=100)])
     result = scan(root)
@@ -415,8 +415,8 @@ def test_cli_scan_split_seed(tmp_path, capsys):
     for seed in ("3", "4"):
         assert main(["scan", str(tmp_path / "fcbr"), "-o", str(tmp_path / seed), "--split-seed", seed]) == 0
     a, b = (read_table(tmp_path / s / "regions.parquet", REGIONS) for s in ("3", "4"))
-    assert a.column("split").to_pylist() != b.column("split").to_pylist() or \
-        a.column("patient").to_pylist() != b.column("patient").to_pylist()
+    split_of = [dict(zip(t.column("patient").to_pylist(), t.column("split").to_pylist(), strict=True)) for t in (a, b)]
+    assert split_of[0] != split_of[1]
     assert a.equals(scan(tmp_path / "fcbr", split_seed=3).regions)
 
 
