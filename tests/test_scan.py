@@ -199,14 +199,13 @@ def test_garbage_slide_rejects_its_regions_as_unreadable(tmp_path):
     slide = stem.with_name(stem.name + ".svs")
     slide.parent.mkdir(parents=True)
     slide.write_bytes(b"II*\x00" + bytes(range(256)) * 8)  # a TIFF signature, then garbage
-    ann = make_annotation(stem.with_name(stem.name + ".csv"), [box(1, "norm"), box(2, "indc", x=100)])
+    make_annotation(stem.with_name(stem.name + ".csv"), [box(1, "norm"), box(2, "indc", x=100)])
     pair(nedc(tmp_path, "dev", "00000002"), [box(1, "norm")])  # another slide: the scan goes on
     result = scan(tmp_path)
     assert [r["patient"] for r in rows(result)] == ["00000002"]
     got = [r for r in rejects(result) if r["source"] == str(slide)]
     assert [(r["location"], r["region_id"]) for r in got] == [("region 1", 1), ("region 2", 2)]
     assert all(r["reason"].startswith(f"slide unreadable: {slide}") for r in got)
-    assert ann.exists()
 
 
 @pytest.mark.skipif(not (REALDATA / "unopenable.tiff").is_file(),
