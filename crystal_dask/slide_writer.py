@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import imagecodecs
@@ -141,11 +142,11 @@ def write_slide(
     if tile % 16:
         raise ValueError(f"{path}: tile {tile} is not a multiple of 16")
     downsamples = tuple(int(d) for d in downsamples)
-    if downsamples[0] != 1 or any(b % a for a, b in zip(downsamples, downsamples[1:])):
+    if downsamples[0] != 1 or any(b % a for a, b in pairwise(downsamples)):
         raise ValueError(f"{path}: downsamples {downsamples} must start at 1 and each divide the next")
     height, width = image.shape[:2]
     levels = [image]
-    for prev, ds in zip(downsamples, downsamples[1:]):
+    for prev, ds in pairwise(downsamples):
         levels.append(downsample(levels[-1], ds // prev))
 
     meta = dict(metadata or {})

@@ -109,7 +109,9 @@ def _nedc_names(rng: np.random.Generator, patient: str, subject: str, n: int) ->
             session += 1
             year += int(rng.integers(0, 2))
             date = (int(rng.integers(1, 13)), int(rng.integers(1, 29)))
-        folder = f"s{session:03d}_{year}" if rng.random() < 0.3 else f"s{session:03d}_{year}_{date[0]:02d}_{date[1]:02d}"
+        folder = f"s{session:03d}_{year}"  # some sessions name only the year
+        if rng.random() >= 0.3:
+            folder += f"_{date[0]:02d}_{date[1]:02d}"
         variant = _VARIANTS[int(rng.integers(len(_VARIANTS)))]
         block, lvl, t = int(rng.integers(1, 4)), int(rng.integers(0, 4)), 0
         while (stem := f"{patient}_{subject}_s{session:03d}_0hne_{variant}_a{block:03d}_lvl{lvl:03d}_t{t:03d}") in seen:
@@ -172,8 +174,8 @@ def plan_corpus(root: Path, *, flavour: str, patients: int, slides_per_patient: 
         names = _foxchase_names(rng, pid, n) if foxchase else _nedc_names(rng, pid, _subject(rng), n)
         for folder, stem in names:
             base = f"svs/{folder}" if foxchase else f"svs/{split_of[pid]}/{folder}"
-            w = int(round(slide_size[0] * rng.uniform(0.85, 1.0)))
-            h = int(round(slide_size[1] * rng.uniform(0.85, 1.0)))
+            w = round(slide_size[0] * rng.uniform(0.85, 1.0))
+            h = round(slide_size[1] * rng.uniform(0.85, 1.0))
             count = max(1, int(rng.poisson(regions_per_slide)))
             slides.append({"patient": pid, "split": split_of[pid], "base": base, "stem": stem, "width": w,
                            "height": h, "mpp": round(mpp * rng.uniform(0.995, 1.005), 4), "count": count})
@@ -201,7 +203,7 @@ def plan_corpus(root: Path, *, flavour: str, patients: int, slides_per_patient: 
         for k, label in enumerate(_covering(rng, {k: float(v) for k, v in CRYSTAL_SHARE.items()}, n)):
             labels[order[k % len(order)]].append(label)
 
-    n_xml = int(round(xml_fraction * len(slides)))
+    n_xml = round(xml_fraction * len(slides))
     xml = set(rng.permutation(len(slides))[:n_xml].tolist())
     jobs = []
     for i, s in enumerate(slides):

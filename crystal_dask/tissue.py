@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy.ndimage import uniform_filter
@@ -54,7 +54,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return np.clip((v - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fibres(angle_deg: int) -> np.ndarray:
     """Periodic field of long thin fibres at an angle, in [0, 1]: stroma collagen."""
     rng = np.random.default_rng(1000 + angle_deg)
@@ -66,7 +66,7 @@ def _fibres(angle_deg: int) -> np.ndarray:
     return _unit(np.fft.ifft2(np.fft.fft2(rng.standard_normal((_TEX, _TEX))) * kernel).real)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _blobs(sigma: float) -> np.ndarray:
     """Periodic smooth noise with features about `sigma` px, in [0, 1]: patches, nests, smears."""
     rng = np.random.default_rng(2000 + int(sigma * 10))
@@ -96,7 +96,7 @@ def _ellipse_offsets(a: float, b: float, theta: float) -> tuple[np.ndarray, np.n
     return dy[inside], dx[inside], profile[inside].astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _nuclei(kind: str) -> np.ndarray:
     """Periodic field of nuclei of one kind, in [0, 1] (haematoxylin density)."""
     density, (a0, a1), (b0, b1), (d0, d1) = _NUCLEI[kind]
@@ -208,7 +208,7 @@ class _Region:
 
     def count(self, per_mpx: float, minimum: int = 1) -> int:
         """How many structures for a density per million polygon pixels."""
-        return max(minimum, int(round(self.mask.sum() * per_mpx / 1e6)))
+        return max(minimum, round(self.mask.sum() * per_mpx / 1e6))
 
 
 def _local(reg: _Region, cy: int, cx: int, r: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
@@ -405,7 +405,7 @@ def _paint_cidc(reg: _Region) -> None:
     rmax = max(14.0, min(min(reg.shape) / 4, 120.0))
     for cy, cx in reg.points(reg.count(12)):
         r = rng.uniform(rmax * 0.4, rmax)
-        win, d, theta = _local(reg, cy, cx, int(r * 1.6))
+        win, d, _ = _local(reg, cy, cx, int(r * 1.6))
         wall = (d < r * 1.45) & (d >= r * 0.95)
         cells = _window(_nuclei("atypical"), *d.shape, rng)
         reg.h[win][wall] = 0.3 + 0.8 * cells[wall]

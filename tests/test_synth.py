@@ -29,8 +29,8 @@ FOXCHASE = re.compile(
     r"svs/\d{5}/(?P<patient>\d{9})/(?P<specimen>\d{9})/(?P<site>c50\.\d)_(?P=site)/"
     r"(?P=patient)_(?P=specimen)_st\d{3}_xt\d_t\d{3}\.(?:svs|csv|xml)"
 )
-ARGS = dict(flavour="fcbr", patients=8, slides_per_patient=(1, 2), regions_per_slide=7, crystalline=9,
-            slide_size=(1600, 1200), seed=11, xml_fraction=0.3)
+ARGS = {"flavour": "fcbr", "patients": 8, "slides_per_patient": (1, 2), "regions_per_slide": 7, "crystalline": 9,
+        "slide_size": (1600, 1200), "seed": 11, "xml_fraction": 0.3}
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -171,7 +171,8 @@ def test_cli_prints_counts(tmp_path, capsys):
                "--crystalline", "3", "--slide-size", "1000x800", "--seed", "4", "--workers", "1"])
     text = capsys.readouterr().out
     assert rc == 0 and (out / "corpus.json").exists()
-    assert re.search(r"^\s*split\s+slides\s+bckg", text, re.M) and re.search(r"^\s*total\s+3\s", text, re.M)
+    assert re.search(r"^\s*split\s+slides\s+bckg", text, re.MULTILINE)
+    assert re.search(r"^\s*total\s+3\s", text, re.MULTILINE)
     assert "3 patients, 3 slides" in text
     with pytest.raises(SystemExit):
         main(["synth", str(out), "--slide-size", "1000"])
