@@ -323,6 +323,8 @@ def generate_corpus(
     `crystalline` ones. The summary adds timings to the manifest's counts.
     """
     root = Path(root)
+    if (root / "svs").is_dir() and any((root / "svs").iterdir()):
+        raise ValueError(f"{root} already holds a corpus (svs/ is not empty); give an empty or new folder")
     args = {"flavour": flavour, "patients": patients, "slides_per_patient": slides_per_patient,
             "regions_per_slide": regions_per_slide, "crystalline": crystalline, "slide_size": list(slide_size),
             "mpp": mpp, "seed": seed, "xml_fraction": xml_fraction, "splits": list(splits) if splits else None,

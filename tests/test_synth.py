@@ -178,6 +178,12 @@ def test_cli_prints_counts(tmp_path, capsys):
         main(["synth", str(out), "--slide-size", "1000"])
 
 
+def test_an_existing_corpus_is_not_overwritten(corpus):
+    root, _ = corpus
+    with pytest.raises(ValueError, match="already holds a corpus"):
+        generate_corpus(root, workers=1, **ARGS)
+
+
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown flavour"):
         generate_corpus(tmp_path, flavour="xyz", patients=1)
