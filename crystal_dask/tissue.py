@@ -113,7 +113,7 @@ def _nuclei(kind: str) -> np.ndarray:
         iy = (cy[sel, None] + dy[None, :]) % _FIELD
         ix = (cx[sel, None] + dx[None, :]) % _FIELD
         np.maximum.at(field, (iy, ix), dark[sel, None] * prof[None, :])
-    grain = _blobs(1.0)[: _TEX, : _TEX]
+    grain = _blobs(1.0)
     return np.clip(field * (0.85 + 0.3 * np.tile(grain, (_FIELD // _TEX, _FIELD // _TEX))), 0, 1)
 
 
