@@ -1,0 +1,74 @@
+"""`crystal-dask bench extract|train|evaluate`: measure a stage against its baselines in one run and print the
+medians, ranges, ratios and peak memory (optionally every number as JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "Benchmark extraction, training or evaluation against plain baselines (medians over repeats, ratios, memory)."
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repeats", type=int, default=3, help="measurements of each contender (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated corpus (default 0)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="folder for corpora and datasets, kept and reused by later runs (default: a temporary "
+                        "folder, deleted afterwards)")
+    p.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="stage", required=True)
+    e = sub.add_parser("extract", help="patches/s on 1 and 2 workers vs an OpenSlide script and the decode limit")
+    e.add_argument("--patients", type=int, default=18, help="patients of the generated corpus (default 18)")
+    e.add_argument("--slides-per-patient", type=int, default=2, help="(default 2)")
+    e.add_argument("--regions-per-slide", type=int, default=14, help="average, as FCBR's 13.7 (default 14)")
+    e.add_argument("--slide-size", type=int, nargs=2, default=(6000, 4000), metavar=("W", "H"),
+                   help="largest level-0 slide size in pixels (default 6000 4000)")
+    e.add_argument("--chunk-rows", type=int, default=64, help="patches per zarr chunk and task (default 64)")
+    e.add_argument("--profile", action="store_true", help="also print a cProfile of rendering the patches")
+    _common(e)
+    t = sub.add_parser("train", help="fit time under joblib's dask backend vs the default backend, n_jobs=2")
+    t.add_argument("--rows", type=int, default=2000, help="training rows of 65,536 features (default 2000)")
+    _common(t)
+    v = sub.add_parser("evaluate", help="distributed evaluation of a TUBR-scale set vs an in-memory predict")
+    v.add_argument("--rows", type=int, default=46_666, help="rows of the generated set (default 46,666: TUBR)")
+    v.add_argument("--source-rows", type=int, default=2000,
+                   help="real patches extracted to train the model and tile the set from (default 2000)")
+    v.add_argument("--memory-limit", default="4GiB", help="memory_limit of each of the 2 workers (default 4GiB)")
+    v.add_argument("--no-in-memory", action="store_true", help="skip the in-memory scikit-learn baseline")
+    _common(v)
+
+
+def run(args: argparse.Namespace) -> int:
+    from crystal_dask.bench import workdir, write_json
+
+    if args.repeats < 1:
+        print("bench: --repeats must be >= 1", file=sys.stderr)
+        return 2
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    with workdir(args.workdir, f"crystal-dask-bench-{args.stage}-") as work:
+        if args.stage == "extract":
+            from crystal_dask import bench_extract as bench
+
+            result = bench.run(work, patients=args.patients, slides_per_patient=args.slides_per_patient,
+                               regions_per_slide=args.regions_per_slide, slide_size=tuple(args.slide_size),
+                               chunk_rows=args.chunk_rows, repeats=args.repeats, seed=args.seed,
+                               profile=args.profile, log=log)
+        elif args.stage == "train":
+            from crystal_dask import bench_train as bench
+
+            result = bench.run(work, rows=args.rows, repeats=args.repeats, seed=args.seed, log=log)
+        else:
+            from crystal_dask import bench_evaluate as bench
+
+            result = bench.run(work, rows=args.rows, source_rows=args.source_rows, memory_limit=args.memory_limit,
+                               repeats=args.repeats, seed=args.seed, in_memory=not args.no_in_memory, log=log)
+    print(bench.report(result))
+    write_json(args.json, result)
+    return 0
