@@ -150,7 +150,7 @@ _KUBERNETES = {
 _OWN_KEYS: dict[str, tuple[str, ...]] = {
     "local": tuple(_LOCAL),
     "address": ("address", "tls"),
-    **{k: (*_BATCH, "scale", "jobqueue") for k in BATCH_KINDS},
+    **dict.fromkeys(BATCH_KINDS, (*_BATCH, "scale", "jobqueue")),
     "kubernetes": (*_KUBERNETES, "kubernetes"),
 }
 

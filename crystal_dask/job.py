@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -137,7 +138,7 @@ def load_job(path: str | Path, out: str | Path | None = None) -> Job:
     if train_corpus not in corpora:
         raise bad("train.corpus", f"{train_corpus!r} is not one of the corpora ({', '.join(corpora)})")
     configs = []
-    for cname, c in _mapping(train.get("configs") or {k: None for k in BUILTIN_CONFIGS}, "train.configs", bad).items():
+    for cname, c in _mapping(train.get("configs") or dict.fromkeys(BUILTIN_CONFIGS), "train.configs", bad).items():
         base = BUILTIN_CONFIGS.get(str(cname))
         c = _mapping(c, f"train.configs.{cname}", bad)
         if base is not None and "crystal" not in c:
@@ -241,7 +242,6 @@ class Runner:
         from crystal_dask.report import write_report
         from crystal_dask.scan import scan
         from crystal_dask.schema import REGIONS, REJECTS, read_table, write_table
-        from crystal_dask.synth import generate_corpus
         from crystal_dask.train import train
 
         job = self.job
@@ -252,7 +252,7 @@ class Runner:
                 root = self.out / "corpora" / c.name
                 synth_args = dict(c.synth)
                 self.stage(f"synth:{c.name}", fingerprint(synth_args), [root / "corpus.json"],
-                           lambda root=root, a=synth_args: generate_corpus(root, **_synth_kwargs(a)))
+                           lambda root=root, a=synth_args: _regenerate(root, a))
             scan_dir = self.out / "scan" / c.name
             listing = _tree_listing(root)
 
@@ -314,11 +314,15 @@ class Runner:
         return paths["report.md"]
 
 
-def _synth_kwargs(a: Mapping[str, Any]) -> dict[str, Any]:
-    kw = dict(a)
+def _regenerate(root: Path, args: Mapping[str, Any]) -> None:
+    """Generate a corpus afresh: a partial one (an interrupted synth) or one from other settings is removed."""
+    from crystal_dask.synth import generate_corpus
+
+    shutil.rmtree(root, ignore_errors=True)
+    kw = dict(args)
     if "slide_size" in kw:
         kw["slide_size"] = tuple(kw["slide_size"])
-    return kw
+    generate_corpus(root, **kw)
 
 
 def setup_logging(out: Path) -> list[logging.Handler]:

@@ -136,7 +136,7 @@ def _confusion_png(summary: dict[str, Any], title: str, path: Path) -> Path:
             ax.text(j, i, f"{cm[i, j]:,}", ha="center", va="center", fontsize=7,
                     color="white" if dark[i, j] else "black", fontweight="bold" if i == j else "normal")
     ax.set_xticks(range(k), labels, rotation=45, ha="right")
-    ax.set_yticks(range(k), [f"{c} ({s:,})" for c, s in zip(labels, support[:, 0])])
+    ax.set_yticks(range(k), [f"{c} ({s:,})" for c, s in zip(labels, support[:, 0], strict=True)])
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (rows)")
     ax.set_title(f"{title}\naccuracy {_pct(summary['accuracy'])} of {summary['n']:,}", fontsize=10)
@@ -281,7 +281,7 @@ def write_report(results: dict[str, Any], out_dir: Path, paired: dict | None = N
     sets_out: dict[str, Any] = {}
     md = [f"# {results['job']}", "",
           f"Configurations: {', '.join(configs)} (baseline: {base}). Classes: {', '.join(classes)}.", ""]
-    for (set_name, by_config), slug in zip(results["sets"].items(), slugs):
+    for (set_name, by_config), slug in zip(results["sets"].items(), slugs, strict=True):
         summaries: dict[str, Any] = {}
         for config in configs:
             entry = by_config[config]

@@ -146,8 +146,8 @@ def _split_patients(rng: np.random.Generator, patients: list[str], splits: Seque
             sizes[np.argmax(sizes)] -= 1
             sizes[np.argmin(sizes)] += 1
     out, start = {}, 0
-    for name, size in zip(SPLITS, sizes):
-        out.update({p: name for p in order[start : start + size]})
+    for name, size in zip(SPLITS, sizes, strict=True):
+        out.update(dict.fromkeys(order[start:start + size], name))
         start += size
     return out
 
@@ -165,7 +165,7 @@ def plan_corpus(root: Path, *, flavour: str, patients: int, slides_per_patient: 
     ids: dict[str, None] = {}  # ordered set
     while len(ids) < patients:  # Fox Chase numbers patients from 1, zero-padded to 9 digits
         ids[f"{int(rng.integers(1, 10**6)):09d}" if foxchase else f"{int(rng.integers(10**5, 10**8)):08d}"] = None
-    split_of = {p: None for p in ids} if foxchase else _split_patients(rng, list(ids), splits)
+    split_of = dict.fromkeys(ids) if foxchase else _split_patients(rng, list(ids), splits)
 
     lo, hi = (slides_per_patient, slides_per_patient) if isinstance(slides_per_patient, int) else slides_per_patient
     slides: list[dict] = []
@@ -186,14 +186,14 @@ def plan_corpus(root: Path, *, flavour: str, patients: int, slides_per_patient: 
     for split in sorted({s["split"] or "" for s in slides}):
         members = [i for i, s in enumerate(slides) if (s["split"] or "") == split]
         drawn = _covering(rng, weights, sum(slides[i]["count"] for i in members))
-        for i, end in zip(members, np.cumsum([slides[i]["count"] for i in members])):
+        for i, end in zip(members, np.cumsum([slides[i]["count"] for i in members]), strict=True):
             labels[i] = drawn[end - slides[i]["count"] : end]
 
     # crystalline regions: extra regions on the slides of some patients, shared out over the splits by their
     # fractions (each split's share covers the three labels when it can)
     groups = [name for name in SPLITS if name in split_of.values()] or [None]
     fractions = [1.0] if foxchase else [splits[SPLITS.index(g)] for g in groups]
-    for group, n in zip(groups, _apportion(crystalline, fractions)):
+    for group, n in zip(groups, _apportion(crystalline, fractions), strict=True):
         members = [p for p in ids if split_of[p] == group]
         if not n or not members:
             continue

@@ -128,7 +128,7 @@ def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: C
     X, y = load_rows(dataset, rows)
     model = fit(X, y, client)
     manifest = {
-        "config": asdict(cfg),
+        "config": {**asdict(cfg), "splits": list(cfg.splits)},  # as JSON has it
         "dataset": str(dataset.root),
         "dataset_hash": dataset_hash(dataset, rows),
         "train_rows": int(len(rows)),

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
+from distributed import Client, LocalCluster
 
 from crystal_dask.job import JobConfigError, load_job, run_job
 
@@ -98,3 +107,116 @@ def test_job_end_to_end_then_skips(tmp_path, client):
     again = json.loads((job.out / "status.json").read_text())["stages"]
     assert all(s["state"] == "skipped" for n, s in again.items() if n != "report"), again
     assert (job.out / "report" / "report.json").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------ the same job on other clusters
+def outputs_digest(out: Path) -> str:
+    """What must not depend on where or how a job ran: the zarr bytes, the patch tables, every prediction and
+    the report's numbers (paths inside the report are made relative to the output folder)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for ds in sorted((out / "datasets").iterdir()):
+        for p in sorted((ds / "patches.zarr").rglob("*")):
+            if p.is_file() and p.parent != ds / "patches.zarr":  # array metadata and chunks
+                h.update(str(p.relative_to(out)).encode() + p.read_bytes())
+        attrs = json.loads((ds / "patches.zarr" / "zarr.json").read_text())["attributes"]
+        attrs.pop("plan_hash")  # it names the slide files, which live elsewhere in each run
+        h.update(json.dumps(attrs, sort_keys=True).encode())
+        h.update(pq.read_table(ds / "patches.parquet").drop(["slide", "annotation"]).to_string().encode())
+    for p in sorted((out / "eval").rglob("predictions.parquet")):
+        h.update(str(p.relative_to(out)).encode() + pq.read_table(p).to_string().encode())
+    h.update((out / "report" / "report.json").read_text().replace(str(out), "<out>").encode())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, client):
+    """The tiny job run undisturbed on the LocalCluster fixture: what every other run must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    corpora = tmp / "corpora"
+    job = load_job(tiny_job(tmp))
+    run_job(job, client)
+    shutil.copytree(job.out / "corpora", corpora)
+    return outputs_digest(job.out), corpora
+
+
+def job_on(tmp_path: Path, corpora: Path) -> Path:
+    """The tiny job with its corpora already generated (same bytes as the reference's), so runs compare."""
+    cfg = {**TINY, "out": str(tmp_path / "out"),
+           "corpora": {name: {"path": str(corpora / name)} for name in TINY["corpora"]}}
+    return write_job(tmp_path, cfg)
+
+
+def test_job_on_spawned_scheduler_and_workers(tmp_path, reference):
+    from dask_processes import scheduler_and_workers
+
+    from crystal_dask.cluster import cluster_config_from_mapping, connect
+
+    digest, corpora = reference
+    path = job_on(tmp_path, corpora)
+    with scheduler_and_workers(2, tmp_path / "dask") as address:
+        with connect(cluster_config_from_mapping({"kind": "address", "address": address})) as c:
+            assert len(c.nthreads()) == 2
+            run_job(load_job(path), c)
+    assert outputs_digest(load_job(path).out) == digest
+
+
+def test_job_survives_a_killed_worker_with_identical_outputs(tmp_path, reference):
+    digest, corpora = reference
+    path = job_on(tmp_path, corpora)
+    out = load_job(path).out
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as c, Client(c) as cl:
+        pids = cl.run(os.getpid)
+        killed = threading.Event()
+
+        def kill_during_extract():
+            deadline = time.time() + 120
+            while time.time() < deadline and not list((out / "datasets").rglob("chunk-*.json")):
+                time.sleep(0.02)
+            os.kill(next(iter(pids.values())), signal.SIGKILL)
+            killed.set()
+
+        t = threading.Thread(target=kill_during_extract)
+        t.start()
+        run_job(load_job(path), cl)
+        t.join()
+    assert killed.is_set()
+    assert outputs_digest(out) == digest
+
+
+def test_interrupted_job_resumes_with_identical_outputs(tmp_path, reference):
+    digest, corpora = reference
+    path = job_on(tmp_path, corpora)
+    out = load_job(path).out
+    cmd = [sys.executable, "-m", "crystal_dask.cli", "run", str(path), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((out / "datasets").rglob("chunk-*.json")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of extraction
+    assert proc.wait(timeout=60) != 0
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted", status
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert outputs_digest(out) == digest
+    assert json.loads((out / "status.json").read_text())["state"] == "done"
+
+
+@pytest.mark.slurm
+def test_job_on_slurm_workers(slurm_ready, tmp_path, reference):
+    from crystal_dask.cluster import cluster_config_from_mapping, connect
+
+    digest, corpora = reference
+    path = job_on(tmp_path, corpora)
+    cfg = cluster_config_from_mapping({
+        "kind": "slurm", "cores": 1, "memory": "3GB", "walltime": "00:20:00", "processes": 1,
+        "python": sys.executable, "local_directory": str(tmp_path / "spill"), "log_directory": str(tmp_path / "logs"),
+        "scale": {"jobs": 2}, "wait_for_workers": 120,
+        "jobqueue": {"job_name": "crystal-dask-job-test", "scheduler_options": {"dashboard_address": ":0"}}})
+    with connect(cfg) as c:
+        c.wait_for_workers(2, timeout=120)
+        slurm_ids = set(c.run(os.getenv, "SLURM_JOB_ID").values())
+        assert len(slurm_ids) == 2 and all(slurm_ids)
+        run_job(load_job(path), c)
+    assert outputs_digest(load_job(path).out) == digest

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from crystal_dask.extract import extract, load_patches
+from crystal_dask.extract import Dataset, extract, load_patches
 from crystal_dask.models import load_model
 from crystal_dask.patches import PatchSettings
 from crystal_dask.train import LEAKAGE_WARNING, TrainConfig, fit, load_rows, select_rows, train
-from crystal_dask.extract import Dataset
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,7 @@ def test_stratified_sample_keeps_class_shares(dataset):
     assert len(picked) == n and set(picked) <= set(full)
     assert np.array_equal(picked, select_rows(patches, cfg))  # seeded
     cls = dict(zip(patches["row"].to_pylist(), patches["cls"].to_pylist(), strict=True))
-    for c in set(cls[r] for r in full):
+    for c in {cls[r] for r in full}:
         share_full = sum(cls[r] == c for r in full) / len(full)
         share_pick = sum(cls[r] == c for r in picked) / n
         assert abs(share_full - share_pick) <= 1.0 / n + 1e-9

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     rows.append(("total", summary["slides"], *(summary["by_label"][c] for c in labels), summary["regions"]))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(str(v).rjust(w) for v, w in zip(r, widths)))
+        print("  ".join(str(v).rjust(w) for v, w in zip(r, widths, strict=True)))
     mb = summary["bytes"] / 1e6
     print(f"{summary['root']}: {summary['patients']} patients, {summary['slides']} slides, {mb:.1f} MB "
           f"({summary['layout']} layout, {summary['flavour']}) in {summary['seconds']:.1f} s "
