@@ -220,22 +220,23 @@ def corpus(root: Path, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
     return folder, json.loads((folder / "corpus.json").read_text())
 
 
-# Windows of 256 px every 128 px (half overlap, NEDC's frame/window scheme) give ~250 real patches per
-# generated 6000x4000 slide, so a dataset of a few thousand rows needs only a dozen slides to paint.
+# Windows of 256 px every 128 px (half overlap, NEDC's frame/window scheme) give ~300 real patches per
+# generated 6000x4000 slide, so a dataset of a few thousand rows needs only a few slides to paint.
 WINDOW_SETTINGS = {"mode": "window", "window_size": 256.0, "window_step": 128.0}
-_WINDOWS_PER_SLIDE = 200  # conservative yield of one slide with FCBR's ~14 regions
+_WINDOWS_PER_SLIDE = 250  # conservative yield of one 6000x4000 slide with FCBR's ~14 regions
 
 
-def patch_dataset(root: Path, client: Client, rows: int, seed: int = 0):
+def patch_dataset(root: Path, client: Client, rows: int, seed: int = 0, slide_size: tuple[int, int] = (6000, 4000)):
     """An extracted dataset (crystal_dask.extract.Dataset) of at least `rows` real patches, when the corpus
     yields them: a generated FCBR-like corpus cut into windows, every class in every split."""
     from crystal_dask.extract import extract
     from crystal_dask.patches import PatchSettings
     from crystal_dask.scan import scan
 
-    slides = max(4, math.ceil(rows / _WINDOWS_PER_SLIDE))
+    per_slide = _WINDOWS_PER_SLIDE * slide_size[0] * slide_size[1] / (6000 * 4000)
+    slides = max(2, math.ceil(rows / per_slide))
     folder, _ = corpus(root, flavour="fcbr", patients=slides, slides_per_patient=1, regions_per_slide=14,
-                       crystalline=max(3, slides), seed=seed)
+                       crystalline=max(3, slides), slide_size=slide_size, seed=seed)
     return extract(scan(folder).regions, root / f"windows-{folder.name}", PatchSettings(**WINDOW_SETTINGS), client)
 
 

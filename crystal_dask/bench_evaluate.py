@@ -111,9 +111,10 @@ def _warm() -> None:
 
 
 def run(work: Path, *, rows: int = TUBR_ROWS, source_rows: int = 2000, memory_limit: str = "4GiB",
-        repeats: int = 3, seed: int = 0, in_memory: bool = True,
+        repeats: int = 3, seed: int = 0, in_memory: bool = True, slide_size: tuple[int, int] = (6000, 4000),
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the evaluation benchmark in `work`; return every number (see `report`)."""
+    """Run the evaluation benchmark in `work` (source patches from generated slides of `slide_size`); return every
+    number (see `report`)."""
     import pyarrow.parquet as pq
 
     from crystal_dask.evaluate import evaluate
@@ -126,7 +127,7 @@ def run(work: Path, *, rows: int = TUBR_ROWS, source_rows: int = 2000, memory_li
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0",
                       memory_limit=memory_limit) as cluster, Client(cluster) as client:
         client.run(_warm)
-        source = patch_dataset(work, client, source_rows, seed)
+        source = patch_dataset(work, client, source_rows, seed, slide_size)
         model = work / "model.skops"
         train(source.root, TrainConfig("baseline"), model, client)
         t0 = time.perf_counter()

@@ -24,9 +24,10 @@ def _warm() -> None:
     import imblearn.ensemble  # noqa: F401  (loaded before the timer starts)
 
 
-def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0,
+def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_size: tuple[int, int] = (6000, 4000),
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the training benchmark in `work`; return every number (see `report`)."""
+    """Run the training benchmark in `work` (patches from generated slides of `slide_size`); return every number
+    (see `report`)."""
     from imblearn.ensemble import BalancedRandomForestClassifier
 
     from crystal_dask.extract import load_patches
@@ -36,7 +37,7 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0,
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
         client.run(_warm)
-        ds = patch_dataset(work, client, rows, seed)
+        ds = patch_dataset(work, client, rows, seed, slide_size)
         valid = load_patches(ds.root)["row"].to_numpy()
         if len(valid) < rows:
             raise ValueError(f"{ds.root}: the generated corpus gave {len(valid)} patches, fewer than --rows {rows}")
@@ -78,6 +79,7 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0,
     return {
         "bench": "train", "repeats": repeats, "rows": rows, "features": int(X.shape[1]),
         "x_bytes": int(X.nbytes), "classes": np.bincount(y).tolist(), "dataset": str(ds.root),
+        "dataset_patches": int(len(valid)),
         "seconds": {k: v.as_dict() for k, v in stats.items()},
         "ratios": {"overhead": overhead},
         "targets": {"overhead": {"target": TARGET_OVERHEAD, "met": overhead <= TARGET_OVERHEAD}},
