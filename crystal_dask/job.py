@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -189,9 +190,11 @@ class Status:
 
     def __init__(self, job: Job):
         self.path = job.out / "status.json"
-        self.data: dict[str, Any] = {"job": job.name, "job_file": str(job.source), "out": str(job.out),
-                                     "pid": os.getpid(), "state": "running", "stage": None, "stages": {},
-                                     "report": None, "started": time.time()}
+        self.data: dict[str, Any] = {
+            "job": job.name, "job_file": str(job.source), "out": str(job.out), "pid": os.getpid(),
+            "host": socket.gethostname(), "driver_slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "state": "running", "stage": None, "stages": {}, "report": None, "started": time.time(),
+        }
         self.write()
 
     def write(self) -> None:
