@@ -75,6 +75,10 @@ class AnnotationFile:
     regions: list[Region] = field(default_factory=list)
     errors: list[Issue] = field(default_factory=list)
 
+    def issue(self, location: str, reason: str, region_id: int | None = None) -> None:
+        """Record a fault of this file; readers go on with the rest."""
+        self.errors.append(Issue(str(self.path), location, reason, region_id))
+
 
 class AnnotationError(ValueError):
     """Raised only by callers that ask for strictness; carries the issues."""
@@ -145,9 +149,7 @@ def _header_from(fields: dict[str, str], where: dict[str, str], path: Path, issu
 def read_nedc_csv(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> AnnotationFile:
     path = Path(path)
     out = AnnotationFile(path, None)
-
-    def issue(location: str, reason: str, region_id: int | None = None) -> None:
-        out.errors.append(Issue(str(path), location, reason, region_id))
+    issue = out.issue
 
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -249,9 +251,7 @@ def write_nedc_csv(path: str | Path, header: Header, regions: Sequence[Region]) 
 def read_imagescope_xml(path: str | Path, labels: LabelMap = DEFAULT_LABELS) -> AnnotationFile:
     path = Path(path)
     out = AnnotationFile(path, None)
-
-    def issue(location: str, reason: str, region_id: int | None = None) -> None:
-        out.errors.append(Issue(str(path), location, reason, region_id))
+    issue = out.issue
 
     try:
         root = ET.parse(path).getroot()
