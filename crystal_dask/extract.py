@@ -23,6 +23,7 @@ import zarr
 from distributed import Client
 from zarr.codecs import ZstdCodec
 
+from crystal_dask.files import write_json
 from crystal_dask.labels import CLASSES
 from crystal_dask.layout import SPLITS
 from crystal_dask.patches import PatchSettings, plan_windows, render_patch
@@ -145,9 +146,7 @@ def extract_chunk(task: dict) -> dict:
     group["crystal"][sl] = crystal
     group["split"][sl] = split
     result = {"chunk": task["chunk"], "rows": outcome}
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(marker)
+    write_json(marker, result, indent=None)
     return result
 
 
@@ -232,9 +231,7 @@ def extract(
         "rejects_extract": len(rejects), "rejects_total": all_rejects.num_rows, "chunks": len(tasks),
         "chunks_run": len(todo),
     }
-    tmp = ds.manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    tmp.replace(ds.manifest)
+    write_json(ds.manifest, manifest)
     return ds
 
 

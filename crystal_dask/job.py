@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from distributed import Client, performance_report
 
+from crystal_dask.files import write_json
 from crystal_dask.labels import CLASSES, LabelMap
 from crystal_dask.layout import SPLITS
 from crystal_dask.patches import PatchSettings
@@ -198,9 +199,7 @@ class Status:
         self.write()
 
     def write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.path)
+        write_json(self.path, self.data)
 
     def update(self, **kw: Any) -> None:
         self.data.update(kw)
@@ -232,7 +231,7 @@ class Runner:
         self.status.stage(name, state="running", started=started)
         with performance_report(filename=str(self.out / "reports" / f"{name.replace(':', '-')}.html")):
             fn()
-        record.write_text(json.dumps({"key": key, "seconds": round(time.time() - started, 3)}))
+        write_json(record, {"key": key, "seconds": round(time.time() - started, 3)})
         self.status.stage(name, state="done", ended=time.time())
         log.info("stage %s: done in %.1f s", name, time.time() - started)
         return True
@@ -308,7 +307,7 @@ class Runner:
         notes = list(job.notes) + [f"{n}: {m['leakage']}" for n, m in models.items() if m.get("leakage")]
         results = {"job": job.name, "classes": list(CLASSES), "configs": [c.name for c in job.configs],
                    "sets": sets, "models": models, "notes": notes}
-        (self.out / "results.json").write_text(json.dumps(results, indent=2))
+        write_json(self.out / "results.json", results)
         report_dir = self.out / "report"
         self.status.stage("report", state="running", started=time.time())
         paths = write_report(results, report_dir)

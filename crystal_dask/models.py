@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from collections.abc import Sequence
 from importlib import metadata
@@ -20,6 +19,7 @@ from typing import Any
 import skops.io as sio
 
 import crystal_dask
+from crystal_dask.files import write_atomic
 
 # Derived, not guessed: fit imblearn.ensemble.BalancedRandomForestClassifier(random_state=42) with default
 # parameters on uint8 X (90 x 64) and int y (9 classes), then skops.io.get_untrusted_types(data=dumps(model))
@@ -38,19 +38,6 @@ _RESERVED = ("sha256", "skops_version", "packages")
 
 class UntrustedModelError(ValueError):
     """A model file would instantiate types outside the allow-list."""
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def manifest_path(path: Path) -> Path:
@@ -87,8 +74,8 @@ def save_model(model: Any, path: Path, manifest: dict[str, Any]) -> dict[str, An
         text = json.dumps(full, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
         raise ValueError(f"manifest for {path} is not JSON-able: {exc}") from exc
-    write_bytes_atomic(path, data)
-    write_bytes_atomic(manifest_path(path), text.encode())
+    write_atomic(path, data)
+    write_atomic(manifest_path(path), text.encode())
     return full
 
 

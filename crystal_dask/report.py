@@ -24,8 +24,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from crystal_dask.files import write_atomic
 from crystal_dask.metrics import compare, summarize
-from crystal_dask.models import write_bytes_atomic
 from crystal_dask.schema import PREDICTIONS, read_table
 
 NA = "n/a"
@@ -116,7 +116,7 @@ def _paired_for(paired: dict[str, Any], set_name: str, base: str, config: str) -
 def _save(fig: Figure, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    return write_bytes_atomic(path, buf.getvalue())
+    return write_atomic(path, buf.getvalue())
 
 
 def _confusion_png(summary: dict[str, Any], title: str, path: Path) -> Path:
@@ -311,8 +311,8 @@ def write_report(results: dict[str, Any], out_dir: Path, paired: dict | None = N
         md += ["## Notes", "", *(f"- {n}" for n in results["notes"]), ""]
     report = {"job": results["job"], "classes": classes, "configs": configs, "baseline": base, "sets": sets_out,
               "models": results["models"], "notes": list(results["notes"])}
-    written["report.json"] = write_bytes_atomic(
+    written["report.json"] = write_atomic(
         out_dir / "report.json", (json.dumps(report, indent=2, allow_nan=False) + "\n").encode()
     )
-    written["report.md"] = write_bytes_atomic(out_dir / "report.md", "\n".join(md).encode())
+    written["report.md"] = write_atomic(out_dir / "report.md", "\n".join(md).encode())
     return written

@@ -9,6 +9,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crystal_dask.files import write_atomic
+
 # scan -> extract: one row per annotated region that passed every check.
 REGIONS = pa.schema(
     [
@@ -100,12 +102,9 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
 
 def write_table(table: pa.Table, path: str | Path, schema: pa.Schema) -> Path:
     """Write a table as parquet after checking it against its schema; atomic (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(conform(table, schema, str(path)), tmp)
-    tmp.replace(path)
-    return path
+    buf = pa.BufferOutputStream()
+    pq.write_table(conform(table, schema, str(path)), buf)
+    return write_atomic(path, buf.getvalue().to_pybytes())
 
 
 def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:

@@ -1,0 +1,26 @@
+"""Atomic file writes: every file another stage or a resumed run reads is whole or absent, never half written."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write `data` to `path` through a temporary file and a rename. The temporary name carries the process id,
+    so two processes writing the same file (a task retried elsewhere) never write into one temporary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    return write_atomic(path, json.dumps(obj, indent=indent, sort_keys=indent is not None))
