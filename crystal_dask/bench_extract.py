@@ -138,23 +138,37 @@ def _warm() -> None:
     import crystal_dask.extract  # noqa: F401  (the modules a task needs, loaded before the timer starts)
 
 
-def profile_render(rows: Sequence[dict], settings, top: int = 12) -> str:
-    """cProfile of rendering the planned patches in this process (what extract_chunk does per row): the
-    functions that cost the time, by own time."""
+def render_all(rows: Sequence[dict], settings) -> None:
+    """Render every planned patch in this process, each slide opened once, as extract_chunk does in a task."""
     from crystal_dask.patches import render_patch
     from crystal_dask.slides import Slide
 
+    by_slide: dict[str, list[dict]] = {}
+    for r in rows:
+        by_slide.setdefault(r["slide"], []).append(r)
+    for path, rs in by_slide.items():
+        with Slide(path) as slide:
+            for r in rs:
+                render_patch(slide, (r["wx0"], r["wy0"], r["wx1"], r["wy1"]), settings, r["polygon"])
+
+
+def prepare_render(rows: str, settings: dict) -> Callable[[], dict]:
+    """Child process: crystal_dask's rendering of the planned rows (a JSON file) in one plain process, no Dask."""
+    from crystal_dask.patches import PatchSettings
+
+    todo, s = json.loads(Path(rows).read_text()), PatchSettings(**settings)
+
+    def work() -> dict:
+        render_all(todo, s)
+        return {"patches": len(todo)}
+
+    return work
+
+
+def profile_render(rows: Sequence[dict], settings, top: int = 12) -> str:
+    """cProfile of `render_all` in this process: the functions that cost the time, by own time."""
     prof = cProfile.Profile()
-    slides: dict[str, Slide] = {}
-    try:
-        prof.enable()
-        for r in rows:
-            slide = slides.get(r["slide"]) or slides.setdefault(r["slide"], Slide(r["slide"]))
-            render_patch(slide, (r["wx0"], r["wy0"], r["wx1"], r["wy1"]), settings, r["polygon"])
-        prof.disable()
-    finally:
-        for s in slides.values():
-            s.close()
+    prof.runcall(render_all, rows, settings)
     text = io.StringIO()
     pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
     return text.getvalue()
@@ -162,7 +176,7 @@ def profile_render(rows: Sequence[dict], settings, top: int = 12) -> str:
 
 # ------------------------------------------------------------------------------------------ the benchmark
 def run(work: Path, *, patients: int = 18, slides_per_patient: int = 2, regions_per_slide: int = 14,
-        slide_size: tuple[int, int] = (6000, 4000), chunk_rows: int = 64, repeats: int = 3, seed: int = 0,
+        slide_size: tuple[int, int] = (6000, 4000), chunk_rows: int = 32, repeats: int = 3, seed: int = 0,
         profile: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the extraction benchmark in `work`; return every number (see `report` for the table)."""
     from crystal_dask.extract import extract, load_patches, plan
@@ -192,7 +206,9 @@ def run(work: Path, *, patients: int = 18, slides_per_patient: int = 2, regions_
     whole.write_text(json.dumps(tiles))
     openslide_out = work / "openslide.npy"
 
-    seconds: dict[str, list[float]] = {k: [] for k in ("openslide", "decode_1proc", "decode_2proc",
+    planned = work / "rows.json"
+    planned.write_text(json.dumps(rows))
+    seconds: dict[str, list[float]] = {k: [] for k in ("openslide", "decode_1proc", "decode_2proc", "render_1proc",
                                                        *(f"crystal_dask_{w}w" for w in WORKERS))}
     mem: dict[str, list[dict[str, int]]] = {k: [] for k in seconds}
     with contextlib.ExitStack() as stack:
@@ -214,6 +230,10 @@ def run(work: Path, *, patients: int = 18, slides_per_patient: int = 2, regions_
                                          [{"tiles": str(p)} for p in parts])
             seconds["decode_2proc"].append(wall)
             mem["decode_2proc"].append({f"process-{k}": r.peak_rss for k, r in enumerate(results)})
+            _, (res,) = run_together("crystal_dask.bench_extract:prepare_render",
+                                     [{"rows": str(planned), "settings": settings.as_dict()}])
+            seconds["render_1proc"].append(res.seconds)
+            mem["render_1proc"].append({"process": res.peak_rss})
             for w, client in clients.items():
                 out = work / f"dataset-{w}w"
                 shutil.rmtree(out, ignore_errors=True)
@@ -238,7 +258,9 @@ def run(work: Path, *, patients: int = 18, slides_per_patient: int = 2, regions_
     rates = {k: rate(n, v) for k, v in seconds.items()}
     w1, w2 = (rates[f"crystal_dask_{w}w"] for w in WORKERS)
     ratios = {"vs_openslide": ratio(w2, rates["openslide"]), "vs_decode_limit": ratio(w2, rates["decode_2proc"]),
-              "vs_decode_limit_1proc": ratio(w1, rates["decode_1proc"]), "scaling": ratio(w2, w1)}
+              "vs_decode_limit_1proc": ratio(w1, rates["decode_1proc"]), "scaling": ratio(w2, w1),
+              "decode_scaling": ratio(rates["decode_2proc"], rates["decode_1proc"]),
+              "worker_vs_plain_process": ratio(w1, rates["render_1proc"])}
     result = {
         "bench": "extract", "repeats": repeats, "patches": n,
         "corpus": {"root": str(folder), **{k: manifest["counts"][k] for k in ("slides", "regions")},
@@ -262,6 +284,7 @@ _LABELS = {
     "openslide": "openslide script (1 process, level 0)",
     "decode_1proc": "decode limit, 1 process",
     "decode_2proc": "decode limit, 2 processes",
+    "render_1proc": "crystal_dask's rendering alone, 1 plain process",
     "crystal_dask_1w": "crystal_dask, 1 worker",
     "crystal_dask_2w": "crystal_dask, 2 workers",
 }
@@ -270,10 +293,10 @@ _LABELS = {
 def report(r: dict[str, Any]) -> str:
     """The benchmark's tables: medians with (min-max) over the repeats, the ratios, and peak memory."""
     c = r["corpus"]
-    lines = [f"extract: {r['patches']} patches (region mode) from {c['regions']} regions on {c['slides']} generated "
-             f"FCBR-like slides of up to {c['slide_size'][0]}x{c['slide_size'][1]} px; crystal_dask read levels "
-             f"{c['levels_read']} (patches per level); {c['tiles_touched']} JPEG tiles touched; "
-             f"{r['repeats']} repeats, median (min-max)", ""]
+    lines = [f"extract: {r['patches']} patches (region mode, {r['settings']['chunk_rows']} per task) from "
+             f"{c['regions']} regions on {c['slides']} generated FCBR-like slides of up to {c['slide_size'][0]}x"
+             f"{c['slide_size'][1]} px; crystal_dask read levels {c['levels_read']} (patches per level); "
+             f"{c['tiles_touched']} JPEG tiles touched; {r['repeats']} repeats, median (min-max)", ""]
     rows = [("contender", "seconds", "patches/s", "peak RSS per process")]
     for k, label in _LABELS.items():
         s, p = r["seconds"][k], r["patches_per_s"][k]
@@ -289,6 +312,8 @@ def report(r: dict[str, Any]) -> str:
          _target(t["vs_decode_limit"])),
         ("crystal_dask 1 worker / decode limit on 1 process", f"{q['vs_decode_limit_1proc']:.2f}", ""),
         ("scaling: crystal_dask 2 workers / 1 worker", f"{q['scaling']:.2f}x", _target(t["scaling"])),
+        ("scaling of the decode limit, 2 / 1 process (the machine's)", f"{q['decode_scaling']:.2f}x", ""),
+        ("crystal_dask 1 worker / its rendering alone in a plain process", f"{q['worker_vs_plain_process']:.2f}", ""),
     ])]
     lines.append(f"\nmean |crystal_dask - openslide| per pixel: {r['pixel_mean_abs_diff_vs_openslide']:.1f} grey "
                  f"levels (same boxes; resampling differs); bench took {r['total_seconds']:.0f} s")

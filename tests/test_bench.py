@@ -97,11 +97,12 @@ def test_bench_extract_cli_prints_ratios_and_writes_json(tmp_path, capsys):
     r = json.loads(out.read_text())
     n = r["patches"]
     assert n == r["corpus"]["regions"] > 0 and sum(r["corpus"]["levels_read"].values()) == n
-    for key in ("openslide", "decode_1proc", "decode_2proc", "crystal_dask_1w", "crystal_dask_2w"):
+    for key in ("openslide", "decode_1proc", "decode_2proc", "render_1proc", "crystal_dask_1w", "crystal_dask_2w"):
         s = r["seconds"][key]
         assert len(s["values"]) == 1 and s["median"] > 0
         assert r["patches_per_s"][key]["median"] == pytest.approx(n / s["median"])
-    assert set(r["ratios"]) == {"vs_openslide", "vs_decode_limit", "vs_decode_limit_1proc", "scaling"}
+    assert set(r["ratios"]) == {"vs_openslide", "vs_decode_limit", "vs_decode_limit_1proc", "scaling",
+                                "decode_scaling", "worker_vs_plain_process"}
     assert all(math.isfinite(v) and v > 0 for v in r["ratios"].values())
     assert r["ratios"]["vs_openslide"] == pytest.approx(
         r["patches_per_s"]["crystal_dask_2w"]["median"] / r["patches_per_s"]["openslide"]["median"])

@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--regions-per-slide", type=int, default=14, help="average, as FCBR's 13.7 (default 14)")
     e.add_argument("--slide-size", type=int, nargs=2, default=(6000, 4000), metavar=("W", "H"),
                    help="largest level-0 slide size in pixels (default 6000 4000)")
-    e.add_argument("--chunk-rows", type=int, default=64, help="patches per zarr chunk and task (default 64)")
+    e.add_argument("--chunk-rows", type=int, default=32,
+                   help="patches per zarr chunk and task (default 32: enough tasks for 2 workers on this corpus)")
     e.add_argument("--profile", action="store_true", help="also print a cProfile of rendering the patches")
     _common(e)
     t = sub.add_parser("train", help="fit time under joblib's dask backend vs the default backend, n_jobs=2")
