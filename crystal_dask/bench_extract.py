@@ -4,9 +4,11 @@ greyscale and resize) and (b) the decode limit: only decoding, with imagecodecs,
 touches at the level crystal_dask reads it, in 1 process and split over 2 processes.
 
 Everything runs on the same generated FCBR-like corpus in the same run, each measurement `repeats` times,
-interleaved so that a noisy neighbour slows every contender alike. The baselines run in child processes so
-that their peak memory is their own; their timers start after imports and loading, as crystal_dask's do
-(its workers are warm, its clusters already up).
+interleaved so that a noisy neighbour slows every contender alike. The baselines run in child processes with a
+plain environment (not the one Dask's nanny gives its workers) so that their peak memory is their own; their
+timers start after imports and loading, as crystal_dask's do (its workers are warm, its clusters already up).
+"crystal_dask's rendering alone" runs the workers' per-patch code in such a plain process: the gap between it and
+1 worker is what running inside a Dask worker costs.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -36,6 +37,11 @@ def prepare_allocate(megabytes: int, sleep: float):
     return work
 
 
+def prepare_environ(name: str):
+    """Child target: report an environment variable."""
+    return lambda: os.environ.get(name)
+
+
 # ------------------------------------------------------------------------------------------------ tools
 def test_stat_median_and_range():
     s = Stat((3.0, 1.0, 10.0))
@@ -63,6 +69,17 @@ def test_children_run_together_and_report_their_own_peak(monkeypatch):
     assert big.peak_rss - small.peak_rss >= 170 * MIB  # each child's peak is its own
     assert all(r.seconds >= 0.5 for r in results)
     assert 0.5 <= wall < 0.5 * len(results)  # released together: they overlapped
+
+
+def test_children_run_without_the_environment_dask_sets_for_its_workers(monkeypatch):
+    """A LocalCluster writes its workers' MALLOC_TRIM_THRESHOLD_ into this process's environment; a baseline
+    child must not inherit it (it slows image code ~1.7x)."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.setenv("CRYSTAL_DASK_BENCH_PROBE", "kept")
+    _, (trim, kept) = run_together("test_bench:prepare_environ", [{"name": "MALLOC_TRIM_THRESHOLD_"},
+                                                                  {"name": "CRYSTAL_DASK_BENCH_PROBE"}])
+    assert trim.result is None and kept.result == "kept"
 
 
 def test_table_aligns_text_left_and_numbers_right():
