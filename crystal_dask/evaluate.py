@@ -40,6 +40,20 @@ def _confusion_block(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return confusion(y_true[:, 0], proba.argmax(axis=1), N_CLASSES).reshape(1, -1)
 
 
+def predict_partitions(pixels: da.Array, labels: da.Array, model) -> tuple[da.Array, da.Array]:
+    """Per-row class probabilities and the summed confusion matrix, block by block.
+
+    `model` should be a Future of a broadcast model: the graph then refers to it by key, where passing the
+    estimator itself (as dask-ml's ParallelPostFit does) pickles it into every task.
+    """
+    proba = pixels.map_blocks(_predict_block, model, dtype=np.float32, drop_axis=2,
+                              chunks=(pixels.chunks[0], (N_CLASSES,)), name="evaluate-predict")
+    cm_blocks = da.map_blocks(_confusion_block, labels[:, None], proba, dtype=np.int64,
+                              chunks=((1,) * proba.numblocks[0], (N_CLASSES * N_CLASSES,)),
+                              name="evaluate-confusion")
+    return proba, cm_blocks.sum(axis=0).reshape(N_CLASSES, N_CLASSES)
+
+
 def evaluation_rows(patches: pa.Table, splits: Sequence[str]) -> np.ndarray:
     """Dataset rows of the given splits (all crystalline and non-crystalline rows), sorted."""
     mask = pc.is_in(patches["split"], pa.array(list(splits))).to_numpy(zero_copy_only=False)
@@ -68,12 +82,7 @@ def evaluate(
     group = zarr.open_group(str(dataset.zarr), mode="r")
     pixels = da.from_zarr(group["pixels"])[rows]  # sorted rows: each block stays within its zarr chunks
     labels = da.from_zarr(group["label"])[rows].rechunk((pixels.chunks[0],))
-    proba = pixels.map_blocks(_predict_block, model_future, dtype=np.float32, drop_axis=2,
-                              chunks=(pixels.chunks[0], (N_CLASSES,)), name="evaluate-predict")
-    cm_blocks = da.map_blocks(_confusion_block, labels[:, None], proba, dtype=np.int64,
-                              chunks=((1,) * proba.numblocks[0], (N_CLASSES * N_CLASSES,)),
-                              name="evaluate-confusion")
-    cm = cm_blocks.sum(axis=0).reshape(N_CLASSES, N_CLASSES)
+    proba, cm = predict_partitions(pixels, labels, model_future)
     proba_f, cm_f = client.compute([proba, cm])
     if show_progress is not None:
         show_progress([proba_f, cm_f])

@@ -7,7 +7,7 @@ import pytest
 import zarr
 from distributed import Client, LocalCluster
 
-from crystal_dask.evaluate import evaluate, evaluation_rows
+from crystal_dask.evaluate import evaluate, evaluation_rows, predict_partitions
 from crystal_dask.extract import extract, load_patches
 from crystal_dask.labels import CLASSES
 from crystal_dask.metrics import confusion
@@ -39,6 +39,30 @@ def test_partitioned_predictions_equal_in_memory_predict(trained, client):
     assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
     cm = confusion(preds["y_true"].to_numpy(), preds["y_pred"].to_numpy(), len(CLASSES))
     assert np.array_equal(np.array(summary["confusion"]), cm)
+
+
+def test_the_model_travels_once_not_in_every_task(trained, client):
+    """Our graph refers to the broadcast model by key; dask-ml's ParallelPostFit pickles it into each task."""
+    import pickle
+
+    import dask.array as da
+    from dask_ml.wrappers import ParallelPostFit
+
+    model = load_model(trained / "m.skops")
+    model_bytes = len(pickle.dumps(model))
+    group = zarr.open_group(str(trained / "ds" / "patches.zarr"), mode="r")
+    pixels, labels = da.from_zarr(group["pixels"]), da.from_zarr(group["label"])
+    future = client.scatter(model, broadcast=True, hash=False)
+    proba, _ = predict_partitions(pixels, labels, future)
+
+    def task_bytes(arr, name: str) -> list[int]:
+        return [len(pickle.dumps(t)) for k, t in dict(arr.__dask_graph__()).items() if name in str(k)]
+
+    ours = task_bytes(proba, "evaluate-predict")
+    theirs = task_bytes(ParallelPostFit(model).predict_proba(pixels.reshape(pixels.shape[0], -1)), "predict")
+    assert len(ours) == pixels.numblocks[0] and len(theirs) == pixels.numblocks[0] > 1
+    assert max(ours) < model_bytes / 50
+    assert min(theirs) > model_bytes
 
 
 def test_memory_stays_bounded_on_a_set_larger_than_its_chunks(trained, tmp_path):
