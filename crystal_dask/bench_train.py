@@ -100,7 +100,7 @@ def report(r: dict[str, Any]) -> str:
          ", ".join(f"{k} {fmt_bytes(v)}" for k, v in r["peak_rss"]["dask"].items())),
         ("joblib default backend, n_jobs=2, one process", fmt_stat(s["local"]),
          f"process {fmt_bytes(r['peak_rss']['local']['process'])}"),
-        ("  of which dask: broadcasting X to both workers alone", fmt_stat(s["broadcast"]), ""),
+        ("dask: broadcasting X to both workers, measured alone", fmt_stat(s["broadcast"]), ""),
     ]))
     t = r["targets"]["overhead"]
     same = r["identical"]
