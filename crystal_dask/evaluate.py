@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import zarr
 from distributed import Client
 
+from crystal_dask.allocator import roomy_malloc
 from crystal_dask.extract import Dataset, load_patches
 from crystal_dask.labels import CLASSES
 from crystal_dask.metrics import confusion
@@ -28,10 +29,10 @@ N_CLASSES = len(CLASSES)
 
 def _predict_block(block: np.ndarray, model) -> np.ndarray:
     """Class probabilities (rows, 9) of one block; columns for classes the model never saw stay 0."""
-    flat = block.reshape(block.shape[0], -1).astype(np.float32)
     out = np.zeros((block.shape[0], N_CLASSES), dtype=np.float32)
-    if len(flat):
-        out[:, model.classes_] = model.predict_proba(flat)
+    if len(block):
+        with roomy_malloc():
+            out[:, model.classes_] = model.predict_proba(block.reshape(block.shape[0], -1).astype(np.float32))
     return out
 
 

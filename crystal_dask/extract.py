@@ -23,6 +23,7 @@ import zarr
 from distributed import Client
 from zarr.codecs import ZstdCodec
 
+from crystal_dask.allocator import roomy_malloc
 from crystal_dask.files import write_json
 from crystal_dask.labels import CLASSES
 from crystal_dask.layout import SPLITS
@@ -30,7 +31,7 @@ from crystal_dask.patches import PatchSettings, plan_windows, render_patch
 from crystal_dask.schema import PATCHES, REGIONS, REJECTS, conform, make_table, read_table, write_table
 from crystal_dask.slides import Slide, SlideError
 
-FORMAT_VERSION = 1  # bump when the pixels a plan produces change for the same settings
+FORMAT_VERSION = 2  # bump when the pixels a plan produces change for the same settings
 ZARR_NAME = "patches.zarr"
 MARKERS = ".extract"
 _PLAN_KEYS = [f.name for f in PATCHES if f.name not in ("row", "level", "downsample")]
@@ -108,6 +109,11 @@ def extract_chunk(task: dict) -> dict:
     marker = Path(task["marker"])
     if marker.exists():  # a retried task (lost worker) or a resumed run
         return json.loads(marker.read_text())
+    with roomy_malloc():
+        return _extract_chunk(task, marker)
+
+
+def _extract_chunk(task: dict, marker: Path) -> dict:
     s = PatchSettings(**task["settings"])
     rows = task["rows"]
     n, p = len(rows), s.patch_size
