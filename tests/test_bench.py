@@ -30,9 +30,10 @@ SMALL = (3000, 2000)  # slides of the train/evaluate benches' source corpus: 4x 
 def prepare_allocate(megabytes: int, sleep: float):
     """Child target: after the go, touch `megabytes` of memory and sleep."""
     def work() -> dict:
+        start = time.monotonic()  # CLOCK_MONOTONIC is one clock for every process of the machine
         block = np.ones(megabytes * MIB, dtype=np.uint8)
         time.sleep(sleep)
-        return {"sum": int(block.sum())}
+        return {"sum": int(block.sum()), "start": start, "end": time.monotonic()}
 
     return work
 
@@ -65,10 +66,11 @@ def test_children_run_together_and_report_their_own_peak(monkeypatch):
     wall, results = run_together("test_bench:prepare_allocate", [{"megabytes": 200, "sleep": 0.5},
                                                                  {"megabytes": 20, "sleep": 0.5}])
     big, small = results
-    assert big.result == {"sum": 200 * MIB} and small.result == {"sum": 20 * MIB}
+    assert big.result["sum"] == 200 * MIB and small.result["sum"] == 20 * MIB
     assert big.peak_rss - small.peak_rss >= 170 * MIB  # each child's peak is its own
-    assert all(r.seconds >= 0.5 for r in results)
-    assert 0.5 <= wall < 0.5 * len(results)  # released together: they overlapped
+    assert all(r.seconds >= 0.5 for r in results) and wall >= 0.5
+    # released together: their working intervals overlap (order, not speed, is asserted)
+    assert max(r.result["start"] for r in results) < min(r.result["end"] for r in results)
 
 
 def test_children_run_without_the_environment_dask_sets_for_its_workers(monkeypatch):
