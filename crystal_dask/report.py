@@ -51,7 +51,7 @@ def _check_results(results: dict[str, Any]) -> None:
 def load_paired(results: dict[str, Any]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """Per-patch correctness and patients from the predictions tables named in `results` (PREDICTIONS schema).
 
-    Returns {set: {config: {"correct": bool array, "patients": str array}}} ordered by the tables' `row`, for
+    Returns {set: {config: {"correct", "patients", "crystal": arrays}}} ordered by the tables' `row`, for
     the set/config pairs that name a predictions file. Within a set every table must hold the same rows.
     """
     paired: dict[str, dict[str, dict[str, np.ndarray]]] = {}
@@ -69,6 +69,7 @@ def load_paired(results: dict[str, Any]) -> dict[str, dict[str, dict[str, np.nda
             paired.setdefault(set_name, {})[config] = {
                 "correct": table["y_true"].to_numpy() == table["y_pred"].to_numpy(),
                 "patients": table["patient"].to_numpy(zero_copy_only=False).astype(str),
+                "crystal": table["crystal"].to_numpy(zero_copy_only=False).astype(bool),
             }
     return paired
 
@@ -111,6 +112,27 @@ def _paired_for(paired: dict[str, Any], set_name: str, base: str, config: str) -
         raise ValueError(f"paired[{set_name!r}]: patients of {base!r} and {config!r} differ (rows not aligned)")
     return {"correct_a": np.asarray(a["correct"]), "correct_b": np.asarray(b["correct"]),
             "patients": np.asarray(a["patients"])}
+
+
+def _crystalline_split(by_config: dict[str, Any], configs: Sequence[str]) -> dict[str, Any]:
+    """Accuracy on the crystalline rows and on the rest, per configuration (when every one has per-row data)."""
+    if not all("crystal" in by_config.get(c, {}) for c in configs):
+        return {}
+    out = {}
+    for c in configs:
+        correct, crystal = np.asarray(by_config[c]["correct"]), np.asarray(by_config[c]["crystal"])
+        out[c] = {part: {"n": int(mask.sum()), "correct": int(correct[mask].sum()),
+                         "accuracy": float(correct[mask].mean()) if mask.any() else None}
+                  for part, mask in (("crystalline", crystal), ("other", ~crystal))}
+    return out
+
+
+def _crystalline_markdown(split: dict[str, Any], configs: Sequence[str]) -> list[str]:
+    rows = [[part, *(f"{_pct(split[c][part]['accuracy'])} ({split[c][part]['correct']:,}/{split[c][part]['n']:,})"
+                     for c in configs)] for part in ("crystalline", "other")]
+    return ["### Crystalline rows and the rest", "",
+            "Rows annotated cdcs/cnno/cidc are scored as dcis/nneo/indc; here they are counted apart.", "",
+            *_table(["rows", *configs], rows), ""]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -305,6 +327,10 @@ def write_report(results: dict[str, Any], out_dir: Path, paired: dict | None = N
         figures["per_class"] = name
         sets_out[set_name] = {"summaries": summaries, "comparisons": comparisons, "figures": figures}
         md += _set_markdown(set_name, configs, classes, summaries, comparisons, figures)
+        split = _crystalline_split(paired.get(set_name, {}), configs)
+        if split:
+            sets_out[set_name]["crystalline"] = split
+            md += _crystalline_markdown(split, configs)
 
     md += _models_markdown(results["models"], classes)
     if results["notes"]:

@@ -115,8 +115,9 @@ def test_deterministic(report: tuple[dict[str, Path], Path], tmp_path: Path) -> 
         assert again[name].read_bytes() == written[name].read_bytes()
 
 
-def _write_predictions(path: Path, order: np.ndarray, pred: np.ndarray) -> str:
-    rows = [{"row": int(i), "patient": str(PATIENTS[i]), "cls": CLASSES[Y[i]], "crystal": False,
+def _write_predictions(path: Path, order: np.ndarray, pred: np.ndarray, crystal: np.ndarray | None = None) -> str:
+    crystal = np.zeros(len(Y), bool) if crystal is None else crystal
+    rows = [{"row": int(i), "patient": str(PATIENTS[i]), "cls": CLASSES[Y[i]], "crystal": bool(crystal[i]),
              "y_true": int(Y[i]), "y_pred": int(pred[i]), "proba": [0.0, 0.0, 0.0]} for i in order]
     return str(write_table(make_table(PREDICTIONS, rows), path, PREDICTIONS))
 
@@ -135,6 +136,19 @@ def test_paired_data_read_from_predictions(tmp_path: Path) -> None:
     _write_predictions(tmp_path / "crystal.parquet", np.arange(14), PRED["crystal"])  # one row short
     with pytest.raises(ValueError, match="crystal.parquet: rows differ"):
         load_paired(results)
+
+
+def test_crystalline_rows_are_counted_apart(tmp_path: Path) -> None:
+    crystal = np.arange(len(Y)) % 3 == 0
+    paths = {c: _write_predictions(tmp_path / f"{c}.parquet", np.arange(len(Y)), p, crystal) for c, p in PRED.items()}
+    written = write_report(_results(paths), tmp_path / "out")
+    split = json.loads(written["report.json"].read_text())["sets"]["toy-eval"]["crystalline"]
+    for config, pred in PRED.items():
+        ok = pred == Y
+        assert split[config]["crystalline"] == {"n": int(crystal.sum()), "correct": int(ok[crystal].sum()),
+                                                "accuracy": float(ok[crystal].mean())}
+        assert split[config]["other"]["correct"] == int(ok[~crystal].sum())
+    assert "### Crystalline rows and the rest" in written["report.md"].read_text()
 
 
 def test_rejects_inconsistent_results(tmp_path: Path) -> None:
