@@ -273,29 +273,29 @@ def _lobules(reg: _Region, n: int) -> None:
         _ducts(sub, max(3, int(r * r / 900)), (5, 11), (5, 8), "epithelial")
 
 
-def _calcium(reg: _Region, cy: int, cx: int, r: float, rings: bool) -> None:
-    """One calcium deposit: very dark haematoxylin, lamellar rings, cracks."""
+def _calcium(reg: _Region, cy: float, cx: float, r: float, dense: float, rings: bool) -> None:
+    """One calcium deposit of haematoxylin concentration `dense`: lamellar rings (when `rings`) and thin cracks."""
     rng = reg.rng
-    win, d, theta = _local(reg, cy, cx, int(r * 1.35) + 2)
+    win, d, theta = _local(reg, int(cy), int(cx), int(r * 1.35) + 2)
     dn = d / (r * _wobble(theta, rng, 0.18))
     core = dn < 1
-    h = 1.35 + 0.12 * np.sin(d / rng.uniform(2.5, 5.0)) if rings else np.float32(1.5)
-    crack = np.abs(_window(_blobs(4.0), *d.shape, rng) - 0.5) < 0.012
+    h = dense - 0.15 * (np.sin(d / rng.uniform(3.0, 6.0)) > 0.6) if rings else np.float32(dense)
+    crack = np.abs(_window(_blobs(4.0), *d.shape, rng) - 0.5) < 0.008
     hv = np.broadcast_to(h, d.shape)
     reg.h[win][core] = np.where(crack[core], 0.05, hv[core])
-    reg.e[win][core] = np.where(crack[core], 0.05, 0.55)
+    reg.e[win][core] = np.where(crack[core], 0.05, 1.1)  # calcium takes both stains: near black in greyscale
 
 
 def _specks(reg: _Region, clusters: int) -> None:
-    """Small loose clusters of dark purple calcific specks (the cdcs look)."""
+    """Small loose clusters of dark calcific specks over the region (the cdcs look), sized to the region."""
     rng = reg.rng
+    side = min(reg.shape)
     for cy, cx in reg.points(clusters):
-        spread = rng.uniform(15, 55)
-        for _ in range(int(rng.integers(6, 24))):
-            y = int(cy + rng.normal(0, spread / 2))
-            x = int(cx + rng.normal(0, spread / 2))
+        spread = side * rng.uniform(0.06, 0.12)
+        for _ in range(int(rng.integers(10, 24))):
+            y, x = cy + rng.normal(0, spread), cx + rng.normal(0, spread)
             if 0 <= y < reg.shape[0] and 0 <= x < reg.shape[1]:
-                _calcium(reg, y, x, rng.uniform(2.5, 7.0), rings=False)
+                _calcium(reg, y, x, max(2.0, side * rng.uniform(0.012, 0.028)), 1.45, rings=False)
 
 
 def _paint_bckg(reg: _Region) -> None:
@@ -389,28 +389,36 @@ def _paint_null(reg: _Region) -> None:
 
 def _paint_cdcs(reg: _Region) -> None:
     _paint_dcis(reg)
-    _specks(reg, reg.count(25, 2))
+    _specks(reg, int(reg.rng.integers(7, 12)))
 
 
 def _paint_cnno(reg: _Region) -> None:
+    """The annotated deposit fills the middle of its region; a few smaller ones lie around it."""
     _paint_nneo(reg)
-    rmax = max(12.0, min(min(reg.shape) / 4, 130.0))
-    for cy, cx in reg.points(reg.count(10)):
-        _calcium(reg, cy, cx, reg.rng.uniform(rmax * 0.4, rmax), rings=True)
+    rng = reg.rng
+    h, w = reg.shape
+    side = min(h, w)
+    _calcium(reg, h / 2 + rng.normal(0, 0.04 * h), w / 2 + rng.normal(0, 0.04 * w), side * rng.uniform(0.3, 0.38),
+             1.6, rings=True)
+    for cy, cx in reg.points(int(rng.integers(1, 4))):
+        _calcium(reg, cy, cx, side * rng.uniform(0.06, 0.12), 1.6, rings=True)
 
 
 def _paint_cidc(reg: _Region) -> None:
+    """Ducts whose lumen is filled by a deposit, retracted from a wall of atypical cells by a clear halo."""
     _paint_indc(reg)
     rng = reg.rng
-    rmax = max(14.0, min(min(reg.shape) / 4, 120.0))
-    for cy, cx in reg.points(reg.count(12)):
-        r = rng.uniform(rmax * 0.4, rmax)
-        win, d, _ = _local(reg, cy, cx, int(r * 1.6))
-        wall = (d < r * 1.45) & (d >= r * 0.95)
+    side = min(reg.shape)
+    for cy, cx in reg.points(int(rng.integers(3, 6))):
+        r = side * rng.uniform(0.12, 0.2)
+        win, d, _ = _local(reg, cy, cx, int(r * 1.5))
+        wall = (d < r * 1.4) & (d >= r)
         cells = _window(_nuclei("atypical"), *d.shape, rng)
         reg.h[win][wall] = 0.3 + 0.8 * cells[wall]
         reg.e[win][wall] = 0.36
-        _calcium(reg, cy, cx, r, rings=True)
+        halo = d < r
+        reg.h[win][halo], reg.e[win][halo] = 0.02, 0.05
+        _calcium(reg, cy, cx, r * 0.82, 1.45, rings=True)
 
 
 PAINTERS: dict[str, Callable[[_Region], None]] = {

@@ -63,11 +63,17 @@ def test_classes_differ_in_greyscale(looks):
 
 
 @pytest.mark.parametrize("crystal", sorted(CRYSTALLINE))
-def test_calcified_regions_have_more_very_dark_pixels(looks, crystal):
+def test_calcified_regions_are_dominated_by_their_deposits(looks, crystal):
     base = CRYSTALLINE[crystal]
-    dark = {k: (looks[k] < 90).mean() for k in (crystal, base)}
-    margin = 0.01 if crystal == "cdcs" else 0.05  # cdcs: small loose specks; cnno/cidc: large deposits
-    assert dark[crystal] > dark[base] + margin
+    dark = {k: (looks[k] < 90).mean() for k in (crystal, base, "artf")}
+    share = 0.1 if crystal == "cdcs" else 0.2  # cdcs: small loose specks; cnno/cidc: large deposits
+    assert dark[crystal] > dark[base] + share and dark[crystal] > dark["artf"] + share / 2
+
+
+def test_cnno_deposit_fills_the_middle_of_its_region():
+    grey = _grey(paint_slide(SIZE, SIZE, [("cnno", X, Y)], "fcbr", np.random.default_rng(0)))
+    middle = grey[SIZE // 2 - 60 : SIZE // 2 + 60, SIZE // 2 - 60 : SIZE // 2 + 60]
+    assert (middle < 90).mean() > 0.8
 
 
 def test_tubr_is_darker_and_more_purple_than_fcbr():
