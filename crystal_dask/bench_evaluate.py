@@ -2,7 +2,7 @@
 default) on a 2-worker LocalCluster, against predicting the same set loaded whole into memory with plain
 scikit-learn (crystal_dask.evaluate.predict_in_memory, in a child process so its peak memory is its own).
 
-The set is written straight into extract's output format (patches.zarr made by extract's own _prepare, plus
+The set is written straight into extract's output format (patches.zarr made by extract's own prepare_dataset, plus
 patches.parquet, rejects.parquet and extract.json), its pixels cycling through the real patches of a small
 extracted corpus, all in the `eval` split. The model is trained on that small corpus. The two contenders must
 predict the same classes.
@@ -46,7 +46,7 @@ def tile_dataset(source, out: Path, rows: int):
     extracted patches, every row in the `eval` split. Reused when `out` already holds the same one."""
     import zarr
 
-    from crystal_dask.extract import FORMAT_VERSION, Dataset, _prepare, load_patches
+    from crystal_dask.extract import FORMAT_VERSION, Dataset, load_patches, prepare_dataset
     from crystal_dask.labels import CLASSES
     from crystal_dask.layout import SPLITS
     from crystal_dask.patches import PatchSettings
@@ -66,7 +66,7 @@ def tile_dataset(source, out: Path, rows: int):
     labels = np.array([CLASSES.index(c) for c in meta["cls"].to_pylist()], dtype=np.int16)
     crystal = meta["crystal"].to_numpy(zero_copy_only=False)
 
-    _prepare(ds, rows, settings, digest)
+    prepare_dataset(ds, rows, settings, digest)
     group = zarr.open_group(str(ds.zarr), mode="r+")
     c = settings.chunk_rows
     for start in range(0, rows, c):  # whole chunks, as extract's tasks write them

@@ -157,7 +157,7 @@ def _extract_chunk(task: dict, marker: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- the run
-def _prepare(ds: Dataset, n: int, s: PatchSettings, digest: str) -> Path:
+def prepare_dataset(ds: Dataset, n: int, s: PatchSettings, digest: str) -> Path:
     """Create the zarr arrays and marker folder for this plan; discard everything from another plan."""
     markers = ds.root / MARKERS / digest
     if ds.zarr.exists():
@@ -201,7 +201,7 @@ def extract(
     digest = plan_hash(rows, settings)
     if ds.complete() and ds.read_manifest().get("plan_hash") == digest:
         return ds
-    markers = _prepare(ds, len(rows), settings, digest)
+    markers = prepare_dataset(ds, len(rows), settings, digest)
     c = settings.chunk_rows
     tasks = [
         {"chunk": k, "start": start, "rows": rows[start:start + c], "settings": settings.as_dict(),
