@@ -23,6 +23,7 @@ from crystal_dask.labels import CLASSES
 from crystal_dask.metrics import confusion
 from crystal_dask.models import load_model
 from crystal_dask.schema import PREDICTIONS, make_table, write_table
+from crystal_dask.train import load_rows
 
 N_CLASSES = len(CLASSES)
 
@@ -109,9 +110,7 @@ def evaluate(
 def predict_in_memory(dataset_root: str | Path, model_path: str | Path, splits: Sequence[str] = ("eval",)):
     """Baseline for the benchmark: load the set whole and predict with plain scikit-learn in one process."""
     dataset = Dataset(Path(dataset_root).resolve())
-    rows = evaluation_rows(load_patches(dataset.root), splits)
-    group = zarr.open_group(str(dataset.zarr), mode="r")
-    X = group["pixels"].get_orthogonal_selection((rows, slice(None), slice(None))).reshape(len(rows), -1)
+    X, _ = load_rows(dataset, evaluation_rows(load_patches(dataset.root), splits))
     model = load_model(Path(model_path))
     model.n_jobs = 2
     return model.predict(X)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from crystal_dask.config import reject_unknown_keys
+
 CLASSES: tuple[str, ...] = ("bckg", "norm", "artf", "null", "susp", "infl", "dcis", "nneo", "indc")
 # Crystalline labels are scored as their characteristic class and keep a crystal flag.
 CRYSTALLINE: dict[str, str] = {"cdcs": "dcis", "cnno": "nneo", "cidc": "indc"}
@@ -57,9 +59,7 @@ class LabelMap:
     def from_config(cls, cfg: Mapping[str, object] | None) -> LabelMap:
         """Build from a job's `labels:` section: {remap: {raw: label}, crystalline: {raw: class}}."""
         cfg = dict(cfg or {})
-        unknown = set(cfg) - {"remap", "crystalline"}
-        if unknown:
-            raise ValueError(f"labels: unknown key(s) {sorted(unknown)}; allowed: remap, crystalline")
+        reject_unknown_keys(cfg, ("remap", "crystalline"), "labels")
         crystalline = {**CRYSTALLINE, **{k.lower(): v.lower() for k, v in dict(cfg.get("crystalline") or {}).items()}}
         remap = {k.lower(): v.lower() for k, v in dict(cfg.get("remap") or {}).items()}
         return cls(crystalline=crystalline, remap=remap)

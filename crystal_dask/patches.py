@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from skimage.draw import polygon as fill_polygon
 
+from crystal_dask.config import reject_unknown_keys
 from crystal_dask.slides import Slide
 
 MODES = ("region", "window")
@@ -65,10 +66,7 @@ class PatchSettings:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> PatchSettings:
         cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"extract: unknown key(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "extract")
         return cls(**cfg)
 
     def as_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from distributed import Client
 from imblearn.ensemble import BalancedRandomForestClassifier
 from joblib import parallel_config
 
+from crystal_dask.config import reject_unknown_keys
 from crystal_dask.extract import Dataset, load_patches
 from crystal_dask.labels import CLASSES
 from crystal_dask.models import save_model
@@ -44,10 +45,7 @@ class TrainConfig:
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any] | None) -> TrainConfig:
         cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)} - {"name"}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"train.configs.{name}: unknown key(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        reject_unknown_keys(cfg, (f.name for f in fields(cls) if f.name != "name"), f"train.configs.{name}")
         if "splits" in cfg:
             cfg["splits"] = tuple(cfg["splits"])
         out = cls(name=name, **cfg)
