@@ -282,22 +282,25 @@ class Runner:
 
         train_ds = datasets[job.train_corpus]
         models: dict[str, dict] = {}
+        model_files: dict[str, tuple[Path, str]] = {}  # config -> (model path, its sha256)
         for cfg in job.configs:
             path = self.out / "models" / f"{cfg.name}.skops"
             self.stage(f"train:{cfg.name}", fingerprint(train_ds.read_manifest()["plan_hash"], cfg),
                        [path, path.with_suffix(".json")],
                        lambda cfg=cfg, path=path: train(train_ds.root, cfg, path, self.client))
             m = read_manifest(path)
+            model_files[cfg.name] = (path, m["sha256"])
             models[cfg.name] = {"train_rows": m["train_rows"], "class_counts": m["class_counts"],
                                 "manifest": str(path.with_suffix(".json")), "leakage": m.get("leakage")}
 
         sets: dict[str, dict] = {}
         for s in job.eval_sets:
             ds = datasets[s.corpus]
+            plan = ds.read_manifest()["plan_hash"]
             for cfg in job.configs:
-                path = self.out / "models" / f"{cfg.name}.skops"
+                path, sha256 = model_files[cfg.name]
                 out = self.out / "eval" / s.name / cfg.name
-                key = fingerprint(read_manifest(path)["sha256"], ds.read_manifest()["plan_hash"], s.splits)
+                key = fingerprint(sha256, plan, s.splits)
                 self.stage(f"evaluate:{s.name}:{cfg.name}", key, [out / "confusion.json", out / "predictions.parquet"],
                            lambda ds=ds, path=path, out=out, s=s: evaluate(
                                ds.root, path, out, self.client, splits=s.splits, show_progress=self.show_progress))
