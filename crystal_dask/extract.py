@@ -215,6 +215,7 @@ def extract(
         if show_progress is not None:
             show_progress(futures)
         client.gather(futures)
+    _sweep_partial_writes(ds)
 
     patches = []
     for t in tasks:
@@ -239,6 +240,15 @@ def extract(
     }
     write_json(ds.manifest, manifest)
     return ds
+
+
+def _sweep_partial_writes(ds: Dataset) -> None:
+    """Remove the temporary files of writers killed mid-write (zarr's `<chunk>.<uuid>.partial`, our own
+    `.<name>.<pid>.tmp`). Every chunk and marker is whole by now, so these are orphans; left in place they
+    would make a resumed or worker-loss run differ on disk from an undisturbed one."""
+    for pattern, folder in (("*.partial", ds.zarr), (".*.tmp", ds.root / MARKERS)):
+        for orphan in folder.rglob(pattern):
+            orphan.unlink(missing_ok=True)
 
 
 def load_patches(root: str | Path) -> pa.Table:
