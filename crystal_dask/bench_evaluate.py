@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import psutil
 import pyarrow as pa
-from distributed import Client, LocalCluster
 
 from crystal_dask.bench import (
     MIB,
@@ -36,6 +35,7 @@ from crystal_dask.bench import (
     run_together,
     table,
 )
+from crystal_dask.cluster import local_client
 
 TUBR_ROWS = 46_666
 TARGET_PEAK = 2 * 1024**3  # bytes, per process
@@ -124,8 +124,7 @@ def run(work: Path, *, rows: int = TUBR_ROWS, source_rows: int = 2000, memory_li
     seconds: dict[str, list[float]] = {"crystal_dask": [], "in_memory": []}
     mem: dict[str, list[dict[str, int]]] = {"crystal_dask": [], "in_memory": []}
     skipped = None
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0",
-                      memory_limit=memory_limit) as cluster, Client(cluster) as client:
+    with local_client(2, memory_limit) as client:
         client.run(_warm)
         source = patch_dataset(work, client, source_rows, seed, slide_size)
         model = work / "model.skops"

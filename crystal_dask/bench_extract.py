@@ -27,9 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed import Client, LocalCluster
 
-from crystal_dask.bench import Stat, corpus, fmt_bytes, fmt_stat, merge_peaks, peaks, rate, ratio, run_together, table
+from crystal_dask.bench import (
+    Stat,
+    corpus,
+    fmt_bytes,
+    fmt_stat,
+    merge_peaks,
+    peaks,
+    rate,
+    ratio,
+    run_together,
+    table,
+)
+from crystal_dask.cluster import local_client
 
 WORKERS = (1, 2)
 TARGETS = {"vs_openslide": 3.0, "vs_decode_limit": 0.5, "scaling": 1.8}  # 2 workers; scaling: "near-linear"
@@ -216,9 +227,7 @@ def run(work: Path, *, patients: int = 18, slides_per_patient: int = 2, regions_
     with contextlib.ExitStack() as stack:
         clients = {}
         for w in WORKERS:
-            cluster = stack.enter_context(LocalCluster(n_workers=w, threads_per_worker=1,
-                                                       dashboard_address="127.0.0.1:0"))
-            clients[w] = stack.enter_context(Client(cluster))
+            clients[w] = stack.enter_context(local_client(w))
             clients[w].run(_warm)
         for rep in range(repeats):
             _, (res,) = run_together("crystal_dask.bench_extract:prepare_openslide",

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed import Client, LocalCluster
 
 from crystal_dask.bench import Stat, fmt_bytes, fmt_stat, merge_peaks, patch_dataset, peaks, ratio, table
+from crystal_dask.cluster import local_client
 
 TARGET_OVERHEAD = 1.15
 
@@ -34,8 +34,7 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
     from crystal_dask.train import RANDOM_STATE, fit, load_rows
 
     started = time.perf_counter()
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster) as client:
+    with local_client(2) as client:
         client.run(_warm)
         ds = patch_dataset(work, client, rows, seed, slide_size)
         valid = load_patches(ds.root)["row"].to_numpy()

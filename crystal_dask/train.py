@@ -98,7 +98,8 @@ def fit(X: np.ndarray, y: np.ndarray, client: Client) -> BalancedRandomForestCla
     """Fit the published forest with joblib's dask backend, the training matrix broadcast to every worker once.
 
     The forest validates X to float32; passing float32 already keeps the object identity that joblib's
-    `scatter` list is keyed by, so the tree batches refer to the broadcast copy instead of re-sending X.
+    `scatter` list is keyed by, so the tree batches refer to the broadcast copy instead of re-sending X. A Client
+    from cluster.connect sends that copy straight to the workers (direct_to_workers), not through the scheduler.
     """
     X = np.ascontiguousarray(X, dtype=np.float32)
     model = BalancedRandomForestClassifier(random_state=RANDOM_STATE, n_jobs=-1)

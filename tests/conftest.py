@@ -57,9 +57,9 @@ def small_scan(small_corpus):
 
 @pytest.fixture(scope="module")
 def client():
-    """A real LocalCluster: two worker processes, one thread each, dashboard on a free port."""
-    from distributed import Client, LocalCluster
+    """A real LocalCluster, made as a job makes it: two worker processes, one thread each, dashboard on a free
+    port."""
+    from crystal_dask.cluster import local_client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0",
-                      memory_limit="4GiB") as cluster, Client(cluster) as c:
+    with local_client(2, "4GiB") as c:
         yield c

@@ -20,6 +20,7 @@ from crystal_dask.cluster import (
     connect,
     job_script,
     load_cluster_config,
+    local_client,
     worker_count,
 )
 
@@ -98,6 +99,7 @@ BAD = [  # (yaml, key named in the error, part of the problem)
     (SLURM + "jobqueue: {cores: 2}\n", "jobqueue.cores", "write it as the top-level key"),
     (SLURM + "jobqueue: [interface]\n", "jobqueue", "mapping"),
     (SLURM + "workers: 2\n", "workers", "not a key of kind slurm"),
+    ("direct_to_workers: sometimes\n", "direct_to_workers", "true or false"),
     ("kind: kubernetes\n", "image", "required for kind kubernetes"),
     ("kind: kubernetes\nimage: x\nkubernetes: {n_workers: 3}\n", "kubernetes.n_workers", "top-level key"),
 ]
@@ -110,6 +112,17 @@ def test_bad_value_names_file_and_key(tmp_path, text, key, problem):
         load_cluster_config(path)
     assert str(err.value).startswith(f"{path}: {key}: "), str(err.value)
     assert problem in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "direct"), [
+    ("", True), ("kind: local\ndirect_to_workers: false\n", False), (SLURM, True),
+    ("kind: address\naddress: tcp://h:1\n", None), ("kind: address\naddress: tcp://h:1\ndirect_to_workers: yes\n", True),
+    ("kind: kubernetes\nimage: x\n", None),
+])
+def test_direct_to_workers_defaults_on_only_where_the_scheduler_runs_here(tmp_path, text, direct):
+    """Where the scheduler runs in this process its workers can reach us, so we can reach them; a remote
+    scheduler's workers may sit behind it (an ssh tunnel, a pod network), so dask's own config decides there."""
+    assert load_cluster_config(write(tmp_path, text)).direct_to_workers is direct
 
 
 def test_not_yaml_or_not_a_mapping_names_file(tmp_path):
@@ -166,6 +179,36 @@ def test_local_cluster_two_workers_dashboard_and_config_untouched(tmp_path, capf
     assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/status$", capfd.readouterr().err, re.M)
     assert client.status == "closed" and cluster.status.name == "closed"
     assert dask.config.config == before
+
+
+def _count_relayed_scatters(dask_scheduler) -> None:
+    """Wrap the scheduler's "scatter" handler, the one a Client calls when the scheduler relays the data."""
+    relay = dask_scheduler.handlers["scatter"]
+    dask_scheduler.relayed_scatters = 0
+
+    async def counted(*args, **kwargs):
+        dask_scheduler.relayed_scatters += 1
+        return await relay(*args, **kwargs)
+
+    dask_scheduler.handlers["scatter"] = counted
+
+
+def test_local_client_sends_a_broadcast_straight_to_the_workers():
+    """The Client connect() makes scatters without the scheduler relaying the data (what train.fit's broadcast
+    of the training matrix relies on: 7x faster here); a plain Client on the same cluster is relayed."""
+    import numpy as np
+
+    x = np.arange(4_000_000, dtype=np.float32)
+    with local_client(2, "2GiB") as client:
+        client.run_on_scheduler(_count_relayed_scatters)
+        relayed = lambda: client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.relayed_scatters)  # noqa: E731
+        future = client.scatter(x, broadcast=True, hash=False)
+        assert len(client.who_has(future)[future.key]) == 2
+        assert np.array_equal(client.submit(np.copy, future).result(), x)
+        assert relayed() == 0
+        with Client(client.cluster) as plain:  # dask's default: through the scheduler
+            plain.scatter(x, broadcast=True, hash=False)
+        assert relayed() == 1
 
 
 def test_address_kind_runs_on_both_spawned_workers_and_leaves_them_running(tmp_path, capfd):
