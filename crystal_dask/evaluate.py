@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import zarr
 from distributed import Client
 
-from crystal_dask.allocator import roomy_malloc
+from crystal_dask.allocator import roomy_malloc, roomy_stage
 from crystal_dask.extract import Dataset, load_patches
 from crystal_dask.labels import CLASSES
 from crystal_dask.metrics import confusion
@@ -28,12 +28,12 @@ from crystal_dask.train import load_rows
 N_CLASSES = len(CLASSES)
 
 
-def _predict_block(block: np.ndarray, model) -> np.ndarray:
+def _predict_block(block: np.ndarray, model, stage: str) -> np.ndarray:
     """Class probabilities (rows, 9) of one block; columns for classes the model never saw stay 0."""
     out = np.zeros((block.shape[0], N_CLASSES), dtype=np.float32)
     if len(block):
-        with roomy_malloc():
-            out[:, model.classes_] = model.predict_proba(block.reshape(block.shape[0], -1).astype(np.float32))
+        roomy_malloc(stage)
+        out[:, model.classes_] = model.predict_proba(block.reshape(block.shape[0], -1).astype(np.float32))
     return out
 
 
@@ -42,13 +42,13 @@ def _confusion_block(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return confusion(y_true[:, 0], proba.argmax(axis=1), N_CLASSES).reshape(1, -1)
 
 
-def predict_partitions(pixels: da.Array, labels: da.Array, model) -> tuple[da.Array, da.Array]:
+def predict_partitions(pixels: da.Array, labels: da.Array, model, stage: str) -> tuple[da.Array, da.Array]:
     """Per-row class probabilities and the summed confusion matrix, block by block.
 
     `model` should be a Future of a broadcast model: the graph then refers to it by key, where passing the
-    estimator itself (as dask-ml's ParallelPostFit does) pickles it into every task.
+    estimator itself (as dask-ml's ParallelPostFit does) pickles it into every task. `stage` is roomy_stage's id.
     """
-    proba = pixels.map_blocks(_predict_block, model, dtype=np.float32, drop_axis=2,
+    proba = pixels.map_blocks(_predict_block, model, stage, dtype=np.float32, drop_axis=2,
                               chunks=(pixels.chunks[0], (N_CLASSES,)), name="evaluate-predict")
     cm_blocks = da.map_blocks(_confusion_block, labels[:, None], proba, dtype=np.int64,
                               chunks=((1,) * proba.numblocks[0], (N_CLASSES * N_CLASSES,)),
@@ -84,11 +84,12 @@ def evaluate(
     group = zarr.open_group(str(dataset.zarr), mode="r")
     pixels = da.from_zarr(group["pixels"])[rows]  # sorted rows: each block stays within its zarr chunks
     labels = da.from_zarr(group["label"])[rows].rechunk((pixels.chunks[0],))
-    proba, cm = predict_partitions(pixels, labels, model_future)
-    proba_f, cm_f = client.compute([proba, cm])
-    if show_progress is not None:
-        show_progress([proba_f, cm_f])
-    proba_v, cm_v = client.gather([proba_f, cm_f])
+    with roomy_stage(client) as stage:
+        proba, cm = predict_partitions(pixels, labels, model_future, stage)
+        proba_f, cm_f = client.compute([proba, cm])
+        if show_progress is not None:
+            show_progress([proba_f, cm_f])
+        proba_v, cm_v = client.gather([proba_f, cm_f])
 
     meta = patches.take(pa.array(np.searchsorted(patches["row"].to_numpy(), rows)))
     y_true = np.array([CLASSES.index(c) for c in meta["cls"].to_pylist()], dtype=np.int64)

@@ -116,7 +116,8 @@ def test_bad_value_names_file_and_key(tmp_path, text, key, problem):
 
 @pytest.mark.parametrize(("text", "direct"), [
     ("", True), ("kind: local\ndirect_to_workers: false\n", False), (SLURM, True),
-    ("kind: address\naddress: tcp://h:1\n", None), ("kind: address\naddress: tcp://h:1\ndirect_to_workers: yes\n", True),
+    ("kind: address\naddress: tcp://h:1\n", None),
+    ("kind: address\naddress: tcp://h:1\ndirect_to_workers: yes\n", True),
     ("kind: kubernetes\nimage: x\n", None),
 ])
 def test_direct_to_workers_defaults_on_only_where_the_scheduler_runs_here(tmp_path, text, direct):

@@ -53,7 +53,7 @@ def test_the_model_travels_once_not_in_every_task(trained, client):
     group = zarr.open_group(str(trained / "ds" / "patches.zarr"), mode="r")
     pixels, labels = da.from_zarr(group["pixels"]), da.from_zarr(group["label"])
     future = client.scatter(model, broadcast=True, hash=False)
-    proba, _ = predict_partitions(pixels, labels, future)
+    proba, _ = predict_partitions(pixels, labels, future, stage="s")
 
     def task_bytes(arr, name: str) -> list[int]:
         return [len(pickle.dumps(t)) for k, t in dict(arr.__dask_graph__()).items() if name in str(k)]
