@@ -49,6 +49,9 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
             f"({fmt_bytes(X.nbytes)}), classes {np.bincount(y).tolist()} "
             f"(ready in {time.perf_counter() - started:.0f} s)")
 
+        # one small untimed fit each first: imports and first-call costs on the workers and in this process
+        fit(X[:200], y[:200], client)
+        BalancedRandomForestClassifier(random_state=RANDOM_STATE, n_jobs=2).fit(X[:200], y[:200])
         seconds: dict[str, list[float]] = {"dask": [], "local": [], "broadcast": []}
         mem: dict[str, list[dict[str, int]]] = {"dask": [], "local": []}
         models = {}
