@@ -47,21 +47,27 @@ class PatchSettings:
             raise bad("mode", f"must be one of {', '.join(MODES)}")
         if self.window_unit not in WINDOW_UNITS:
             raise bad("window_unit", f"must be one of {', '.join(WINDOW_UNITS)}")
+        def integer(v: Any) -> bool:  # YAML's true is a bool, which Python also calls an int
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def number(v: Any) -> bool:
+            return (integer(v) or isinstance(v, float)) and math.isfinite(v)
+
         for key in ("patch_size", "min_side", "chunk_rows"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+            if not integer(getattr(self, key)) or getattr(self, key) < 1:
                 raise bad(key, "must be a positive integer")
-        if self.level is not None and (not isinstance(self.level, int) or self.level < 0):
+        if self.level is not None and (not integer(self.level) or self.level < 0):
             raise bad("level", "must be null or a level index >= 0")
-        if not self.window_size > 0:
-            raise bad("window_size", "must be positive")
-        if self.window_step is not None and not self.window_step > 0:
-            raise bad("window_step", "must be positive")
-        if self.magnification is not None and not self.magnification > 0:
-            raise bad("magnification", "must be positive")
-        if not 0 < self.min_overlap <= 1:
-            raise bad("min_overlap", "must be in (0, 1]")
-        if not 0 <= self.background <= 255:
-            raise bad("background", "must be 0..255")
+        for key in ("window_size", "window_step", "magnification"):
+            value = getattr(self, key)
+            if (value is not None or key == "window_size") and not (number(value) and value > 0):
+                raise bad(key, "must be a positive number")
+        if not (number(self.min_overlap) and 0 < self.min_overlap <= 1):
+            raise bad("min_overlap", "must be a number in (0, 1]")
+        if not (integer(self.background) and 0 <= self.background <= 255):
+            raise bad("background", "must be an integer 0..255")
+        if not isinstance(self.mask_outside, bool):
+            raise bad("mask_outside", "must be true or false")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> PatchSettings:
@@ -87,9 +93,10 @@ def window_px(row: Mapping[str, Any], s: PatchSettings) -> tuple[float, float] |
 
 
 def polygon_mask(xs, ys, x0: float, y0: float, cell: float, shape: tuple[int, int]) -> np.ndarray:
-    """Boolean grid of the cells (each `cell` level-0 pixels wide, origin at x0, y0) inside a polygon."""
+    """Boolean grid of the cells (each `cell` level-0 pixels wide, origin at x0, y0) whose centre lies inside a
+    polygon. skimage tests integer points, so the polygon moves half a cell: cell (r, c) spans [c, c + 1)."""
     mask = np.zeros(shape, dtype=bool)
-    rr, cc = fill_polygon((np.asarray(ys) - y0) / cell, (np.asarray(xs) - x0) / cell, shape)
+    rr, cc = fill_polygon((np.asarray(ys) - y0) / cell - 0.5, (np.asarray(xs) - x0) / cell - 0.5, shape)
     mask[rr, cc] = True
     return mask
 
@@ -112,7 +119,7 @@ def plan_windows(row: Mapping[str, Any], s: PatchSettings) -> tuple[list[tuple[i
     grid = (math.ceil(((ny - 1) * step + size) / cell) + 1, math.ceil(((nx - 1) * step + size) / cell) + 1)
     covered = polygon_mask(row["polygon_x"], row["polygon_y"], bx0, by0, cell, grid)
     integral = np.pad(covered.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    out = []
+    out, past_edge = [], 0
     for j in range(ny):
         for i in range(nx):
             cx, cy = round(i * step / cell), round(j * step / cell)
@@ -120,11 +127,18 @@ def plan_windows(row: Mapping[str, Any], s: PatchSettings) -> tuple[list[tuple[i
             overlap = inside / 64.0
             wx0, wy0 = bx0 + round(i * step), by0 + round(j * step)
             wx1, wy1 = wx0 + round(size), wy0 + round(size)
-            if overlap >= s.min_overlap and wx1 <= row["slide_width"] and wy1 <= row["slide_height"]:
-                out.append((wx0, wy0, wx1, wy1, float(overlap)))
+            if overlap < s.min_overlap:
+                continue
+            if wx1 > row["slide_width"] or wy1 > row["slide_height"]:
+                past_edge += 1
+                continue
+            out.append((wx0, wy0, wx1, wy1, float(overlap)))
     if not out:
-        return [], (f"no {size:.0f}px window overlaps the region by at least {s.min_overlap:.0%} "
-                    f"(bbox {bx1 - bx0}x{by1 - by0}px)")
+        why = f"no {size:.0f}px window overlaps the region by at least {s.min_overlap:.0%}"
+        if past_edge:
+            why = (f"every {size:.0f}px window overlapping the region by at least {s.min_overlap:.0%} "
+                   f"({past_edge}) crosses the slide's edge")
+        return [], f"{why} (bbox {bx1 - bx0}x{by1 - by0}px)"
     return out, ""
 
 
