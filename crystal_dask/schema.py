@@ -78,25 +78,48 @@ PREDICTIONS = pa.schema(
 
 
 def make_table(schema: pa.Schema, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Build a table of exactly `schema` from row dicts; a missing or extra key is an error."""
+    """Build a table of exactly `schema` from row dicts; a missing or extra key, or a value of the wrong type
+    (a float for an integer column included: pyarrow would truncate it), is an error naming row or column."""
     rows = list(rows)
     names = schema.names
     for i, r in enumerate(rows):
         if set(r) != set(names):
             missing, extra = set(names) - set(r), set(r) - set(names)
             raise ValueError(f"row {i} does not fit the schema: missing {sorted(missing)}, extra {sorted(extra)}")
-    return pa.table({n: [r[n] for r in rows] for n in names}, schema=schema)
+    columns = []
+    for field in schema:
+        values = [r[field.name] for r in rows]
+        if pa.types.is_integer(field.type):
+            bad = next((i for i, v in enumerate(values) if isinstance(v, float)), None)
+            if bad is not None:
+                raise ValueError(f"row {bad}: column {field.name!r} is {field.type}; got the float {values[bad]!r}")
+        try:
+            columns.append(pa.array(values, type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(f"column {field.name!r} ({field.type}): {exc}") from None
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
-    """Check a table against its declared schema (column names and types) and return it in schema order."""
+    """Check a table against its declared schema and return it in schema order. Column names must match
+    exactly and types too, except an all-null column and a narrower integer (cast only when every value fits)."""
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise ValueError(f"{what}: missing column(s) {missing}")
-    table = table.select(schema.names)
+    extra = [n for n in table.column_names if n not in schema.names]
+    if extra:
+        raise ValueError(f"{what}: column(s) not in the declared schema {extra}")
+
+    def fits(actual: pa.DataType, declared: pa.DataType) -> bool:
+        return actual in (declared, pa.null()) or (pa.types.is_integer(actual) and pa.types.is_integer(declared))
+
+    wrong = [f"{f.name!r} is {table.schema.field(f.name).type}, declared {f.type}" for f in schema
+             if not fits(table.schema.field(f.name).type, f.type)]
+    if wrong:
+        raise ValueError(f"{what}: columns do not match the declared schema: {'; '.join(wrong)}")
     try:
-        return table.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        return table.select(schema.names).cast(schema)  # safe cast: an integer that does not fit is refused
+    except pa.ArrowInvalid as exc:
         raise ValueError(f"{what}: columns do not match the declared schema: {exc}") from exc
 
 
