@@ -244,7 +244,7 @@ def extract(
 
 def _sweep_partial_writes(ds: Dataset) -> None:
     """Remove the temporary files of writers killed mid-write (zarr's `<chunk>.<uuid>.partial`, our own
-    `.<name>.<pid>.tmp`). Every chunk and marker is whole by now, so these are orphans; left in place they
+    `.<name>.<pid>-<thread>.tmp`). Every chunk and marker is whole by now, so these are orphans; left in place they
     would make a resumed or worker-loss run differ on disk from an undisturbed one."""
     for pattern, folder in (("*.partial", ds.zarr), (".*.tmp", ds.root / MARKERS)):
         for orphan in folder.rglob(pattern):

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write `data` to `path` through a temporary file and a rename. The temporary name carries the process id,
-    so two processes writing the same file (a task retried elsewhere) never write into one temporary file."""
+    """Write `data` to `path` through a temporary file and a rename. The temporary name carries the process and
+    thread ids, so two writers of the same file (a task retried elsewhere, threaded workers) never share one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
         tmp.replace(path)
@@ -23,4 +24,5 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
-    return write_atomic(path, json.dumps(obj, indent=indent, sort_keys=indent is not None))
+    """Strict JSON (a NaN or infinity is a ValueError, not a file other parsers refuse), written atomically."""
+    return write_atomic(path, json.dumps(obj, indent=indent, sort_keys=indent is not None, allow_nan=False))

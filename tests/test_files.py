@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,8 @@ def test_overwrite_replaces_the_file_instead_of_writing_into_it(tmp_path: Path):
     assert listing(tmp_path) == ["alias", "f"]
 
 
-def test_a_stale_temporary_of_this_process_is_taken_over(tmp_path: Path):
-    stale = tmp_path / f".f.{os.getpid()}.tmp"
+def test_a_stale_temporary_of_this_thread_is_taken_over(tmp_path: Path):
+    stale = tmp_path / f".f.{os.getpid()}-{threading.get_ident()}.tmp"
     stale.write_bytes(b"garbage of a killed writer " * 10)
     write_atomic(tmp_path / "f", b"whole")
     assert (tmp_path / "f").read_bytes() == b"whole"
@@ -104,6 +105,35 @@ def test_write_json_without_indent_is_one_line(tmp_path: Path):
     text = path.read_text()
     assert "\n" not in text
     assert json.loads(text) == obj
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_write_json_refuses_what_is_not_json(tmp_path: Path, value):
+    with pytest.raises(ValueError, match="JSON compliant"):
+        write_json(tmp_path / "o.json", {"x": value})
+    assert listing(tmp_path) == []
+
+
+def test_two_threads_writing_one_file_never_share_a_temporary(tmp_path: Path):
+    target, seen, errors, barrier = tmp_path / "f", set(), [], threading.Barrier(2)
+
+    def write(data: bytes) -> None:
+        barrier.wait()
+        try:
+            for _ in range(200):
+                write_atomic(target, data)
+                seen.add(target.read_bytes())
+        except OSError as exc:  # a shared temporary renamed away by the other writer
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(bytes([65 + k]) * 100_000,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert seen <= {b"A" * 100_000, b"B" * 100_000}  # always one writer's whole file, never a mix
+    assert listing(tmp_path) == ["f"]
 
 
 def test_write_json_that_cannot_encode_leaves_the_target_unchanged(tmp_path: Path):
