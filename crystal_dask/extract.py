@@ -110,10 +110,6 @@ def extract_chunk(task: dict) -> dict:
     if marker.exists():  # a retried task (lost worker) or a resumed run
         return json.loads(marker.read_text())
     roomy_malloc(task["stage"])
-    return _extract_chunk(task, marker)
-
-
-def _extract_chunk(task: dict, marker: Path) -> dict:
     s = PatchSettings(**task["settings"])
     rows = task["rows"]
     n, p = len(rows), s.patch_size
