@@ -22,6 +22,8 @@ from dask.utils import parse_bytes
 from distributed import Client
 from distributed.security import Security
 
+from crystal_dask.config import is_integer, is_number
+
 KINDS: tuple[str, ...] = ("local", "address", "slurm", "pbs", "sge", "kubernetes")
 BATCH_KINDS: tuple[str, ...] = ("slurm", "pbs", "sge")
 # Seconds connect() waits for the first worker: batch jobs and pods queue, local workers just start.
@@ -60,7 +62,7 @@ class ClusterConfig:
 # ------------------------------------------------------------------------------------------------ checkers
 def _int_at_least(low: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_integer(value) or value < low:
             raise _Bad(f"must be an integer >= {low}; got {value!r}")
         return value
 
@@ -68,7 +70,7 @@ def _int_at_least(low: int) -> Callable[[Any], int]:
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if not is_number(value) or value <= 0:
         raise _Bad(f"must be a number of seconds > 0; got {value!r}")
     return float(value)
 

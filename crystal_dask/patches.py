@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from skimage.draw import polygon as fill_polygon
 
-from crystal_dask.config import reject_unknown_keys
+from crystal_dask.config import is_integer, is_number, reject_unknown_keys
 from crystal_dask.slides import Slide
 
 MODES = ("region", "window")
@@ -47,16 +47,13 @@ class PatchSettings:
             raise bad("mode", f"must be one of {', '.join(MODES)}")
         if self.window_unit not in WINDOW_UNITS:
             raise bad("window_unit", f"must be one of {', '.join(WINDOW_UNITS)}")
-        def integer(v: Any) -> bool:  # YAML's true is a bool, which Python also calls an int
-            return isinstance(v, int) and not isinstance(v, bool)
-
         def number(v: Any) -> bool:
-            return (integer(v) or isinstance(v, float)) and math.isfinite(v)
+            return is_number(v) and math.isfinite(v)
 
         for key in ("patch_size", "min_side", "chunk_rows"):
-            if not integer(getattr(self, key)) or getattr(self, key) < 1:
+            if not is_integer(getattr(self, key)) or getattr(self, key) < 1:
                 raise bad(key, "must be a positive integer")
-        if self.level is not None and (not integer(self.level) or self.level < 0):
+        if self.level is not None and (not is_integer(self.level) or self.level < 0):
             raise bad("level", "must be null or a level index >= 0")
         for key in ("window_size", "window_step", "magnification"):
             value = getattr(self, key)
@@ -64,7 +61,7 @@ class PatchSettings:
                 raise bad(key, "must be a positive number")
         if not (number(self.min_overlap) and 0 < self.min_overlap <= 1):
             raise bad("min_overlap", "must be a number in (0, 1]")
-        if not (integer(self.background) and 0 <= self.background <= 255):
+        if not (is_integer(self.background) and 0 <= self.background <= 255):
             raise bad("background", "must be an integer 0..255")
         if not isinstance(self.mask_outside, bool):
             raise bad("mask_outside", "must be true or false")
