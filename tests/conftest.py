@@ -5,15 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as dask_processes
-
-PROJECT = Path(__file__).resolve().parents[1]
-REALDATA = PROJECT.parent / "shared" / "realdata"
+from tests.helpers import REALDATA
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +36,7 @@ def slurm_ready() -> None:
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """A small generated FCBR-like corpus in the NEDC layout (every class, crystalline in every split)."""
-    from crystal_dask.synth import generate_corpus
+    from crystal_dask.synthetic.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus") / "fcbr"
     generate_corpus(root, flavour="fcbr", patients=8, slides_per_patient=1, regions_per_slide=10, crystalline=12,
@@ -50,7 +46,7 @@ def small_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_scan(small_corpus):
-    from crystal_dask.scan import scan
+    from crystal_dask.stages.scan import scan
 
     return scan(small_corpus)
 
@@ -59,7 +55,7 @@ def small_scan(small_corpus):
 def client():
     """A real LocalCluster, made as a job makes it: two worker processes, one thread each, dashboard on a free
     port."""
-    from crystal_dask.cluster import local_client
+    from crystal_dask.runtime.cluster import local_client
 
     with local_client(2, "4GiB") as c:
         yield c

@@ -12,7 +12,7 @@ import pytest
 
 import crystal_dask
 from crystal_dask.cli import VERBS, build_parser, main
-from crystal_dask.schema import REGIONS, REJECTS, read_table
+from crystal_dask.store.schema import REGIONS, REJECTS, read_table
 
 COMMANDS = Path(crystal_dask.__file__).parent / "commands"
 # the verbs as the folder has them, found without pkgutil

@@ -18,7 +18,7 @@ def add_cluster_argument(p: argparse.ArgumentParser) -> None:
 
 @contextlib.contextmanager
 def client_for(args: argparse.Namespace) -> Iterator[Client]:
-    from crystal_dask.cluster import connect, load_cluster_config
+    from crystal_dask.runtime.cluster import connect, load_cluster_config
 
     with connect(load_cluster_config(args.cluster)) as client:
         yield client

@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.bench import workdir, write_json
+    from crystal_dask.bench.common import workdir, write_json
 
     if args.repeats < 1:
         print("bench: --repeats must be >= 1", file=sys.stderr)

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.evaluate import evaluate
+    from crystal_dask.stages.evaluate import evaluate
 
     with client_for(args) as client:
         summary = evaluate(args.dataset, args.model, args.out, client, splits=args.splits,

@@ -29,9 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.extract import extract
-    from crystal_dask.patches import PatchSettings
-    from crystal_dask.schema import REGIONS, REJECTS, read_table
+    from crystal_dask.stages.extract import extract
+    from crystal_dask.store.schema import REGIONS, REJECTS, read_table
+    from crystal_dask.wsi.patches import PatchSettings
 
     settings = PatchSettings(
         mode=args.mode, level=args.level, min_side=args.min_side, window_size=args.window_size,

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     # imported here so that other verbs never pay for tifffile/imagecodecs
     import imagecodecs
 
-    from crystal_dask.slides import Slide, SlideError
+    from crystal_dask.wsi.slides import Slide, SlideError
 
     box = (args.x, args.y, args.width, args.height)
     if any(v is not None for v in box) and any(v is None for v in box):

@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.report import write_report
+    from crystal_dask.stages.report import write_report
 
     paths = write_report(json.loads(args.results.read_text()), args.out)
     print(f"report: {paths['report.md']}")

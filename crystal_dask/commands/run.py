@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.job import load_job, run_job
+    from crystal_dask.pipeline import load_job, run_job
 
     job = load_job(args.job, args.out)  # checked before any cluster starts
     print(f"job {job.name}: outputs in {job.out}")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from crystal_dask.schema import REGIONS, REJECTS, write_table
+from crystal_dask.store.schema import REGIONS, REJECTS, write_table
 
 HELP = "Scan a corpus (NEDC or Fox Chase layout): one row per annotated region, one per rejected input."
 
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.scan import scan
+    from crystal_dask.stages.scan import scan
 
     try:
         result = scan(args.root, corpus=args.corpus, split_seed=args.split_seed)

@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.submit import format_status, status
+    from crystal_dask.runtime.submit import format_status, status
 
     state = status(args.job)
     print(json.dumps(state, indent=2) if args.json else format_status(state))

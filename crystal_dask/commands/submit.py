@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.submit import DriverResources, submit
+    from crystal_dask.runtime.submit import DriverResources, submit
 
     record = submit(args.job, args.cluster, args.out, DriverResources(
         args.driver_cores, args.driver_memory, args.driver_walltime, args.driver_partition))

@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.labels import CLASSES, CRYSTALLINE
-    from crystal_dask.synth import generate_corpus
+    from crystal_dask.synthetic.corpus import generate_corpus
+    from crystal_dask.vocab import CLASSES, CRYSTALLINE
 
     try:
         summary = generate_corpus(

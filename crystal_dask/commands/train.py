@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.train import TrainConfig, train
+    from crystal_dask.stages.train import TrainConfig, train
 
     crystal = args.crystal if args.crystal is not None else args.config == "crystal"
     cfg = TrainConfig.from_config(args.config, {

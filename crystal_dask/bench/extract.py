@@ -1,0 +1,337 @@
+"""`crystal-dask bench extract`: patches per second of crystal_dask's extraction on 1 and 2 workers, against
+(a) the script a user would write with openslide-python (each region's bounding box read at level 0, PIL
+greyscale and resize) and (b) the decode limit: only decoding, with imagecodecs, the JPEG tiles each patch
+touches at the level crystal_dask reads it, in 1 process and split over 2 processes.
+
+Everything runs on the same generated FCBR-like corpus in the same run, each measurement `repeats` times,
+interleaved so that a noisy neighbour slows every contender alike. The baselines run in child processes with a
+plain environment (not the one Dask's nanny gives its workers) so that their peak memory is their own; their
+timers start after imports and loading, as crystal_dask's do (its workers are warm, its clusters already up).
+"crystal_dask's rendering alone" runs the workers' per-patch code in such a plain process: the gap between it and
+1 worker is what running inside a Dask worker costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import io
+import json
+import math
+import pstats
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crystal_dask.bench.common import (
+    Stat,
+    corpus,
+    fmt_bytes,
+    fmt_stat,
+    merge_peaks,
+    peaks,
+    rate,
+    ratio,
+    run_together,
+    table,
+)
+from crystal_dask.runtime.cluster import local_client
+
+WORKERS = (1, 2)
+TARGETS = {"vs_openslide": 3.0, "vs_decode_limit": 0.5, "scaling": 1.8}  # 2 workers; scaling: "near-linear"
+
+
+# ------------------------------------------------------------------------------------------ the user's script
+def openslide_script(boxes: Sequence[tuple[str, int, int, int, int]], size: int = 256) -> np.ndarray:
+    """The straightforward single-process script: for each (slide, x0, y0, x1, y1) read the box at level 0 with
+    OpenSlide, convert to greyscale and resize with PIL, stack into one uint8 array."""
+    import openslide
+
+    patches = []
+    slide, opened = None, None
+    for path, x0, y0, x1, y1 in boxes:
+        if path != opened:  # boxes come sorted by slide: open each slide once
+            if slide is not None:
+                slide.close()
+            slide, opened = openslide.OpenSlide(path), path
+        region = slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0))
+        patches.append(np.asarray(region.convert("L").resize((size, size))))
+    if slide is not None:
+        slide.close()
+    return np.stack(patches)
+
+
+def prepare_openslide(boxes: str, out: str) -> Callable[[], dict]:
+    """Child process: run `openslide_script` over the boxes in a JSON file, save the patches as .npy."""
+    import openslide  # noqa: F401  (imported before the timer starts, like the workers' modules)
+
+    todo = [tuple(b) for b in json.loads(Path(boxes).read_text())]
+
+    def work() -> dict:
+        np.save(out, openslide_script(todo))
+        return {"patches": len(todo)}
+
+    return work
+
+
+# ------------------------------------------------------------------------------------------ the decode limit
+def touched_tiles(rows: Sequence[dict], settings) -> tuple[list[tuple[str, int, list[int]]], Counter]:
+    """For each planned patch: (slide, level crystal_dask reads, indices of the tiles its box touches there),
+    and how many patches each level serves. Boxes are mapped to level pixels as patches.read_grey does."""
+    from crystal_dask.wsi.patches import choose_level
+    from crystal_dask.wsi.slides import Slide
+
+    out, levels = [], Counter()
+    by_slide: dict[str, list[dict]] = {}
+    for r in rows:
+        by_slide.setdefault(r["slide"], []).append(r)
+    for path, rs in by_slide.items():
+        with Slide(path) as slide:
+            info = slide.info()["levels"]
+            for r in rs:
+                level = choose_level(slide, r["wx1"] - r["wx0"], r["wy1"] - r["wy0"], settings)
+                lv = info[level]
+                if lv["tile"] is None or lv["compression"] != "JPEG":
+                    raise ValueError(f"{path}: level {level} is not JPEG-tiled; the decode limit needs JPEG tiles")
+                tw, th = lv["tile"]
+                ds = lv["downsample"]
+                lx0, ly0 = math.floor(r["wx0"] / ds), math.floor(r["wy0"] / ds)
+                lx1, ly1 = min(math.ceil(r["wx1"] / ds), lv["width"]), min(math.ceil(r["wy1"] / ds), lv["height"])
+                nx = math.ceil(lv["width"] / tw)
+                tiles = [ty * nx + tx for ty in range(ly0 // th, (ly1 - 1) // th + 1)
+                         for tx in range(lx0 // tw, (lx1 - 1) // tw + 1)]
+                out.append((path, level, tiles))
+                levels[level] += 1
+    return out, levels
+
+
+def split_work(items: list[tuple[str, int, list[int]]], parts: int) -> list[list[tuple[str, int, list[int]]]]:
+    """Patches dealt to `parts` processes, largest first to the least loaded (balanced tile counts)."""
+    out: list[list] = [[] for _ in range(parts)]
+    load = [0] * parts
+    for item in sorted(items, key=lambda it: -len(it[2])):
+        k = load.index(min(load))
+        out[k].append(item)
+        load[k] += len(item[2])
+    return out
+
+
+def prepare_decode(tiles: str) -> Callable[[], dict]:
+    """Child process: read the JPEG bytes of every listed tile into memory, then (timed) decode each one."""
+    import imagecodecs
+    import tifffile
+
+    jobs = []
+    for path, level, indices in json.loads(Path(tiles).read_text()):
+        with tifffile.TiffFile(path) as tif:
+            page = tif.series[0].levels[level].pages[0]  # the page crystal_dask's Slide reads for an SVS level
+            # as tifffile decodes them for slides.py: Aperio's RGB-coded JPEG (no JFIF marker) stays RGB, YCbCr
+            # becomes RGB
+            colorspace = "RGB" if page.photometric == tifffile.PHOTOMETRIC.RGB and not page.is_jfif else None
+            fh = tif.filehandle
+            for i in indices:
+                fh.seek(page.dataoffsets[i])
+                jobs.append((fh.read(page.databytecounts[i]), page.jpegtables, colorspace))
+
+    def work() -> dict:
+        for data, tables, colorspace in jobs:
+            imagecodecs.jpeg_decode(data, tables=tables, colorspace=colorspace, outcolorspace="RGB")
+        return {"tiles": len(jobs)}
+
+    return work
+
+
+# ------------------------------------------------------------------------------------------ crystal_dask
+def _warm() -> None:
+    import crystal_dask.stages.extract  # noqa: F401  (the modules a task needs, loaded before the timer starts)
+
+
+def render_all(rows: Sequence[dict], settings) -> None:
+    """Render every planned patch in this process, each slide opened once, as extract_chunk does in a task."""
+    from crystal_dask.wsi.patches import render_patch
+    from crystal_dask.wsi.slides import Slide
+
+    by_slide: dict[str, list[dict]] = {}
+    for r in rows:
+        by_slide.setdefault(r["slide"], []).append(r)
+    for path, rs in by_slide.items():
+        with Slide(path) as slide:
+            for r in rs:
+                render_patch(slide, (r["wx0"], r["wy0"], r["wx1"], r["wy1"]), settings, r["polygon"])
+
+
+def prepare_render(rows: str, settings: dict) -> Callable[[], dict]:
+    """Child process: crystal_dask's rendering of the planned rows (a JSON file) in one plain process, no Dask."""
+    from crystal_dask.wsi.patches import PatchSettings
+
+    todo, s = json.loads(Path(rows).read_text()), PatchSettings(**settings)
+
+    def work() -> dict:
+        render_all(todo, s)
+        return {"patches": len(todo)}
+
+    return work
+
+
+def profile_render(rows: Sequence[dict], settings, top: int = 12) -> str:
+    """cProfile of `render_all` in this process: the functions that cost the time, by own time."""
+    prof = cProfile.Profile()
+    prof.runcall(render_all, rows, settings)
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ the benchmark
+def run(work: Path, *, patients: int = 18, slides_per_patient: int = 2, regions_per_slide: int = 14,
+        slide_size: tuple[int, int] = (6000, 4000), chunk_rows: int = 32, repeats: int = 3, seed: int = 0,
+        profile: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the extraction benchmark in `work`; return every number (see `report` for the table)."""
+    from crystal_dask.stages.extract import extract, load_patches, plan
+    from crystal_dask.stages.scan import scan
+    from crystal_dask.wsi.patches import PatchSettings
+
+    started = time.perf_counter()
+    folder, manifest = corpus(work, flavour="fcbr", patients=patients, slides_per_patient=slides_per_patient,
+                              regions_per_slide=regions_per_slide, crystalline=patients, slide_size=slide_size,
+                              seed=seed)
+    regions = scan(folder).regions
+    settings = PatchSettings(chunk_rows=chunk_rows)
+    rows, _ = plan(regions, settings)
+    n = len(rows)
+    tiles, levels = touched_tiles(rows, settings)
+    log(f"corpus {folder}: {manifest['counts']['slides']} slides, {n} regions -> {n} patches, "
+        f"{sum(len(t) for _, _, t in tiles)} tiles touched; levels read {dict(sorted(levels.items()))} "
+        f"(ready in {time.perf_counter() - started:.0f} s)")
+
+    boxes = work / "boxes.json"
+    boxes.write_text(json.dumps([[r["slide"], r["wx0"], r["wy0"], r["wx1"], r["wy1"]] for r in rows]))
+    parts = []
+    for k, part in enumerate(split_work(tiles, 2)):
+        parts.append(work / f"tiles-2proc-{k}.json")
+        parts[-1].write_text(json.dumps(part))
+    whole = work / "tiles-1proc.json"
+    whole.write_text(json.dumps(tiles))
+    openslide_out = work / "openslide.npy"
+
+    planned = work / "rows.json"
+    planned.write_text(json.dumps(rows))
+    seconds: dict[str, list[float]] = {k: [] for k in ("openslide", "decode_1proc", "decode_2proc", "render_1proc",
+                                                       *(f"crystal_dask_{w}w" for w in WORKERS))}
+    mem: dict[str, list[dict[str, int]]] = {k: [] for k in seconds}
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for w in WORKERS:
+            clients[w] = stack.enter_context(local_client(w))
+            clients[w].run(_warm)
+        for rep in range(repeats):
+            _, (res,) = run_together("crystal_dask.bench.extract:prepare_openslide",
+                                     [{"boxes": str(boxes), "out": str(openslide_out)}])
+            seconds["openslide"].append(res.seconds)
+            mem["openslide"].append({"script": res.peak_rss})
+            _, (res,) = run_together("crystal_dask.bench.extract:prepare_decode", [{"tiles": str(whole)}])
+            seconds["decode_1proc"].append(res.seconds)
+            mem["decode_1proc"].append({"process": res.peak_rss})
+            wall, results = run_together("crystal_dask.bench.extract:prepare_decode",
+                                         [{"tiles": str(p)} for p in parts])
+            seconds["decode_2proc"].append(wall)
+            mem["decode_2proc"].append({f"process-{k}": r.peak_rss for k, r in enumerate(results)})
+            _, (res,) = run_together("crystal_dask.bench.extract:prepare_render",
+                                     [{"rows": str(planned), "settings": settings.as_dict()}])
+            seconds["render_1proc"].append(res.seconds)
+            mem["render_1proc"].append({"process": res.peak_rss})
+            for w, client in clients.items():
+                out = work / f"dataset-{w}w"
+                shutil.rmtree(out, ignore_errors=True)
+                with peaks(client) as pk:
+                    t0 = time.perf_counter()
+                    ds = extract(regions, out, settings, client)
+                    seconds[f"crystal_dask_{w}w"].append(time.perf_counter() - t0)
+                mem[f"crystal_dask_{w}w"].append(pk)
+                if ds.read_manifest()["patches"] != n:
+                    raise RuntimeError(f"{out}: extract wrote {ds.read_manifest()['patches']} patches, {n} planned")
+            log(f"repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()))
+
+    # both read the same boxes: their patches differ only by resampling (and level, where not 0)
+    import zarr
+
+    done = work / f"dataset-{WORKERS[-1]}w"
+    ours = zarr.open_group(str(done / "patches.zarr"), mode="r")["pixels"][:]
+    theirs = np.load(openslide_out)
+    diff = float(np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).mean())
+    read_levels = Counter(load_patches(done)["level"].to_pylist())
+
+    rates = {k: rate(n, v) for k, v in seconds.items()}
+    w1, w2 = (rates[f"crystal_dask_{w}w"] for w in WORKERS)
+    ratios = {"vs_openslide": ratio(w2, rates["openslide"]), "vs_decode_limit": ratio(w2, rates["decode_2proc"]),
+              "vs_decode_limit_1proc": ratio(w1, rates["decode_1proc"]), "scaling": ratio(w2, w1),
+              "decode_scaling": ratio(rates["decode_2proc"], rates["decode_1proc"]),
+              "worker_vs_plain_process": ratio(w1, rates["render_1proc"])}
+    result = {
+        "bench": "extract", "repeats": repeats, "patches": n,
+        "corpus": {"root": str(folder), **{k: manifest["counts"][k] for k in ("slides", "regions")},
+                   "slide_size": list(slide_size), "tiles_touched": sum(len(t) for _, _, t in tiles),
+                   "levels_read": {str(k): v for k, v in sorted(read_levels.items())}},
+        "settings": settings.as_dict(),
+        "seconds": {k: Stat(tuple(v)).as_dict() for k, v in seconds.items()},
+        "patches_per_s": {k: v.as_dict() for k, v in rates.items()},
+        "ratios": ratios,
+        "targets": {k: {"target": t, "met": ratios[k] >= t} for k, t in TARGETS.items()},
+        "peak_rss": {k: merge_peaks(v) for k, v in mem.items()},
+        "pixel_mean_abs_diff_vs_openslide": diff,
+        "total_seconds": time.perf_counter() - started,
+    }
+    if profile:
+        result["profile"] = profile_render(rows, settings)
+    return result
+
+
+_LABELS = {
+    "openslide": "openslide script (1 process, level 0)",
+    "decode_1proc": "decode limit, 1 process",
+    "decode_2proc": "decode limit, 2 processes",
+    "render_1proc": "crystal_dask's rendering alone, 1 plain process",
+    "crystal_dask_1w": "crystal_dask, 1 worker",
+    "crystal_dask_2w": "crystal_dask, 2 workers",
+}
+
+
+def report(r: dict[str, Any]) -> str:
+    """The benchmark's tables: medians with (min-max) over the repeats, the ratios, and peak memory."""
+    c = r["corpus"]
+    lines = [f"extract: {r['patches']} patches (region mode, {r['settings']['chunk_rows']} per task) from "
+             f"{c['regions']} regions on {c['slides']} generated FCBR-like slides of up to {c['slide_size'][0]}x"
+             f"{c['slide_size'][1]} px; crystal_dask read levels {c['levels_read']} (patches per level); "
+             f"{c['tiles_touched']} JPEG tiles touched; {r['repeats']} repeats, median (min-max)", ""]
+    rows = [("contender", "seconds", "patches/s", "peak RSS per process")]
+    for k, label in _LABELS.items():
+        s, p = r["seconds"][k], r["patches_per_s"][k]
+        mem = ", ".join(f"{name} {fmt_bytes(v)}" for name, v in r["peak_rss"][k].items())
+        rows.append((label, fmt_stat(s), fmt_stat(p), mem))
+    lines.append(table(rows))
+    t = r["targets"]
+    q = r["ratios"]
+    lines += ["", table([
+        ("ratio (of medians)", "value", "target"),
+        ("crystal_dask 2 workers / openslide script", f"{q['vs_openslide']:.2f}x", _target(t["vs_openslide"])),
+        ("crystal_dask 2 workers / decode limit on 2 processes", f"{q['vs_decode_limit']:.2f}",
+         _target(t["vs_decode_limit"])),
+        ("crystal_dask 1 worker / decode limit on 1 process", f"{q['vs_decode_limit_1proc']:.2f}", ""),
+        ("scaling: crystal_dask 2 workers / 1 worker", f"{q['scaling']:.2f}x", _target(t["scaling"])),
+        ("scaling of the decode limit, 2 / 1 process (the machine's)", f"{q['decode_scaling']:.2f}x", ""),
+        ("crystal_dask 1 worker / its rendering alone in a plain process", f"{q['worker_vs_plain_process']:.2f}", ""),
+    ])]
+    lines.append(f"\nmean |crystal_dask - openslide| per pixel: {r['pixel_mean_abs_diff_vs_openslide']:.1f} grey "
+                 f"levels (same boxes; resampling differs); bench took {r['total_seconds']:.0f} s")
+    if "profile" in r:
+        lines += ["", "where a worker's time goes (cProfile of rendering every patch in one process):", r["profile"]]
+    return "\n".join(lines)
+
+
+def _target(t: dict[str, Any]) -> str:
+    return f">= {t['target']:g}: {'met' if t['met'] else 'MISSED'}"

@@ -1,0 +1,126 @@
+"""Detached jobs: start the driver (`crystal-dask run`) in the background or as a SLURM batch job, and read
+back where it stands. The record of a submission is <out>/submit.json; the driver writes <out>/status.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crystal_dask.pipeline import load_job
+from crystal_dask.runtime.cluster import BATCH_KINDS, load_cluster_config
+
+
+@dataclass(frozen=True)
+class DriverResources:
+    """What the driver's own batch job asks for (it runs the scheduler and the client, not the work)."""
+
+    cores: int = 1
+    memory: str = "4G"
+    walltime: str = "24:00:00"
+    partition: str | None = None
+
+
+def _driver_command(job_file: Path, cluster_file: Path | None, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "crystal_dask.cli", "run", str(job_file.resolve()), "--out", str(out),
+           "--no-progress"]
+    if cluster_file is not None:
+        cmd += ["--cluster", str(cluster_file.resolve())]
+    return cmd
+
+
+def submit(job_file: Path, cluster_file: Path | None = None, out: Path | None = None,
+           resources: DriverResources = DriverResources()) -> dict[str, Any]:
+    """Start the job detached; returns (and writes to <out>/submit.json) how to find it again."""
+    job = load_job(job_file, out)  # a bad job file fails here, not in the background
+    cluster = load_cluster_config(cluster_file)
+    job.out.mkdir(parents=True, exist_ok=True)
+    cmd = _driver_command(job_file, cluster_file, job.out)
+    log = job.out / "driver.log"
+    record: dict[str, Any] = {"job": job.name, "out": str(job.out), "command": cmd, "log": str(log),
+                              "submitted": time.time()}
+    if cluster.kind == "slurm":
+        if shutil.which("sbatch") is None:
+            raise RuntimeError(f"{cluster.source}: kind: slurm but there is no sbatch on PATH here")
+        args = ["sbatch", "--parsable", f"--job-name=crystal-dask-{job.name}", f"--output={log}",
+                f"--cpus-per-task={resources.cores}", f"--mem={resources.memory}", f"--time={resources.walltime}",
+                f"--chdir={os.getcwd()}", "--wrap", shlex.join(cmd)]
+        if resources.partition:
+            args.insert(1, f"--partition={resources.partition}")
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"sbatch refused the driver job: {done.stderr.strip() or done.stdout.strip()}")
+        record |= {"kind": "slurm", "slurm_job_id": done.stdout.strip().split(";")[0]}
+    elif cluster.kind in BATCH_KINDS:
+        raise NotImplementedError(
+            f"{cluster.source}: kind: {cluster.kind}: detached drivers are submitted to SLURM only for now; "
+            f"run `{shlex.join(cmd)}` inside a batch job of your own")
+    else:
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=os.getcwd())
+        record |= {"kind": "background", "pid": proc.pid}
+    (job.out / "submit.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of this very process has exited too
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def status(out: Path) -> dict[str, Any]:
+    """Where a job stands: the driver's status.json, plus whether its process or batch job still runs."""
+    out = Path(out)
+    if out.is_file():  # a job file: find its output folder
+        out = load_job(out).out
+    state: dict[str, Any] = {"out": str(out)}
+    if (out / "status.json").exists():
+        state |= json.loads((out / "status.json").read_text())
+    if (out / "submit.json").exists():
+        sub = json.loads((out / "submit.json").read_text())
+        state["submission"] = sub
+        if sub["kind"] == "background":
+            state["driver_running"] = _pid_alive(sub["pid"])
+        elif sub["kind"] == "slurm" and shutil.which("squeue"):
+            q = subprocess.run(["squeue", "-h", "-j", sub["slurm_job_id"], "-o", "%T"], capture_output=True, text=True)
+            state["slurm_state"] = q.stdout.strip() or "finished (not in the queue)"
+    if "state" not in state:
+        state["state"] = "submitted, not started yet" if "submission" in state else "unknown: nothing ran here"
+    return state
+
+
+def format_status(state: dict[str, Any]) -> str:
+    lines = [f"job {state.get('job', '?')}: {state['state']}  (outputs: {state['out']})"]
+    if "slurm_state" in state:
+        lines.append(f"  driver: SLURM job {state['submission']['slurm_job_id']}: {state['slurm_state']}")
+    if "driver_running" in state:
+        lines.append(f"  driver: pid {state['submission']['pid']}: "
+                     f"{'running' if state['driver_running'] else 'not running'}")
+    for name, st in state.get("stages", {}).items():
+        took = f" ({st['ended'] - st['started']:.1f} s)" if "ended" in st and "started" in st else ""
+        lines.append(f"  {name:<32} {st.get('state', '?')}{took}")
+    if state.get("error"):
+        lines.append(f"  error: {state['error']}")
+    if state.get("report"):
+        lines.append(f"  report: {state['report']}")
+    if "submission" in state:
+        lines.append(f"  log: {state['submission']['log']}")
+    return "\n".join(lines)

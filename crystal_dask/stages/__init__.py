@@ -1,0 +1,1 @@
+"""The pipeline stages, one module each, in run order: synth, scan, extract, train, evaluate, report."""

@@ -1,0 +1,251 @@
+"""Distributed extraction: a Dask bag of chunk-aligned groups of patches -> <out>/patches.zarr + tables.
+
+Each task owns whole zarr chunks (zarr 3 has no synchronizer), opens its slides itself, and leaves a done-marker
+holding its rows' outcome. A rerun skips chunks with markers; a change of plan or settings discards them all.
+The zarr rows follow the plan, so the bytes do not depend on the number of workers or on task order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.bag as db
+import numpy as np
+import pyarrow as pa
+import zarr
+from distributed import Client
+from zarr.codecs import ZstdCodec
+
+from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
+from crystal_dask.store.files import write_json
+from crystal_dask.store.schema import PATCHES, REGIONS, REJECTS, conform, make_table, read_table, write_table
+from crystal_dask.vocab import CLASSES
+from crystal_dask.wsi.layout import SPLITS
+from crystal_dask.wsi.patches import PatchSettings, plan_windows, render_patch
+from crystal_dask.wsi.slides import Slide, SlideError
+
+FORMAT_VERSION = 3  # bump when the pixels (or their stored bytes) a plan produces change for the same settings
+ZARR_NAME = "patches.zarr"
+MARKERS = ".extract"
+_PLAN_KEYS = [f.name for f in PATCHES if f.name not in ("row", "level", "downsample")]
+
+
+@dataclass
+class Dataset:
+    """Paths of an extracted dataset."""
+
+    root: Path
+
+    @property
+    def zarr(self) -> Path:
+        return self.root / ZARR_NAME
+
+    @property
+    def patches(self) -> Path:
+        return self.root / "patches.parquet"
+
+    @property
+    def rejects(self) -> Path:
+        return self.root / "rejects.parquet"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "extract.json"
+
+    def complete(self) -> bool:
+        return self.manifest.exists()
+
+    def read_manifest(self) -> dict[str, Any]:
+        return json.loads(self.manifest.read_text())
+
+
+# ----------------------------------------------------------------------------------------------- the plan
+def plan(regions: pa.Table, s: PatchSettings) -> tuple[list[dict], list[dict]]:
+    """Patch rows in dataset order (PATCHES fields but row/level/downsample, plus the polygon) and rejects."""
+    regions = conform(regions, REGIONS, "regions table")
+    rows, rejects = [], []
+    for r in regions.to_pylist():
+        base = {k: r[k] for k in _PLAN_KEYS if k in r} | {"polygon": (r["polygon_x"], r["polygon_y"])}
+        if s.mode == "region":
+            rows.append(base | {"wx0": r["x0"], "wy0": r["y0"], "wx1": r["x1"], "wy1": r["y1"], "overlap": 1.0})
+            continue
+        windows, reason = plan_windows(r, s)
+        if not windows:
+            rejects.append(_reject(r["annotation"], r["region_id"], reason))
+        for wx0, wy0, wx1, wy1, overlap in windows:
+            rows.append(base | {"wx0": wx0, "wy0": wy0, "wx1": wx1, "wy1": wy1, "overlap": overlap})
+    return rows, rejects
+
+
+def _reject(source: str, region_id: int | None, reason: str) -> dict:
+    loc = f"region {region_id}" if region_id is not None else ""
+    return {"stage": "extract", "source": source, "location": loc, "region_id": region_id, "reason": reason}
+
+
+def plan_hash(rows: list[dict], s: PatchSettings) -> str:
+    """Identity of what the dataset will hold: settings, format version, every planned box, and slide sizes."""
+    h = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, "settings": s.as_dict()}, sort_keys=True).encode())
+    sizes: dict[str, int] = {}
+    for r in rows:
+        if r["slide"] not in sizes:
+            p = Path(r["slide"])
+            sizes[r["slide"]] = p.stat().st_size if p.exists() else -1
+        h.update(json.dumps([r[k] for k in ("slide", "region_id", "cls", "crystal", "split", "wx0", "wy0", "wx1",
+                                             "wy1")] + [sizes[r["slide"]], r["polygon"] if s.mask_outside else None]
+                            ).encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- the tasks
+def extract_chunk(task: dict) -> dict:
+    """Render one chunk of patches on a worker, write its whole zarr chunks, then its done-marker."""
+    marker = Path(task["marker"])
+    if marker.exists():  # a retried task (lost worker) or a resumed run
+        return json.loads(marker.read_text())
+    roomy_malloc(task["stage"])
+    s = PatchSettings(**task["settings"])
+    rows = task["rows"]
+    n, p = len(rows), s.patch_size
+    pixels = np.zeros((n, p, p), dtype=np.uint8)
+    label = np.full(n, -1, dtype=np.int16)
+    outcome: list[dict] = []
+    by_slide: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_slide[r["slide"]].append(i)
+    results: dict[int, dict] = {}
+    for path, idx in by_slide.items():
+        try:
+            slide = Slide(path)
+        except SlideError as exc:
+            results |= {i: {"reject": f"slide unreadable: {exc}"} for i in idx}
+            continue
+        with slide:
+            for i in idx:
+                r = rows[i]
+                try:
+                    pixels[i], level = render_patch(slide, (r["wx0"], r["wy0"], r["wx1"], r["wy1"]), s, r["polygon"])
+                except (SlideError, ValueError, OSError, MemoryError) as exc:
+                    results[i] = {"reject": f"{type(exc).__name__}: {exc}"}
+                    continue
+                label[i] = CLASSES.index(r["cls"])
+                results[i] = {"level": level, "downsample": slide.levels[level].downsample}
+    for i in range(n):
+        outcome.append({"row": task["start"] + i, **results[i]})
+    valid = label >= 0
+    crystal = np.array([r["crystal"] for r in rows], dtype=bool) & valid
+    split = np.array([SPLITS.index(r["split"]) for r in rows], dtype=np.int8)
+    group = zarr.open_group(task["zarr"], mode="r+")
+    sl = slice(task["start"], task["start"] + n)
+    for name, values in (("pixels", pixels), ("label", label), ("crystal", crystal), ("split", split)):
+        # Whole chunks, always written: zarr's scan for all-fill chunks cost 9 ms per 2 MiB of pixels.
+        group[name].with_config({"write_empty_chunks": True})[sl] = values
+    result = {"chunk": task["chunk"], "rows": outcome}
+    write_json(marker, result, indent=None)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- the run
+def prepare_dataset(ds: Dataset, n: int, s: PatchSettings, digest: str) -> Path:
+    """Create the zarr arrays and marker folder for this plan; discard everything from another plan."""
+    markers = ds.root / MARKERS / digest
+    if ds.zarr.exists():
+        try:
+            same = zarr.open_group(str(ds.zarr), mode="r").attrs.get("plan_hash") == digest
+        except (FileNotFoundError, ValueError, KeyError):
+            same = False
+        if same and markers.exists():
+            return markers
+        shutil.rmtree(ds.zarr)  # another plan's chunks are never mixed with this one's
+    shutil.rmtree(ds.root / MARKERS, ignore_errors=True)
+    for stale in (ds.manifest, ds.patches, ds.rejects):
+        stale.unlink(missing_ok=True)
+    markers.mkdir(parents=True)
+    group = zarr.open_group(str(ds.zarr), mode="w", zarr_format=3, attributes={
+        "plan_hash": digest, "classes": list(CLASSES), "splits": list(SPLITS), "settings": s.as_dict(),
+        "format_version": FORMAT_VERSION})
+    c, p = s.chunk_rows, s.patch_size
+    zstd = ZstdCodec(level=2)  # 2/3 of level 3's CPU per chunk for 2-6% more bytes; level 1 was up to 50% more
+    group.create_array("pixels", shape=(n, p, p), chunks=(c, p, p), dtype="uint8", fill_value=0,
+                       compressors=zstd, dimension_names=("patch", "y", "x"))
+    for name, dtype, fill in (("label", "int16", -1), ("crystal", "bool", False), ("split", "int8", -1)):
+        group.create_array(name, shape=(n,), chunks=(c,), dtype=dtype, fill_value=fill, compressors=zstd,
+                           dimension_names=("patch",))
+    return markers
+
+
+def extract(
+    regions: pa.Table,
+    out: str | Path,
+    settings: PatchSettings,
+    client: Client,
+    *,
+    scan_rejects: pa.Table | None = None,
+    show_progress: Callable[[list], None] | None = None,
+) -> Dataset:
+    """Extract every planned patch into <out>; resumes where a previous run of the same plan stopped."""
+    ds = Dataset(Path(out).resolve())
+    ds.root.mkdir(parents=True, exist_ok=True)
+    rows, rejects = plan(regions, settings)
+    digest = plan_hash(rows, settings)
+    if ds.complete() and ds.read_manifest().get("plan_hash") == digest:
+        return ds
+    markers = prepare_dataset(ds, len(rows), settings, digest)
+    c = settings.chunk_rows
+    tasks = [
+        {"chunk": k, "start": start, "rows": rows[start:start + c], "settings": settings.as_dict(),
+         "zarr": str(ds.zarr), "marker": str(markers / f"chunk-{k:06d}.json")}
+        for k, start in enumerate(range(0, len(rows), c))
+    ]
+    todo = [t for t in tasks if not Path(t["marker"]).exists()]
+    if todo:
+        with roomy_stage(client) as stage:
+            bag = db.from_sequence([t | {"stage": stage} for t in todo], npartitions=len(todo)).map(extract_chunk)
+            futures = client.compute(bag.to_delayed())
+            if show_progress is not None:
+                show_progress(futures)
+            client.gather(futures)
+    _sweep_partial_writes(ds)
+
+    patches = []
+    for t in tasks:
+        done = json.loads(Path(t["marker"]).read_text())
+        for r, o in zip(t["rows"], done["rows"], strict=True):
+            if "reject" in o:
+                rejects.append(_reject(r["annotation"], r["region_id"], o["reject"]))
+            else:
+                patches.append({k: r[k] for k in _PLAN_KEYS} | o)
+    all_rejects = make_table(REJECTS, rejects)
+    if scan_rejects is not None:
+        all_rejects = pa.concat_tables([conform(scan_rejects, REJECTS, "scan rejects"), all_rejects])
+    write_table(make_table(PATCHES, patches), ds.patches, PATCHES)
+    write_table(all_rejects, ds.rejects, REJECTS)
+    n_regions = regions.num_rows
+    placed = len({(p["slide"], p["region_id"]) for p in patches})
+    manifest = {
+        "plan_hash": digest, "settings": settings.as_dict(), "format_version": FORMAT_VERSION,
+        "patches": len(patches), "planned": len(rows), "regions_in": n_regions, "regions_written": placed,
+        "rejects_extract": len(rejects), "rejects_total": all_rejects.num_rows, "chunks": len(tasks),
+        "chunks_run": len(todo),
+    }
+    write_json(ds.manifest, manifest)
+    return ds
+
+
+def _sweep_partial_writes(ds: Dataset) -> None:
+    """Remove the temporary files of writers killed mid-write (zarr's `<chunk>.<uuid>.partial`, our own
+    `.<name>.<pid>-<thread>.tmp`). Every chunk and marker is whole by now, so these are orphans; left in place they
+    would make a resumed or worker-loss run differ on disk from an undisturbed one."""
+    for pattern, folder in (("*.partial", ds.zarr), (".*.tmp", ds.root / MARKERS)):
+        for orphan in folder.rglob(pattern):
+            orphan.unlink(missing_ok=True)
+
+
+def load_patches(root: str | Path) -> pa.Table:
+    return read_table(Dataset(Path(root)).patches, PATCHES)

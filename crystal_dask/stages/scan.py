@@ -1,0 +1,143 @@
+"""Corpus scan: one row per usable annotated region (REGIONS schema), one reject row per unusable input.
+
+Runs on the client and reads no pixels: only annotation files and slide headers (size, MPP).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from crystal_dask.store.schema import REGIONS, REJECTS, make_table
+from crystal_dask.vocab import DEFAULT_LABELS, LabelMap
+from crystal_dask.wsi.annotations import check_bounds, read_annotations
+from crystal_dask.wsi.layout import SlideEntry, discover
+from crystal_dask.wsi.slides import Slide, SlideError
+from crystal_dask.wsi.split import split_patients
+
+_REGION_PREFIX = re.compile(r"^region \d+: ")
+_NUMBER = re.compile(r"\d+")
+_UNCLOSED = re.compile(r" \([^)]*$")  # "unknown label 'x' (known" once the list after ': ' is cut
+
+
+@dataclass
+class ScanResult:
+    regions: pa.Table  # REGIONS
+    rejects: pa.Table  # REJECTS
+
+    def summary(self) -> dict:
+        t = self.regions
+        per_split = Counter(zip(t.column("split").to_pylist(), t.column("label").to_pylist(), strict=True))
+        by_split: dict[str, dict[str, int]] = defaultdict(dict)
+        for (s, label), n in sorted(per_split.items()):
+            by_split[s][label] = n
+        return {
+            "regions": t.num_rows,
+            "slides": len(set(t.column("slide").to_pylist())),
+            "patients": len(set(t.column("patient").to_pylist())),
+            "rejects": self.rejects.num_rows,
+            "by_split": dict(by_split),
+            "reject_reasons": dict(Counter(map(reason_kind, self.rejects.column("reason").to_pylist()))),
+        }
+
+
+def reason_kind(reason: str) -> str:
+    """A reject reason without what names one region or file, to count reasons by kind.
+
+    Reasons read "<kind>: <details>"; csv faults found per region start with "region N: ".
+    """
+    kind = _REGION_PREFIX.sub("", reason).split(": ", 1)[0]
+    return _UNCLOSED.sub("", _NUMBER.sub("N", kind))
+
+
+def _reject(source: Path | str, location: str, reason: str, region_id: int | None = None) -> dict:
+    return {"stage": "scan", "source": str(source), "location": location, "region_id": region_id, "reason": reason}
+
+
+def _scan_entry(entry: SlideEntry, corpus: str, labels: LabelMap) -> tuple[list[dict], list[dict]]:
+    """Regions and rejects of one slide + annotation pair; the split is filled in later when the path has none."""
+    ann = read_annotations(entry.annotation, labels)
+    rejects = [_reject(i.source, i.location, i.reason, i.region_id) for i in ann.errors]
+    try:
+        with Slide(entry.slide) as slide:
+            width, height, mpp = slide.width, slide.height, slide.mpp
+    except SlideError as exc:
+        rejects += [_reject(entry.slide, f"region {r.region_id}", f"slide unreadable: {exc}", r.region_id)
+                    for r in ann.regions]
+        if not ann.regions:
+            rejects.append(_reject(entry.slide, "", f"slide unreadable: {exc}"))
+        return [], rejects
+
+    header = ann.header
+    if header is not None and (header.width, header.height) != (width, height):
+        reason = (f"header disagrees with the slide: {header.width}x{header.height} pixels in "
+                  f"{entry.annotation.name}, {width}x{height} in {entry.slide.name}")
+        return [], rejects + [_reject(entry.annotation, f"region {r.region_id}", reason, r.region_id)
+                              for r in ann.regions]
+    if mpp is None and header is not None:
+        mpp = header.mpp  # the slide records none: the annotation's header is the best we have
+    rows = []
+    for r in ann.regions:
+        reason = check_bounds(r, width, height)
+        if reason:
+            rejects.append(_reject(entry.annotation, f"region {r.region_id}", reason, r.region_id))
+            continue
+        cls, crystal = labels.resolve(r.label)
+        x0, y0, x1, y1 = r.bbox
+        rows.append({
+            "corpus": corpus, "split": entry.split, "patient": entry.patient, "slide": str(entry.slide),
+            "annotation": str(entry.annotation), "bname": entry.bname, "region_id": r.region_id,
+            "label": r.label or "null", "cls": cls, "crystal": crystal, "tissue": r.tissue,
+            "x0": x0, "y0": y0, "x1": x1, "y1": y1, "polygon_x": list(r.x), "polygon_y": list(r.y),
+            "mpp": mpp, "slide_width": width, "slide_height": height,
+        })
+    return rows, rejects
+
+
+def scan(
+    root: str | Path,
+    *,
+    corpus: str | None = None,
+    labels: LabelMap = DEFAULT_LABELS,
+    split_fractions: Sequence[float] = (0.5, 0.25, 0.25),
+    split_seed: int = 0,
+    threads: int = 8,
+) -> ScanResult:
+    """Scan a corpus root in the NEDC or Fox Chase layout."""
+    root = Path(root).resolve()
+    layout = discover(root)
+    corpus = corpus or root.name
+    with ThreadPoolExecutor(threads) as pool:  # slide headers and csv parsing: I/O-bound
+        results = list(pool.map(lambda e: _scan_entry(e, corpus, labels), layout.entries))
+    rows = [r for rs, _ in results for r in rs]
+    rejects = [_reject(p, "", reason) for p, reason in layout.skipped] + [x for _, rj in results for x in rj]
+
+    # A patient whose slides carry no split folder gets a patient-level split (spreading crystalline rows apart
+    # from the others of their class); a patient found in two split folders is an error for its later slides
+    # (no patient in two sets).
+    fixed: dict[str, str] = {}
+    for e in layout.entries:
+        if e.split is not None:
+            fixed.setdefault(e.patient, e.split)
+    unsplit: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        if r["split"] is None and r["patient"] not in fixed:
+            unsplit[r["patient"]][r["cls"] + ("+crystal" if r["crystal"] else "")] += 1
+    assigned = {**split_patients(unsplit, split_fractions, split_seed), **fixed} if unsplit else fixed
+    kept = []
+    for r in rows:
+        split = assigned[r["patient"]]
+        if r["split"] is not None and r["split"] != split:
+            rejects.append(_reject(r["slide"], f"region {r['region_id']}",
+                                   f"patient in two splits: {r['patient']} is also in {split!r}",
+                                   r["region_id"]))
+            continue
+        kept.append({**r, "split": split})
+    kept.sort(key=lambda r: (r["split"], r["patient"], r["slide"], r["region_id"]))
+    return ScanResult(make_table(REGIONS, kept), make_table(REJECTS, rejects))

@@ -1,0 +1,141 @@
+"""Training: choose a configuration's rows and fit BalancedRandomForestClassifier under joblib's dask backend."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import zarr
+from distributed import Client
+from imblearn.ensemble import BalancedRandomForestClassifier
+from joblib import parallel_config
+
+from crystal_dask.checks import reject_unknown_keys
+from crystal_dask.stages.extract import Dataset, load_patches
+from crystal_dask.store.models import save_model
+from crystal_dask.vocab import CLASSES
+
+RANDOM_STATE = 42  # the published forest's seed
+LEAKAGE_WARNING = (
+    "WARNING: crystalline rows are taken from EVERY split (the published FCBR choice). Patients of the dev/eval "
+    "sets are then in the training set: evaluation on those sets is biased. This is recorded in the manifest."
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training configuration (e.g. baseline, crystal)."""
+
+    name: str
+    crystal: bool = False  # add the crystalline rows (mapped to their class)
+    crystal_all_splits: bool = False  # take crystalline rows from every split: the published, leaky choice
+    splits: tuple[str, ...] = ("train",)
+    sample_n: int | None = None  # sample the non-crystalline rows down to n (the published 1,850)
+    sample_seed: int = 0
+    stratified: bool = True  # sample each class in proportion
+
+    @classmethod
+    def from_config(cls, name: str, cfg: Mapping[str, Any] | None) -> TrainConfig:
+        cfg = dict(cfg or {})
+        reject_unknown_keys(cfg, (f.name for f in fields(cls) if f.name != "name"), f"train.configs.{name}")
+        if "splits" in cfg:
+            cfg["splits"] = tuple(cfg["splits"])
+        out = cls(name=name, **cfg)
+        if out.sample_n is not None and out.sample_n < 1:
+            raise ValueError(f"train.configs.{name}.sample_n: must be a positive integer; got {out.sample_n!r}")
+        if out.crystal_all_splits and not out.crystal:
+            raise ValueError(f"train.configs.{name}.crystal_all_splits: needs crystal: true")
+        return out
+
+
+BUILTIN_CONFIGS = {"baseline": TrainConfig("baseline"), "crystal": TrainConfig("crystal", crystal=True)}
+
+
+def select_rows(patches: pa.Table, cfg: TrainConfig) -> np.ndarray:
+    """Dataset rows (sorted) that the configuration trains on."""
+    split_ok = pc.is_in(patches["split"], pa.array(cfg.splits))
+    crystal = patches["crystal"]
+    base = np.flatnonzero(pc.and_(split_ok, pc.invert(crystal)).to_numpy(zero_copy_only=False))
+    if cfg.sample_n is not None and cfg.sample_n < len(base):
+        base = _sample(base, patches["cls"].to_numpy(zero_copy_only=False)[base], cfg)
+    chosen = [base]
+    if cfg.crystal:
+        pick = crystal if cfg.crystal_all_splits else pc.and_(split_ok, crystal)
+        chosen.append(np.flatnonzero(pick.to_numpy(zero_copy_only=False)))
+    idx = np.concatenate(chosen)
+    return np.sort(patches["row"].to_numpy()[idx])
+
+
+def _sample(rows: np.ndarray, cls: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    rng = np.random.default_rng(cfg.sample_seed)
+    if not cfg.stratified:
+        return np.sort(rng.choice(rows, cfg.sample_n, replace=False))
+    # largest-remainder allocation keeps every class's share and the exact total
+    labels, counts = np.unique(cls, return_counts=True)
+    quota = counts / counts.sum() * cfg.sample_n
+    take = np.floor(quota).astype(int)
+    take[np.argsort(-(quota - take), kind="stable")[: cfg.sample_n - take.sum()]] += 1
+    picked = [rng.choice(rows[cls == lab], k, replace=False) for lab, k in zip(labels, take, strict=True)]
+    return np.sort(np.concatenate(picked))
+
+
+def load_rows(dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened uint8 pixels and class indices of the given dataset rows."""
+    group = zarr.open_group(str(dataset.zarr), mode="r")
+    pixels = group["pixels"].get_orthogonal_selection((rows, slice(None), slice(None)))
+    return pixels.reshape(len(rows), -1), group["label"].get_orthogonal_selection(rows).astype(np.int64)
+
+
+def fit(X: np.ndarray, y: np.ndarray, client: Client) -> BalancedRandomForestClassifier:
+    """Fit the published forest with joblib's dask backend, the training matrix broadcast to every worker once.
+
+    The forest validates X to float32; passing float32 already keeps the object identity that joblib's
+    `scatter` list is keyed by, so the tree batches refer to the broadcast copy instead of re-sending X. A Client
+    from cluster.connect sends that copy straight to the workers (direct_to_workers), not through the scheduler.
+    """
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    model = BalancedRandomForestClassifier(random_state=RANDOM_STATE, n_jobs=-1)
+    with parallel_config(backend="dask", client=client, scatter=[X]):
+        model.fit(X, y)
+    model.n_jobs = 1  # predictions run inside Dask workers: one thread per task
+    return model
+
+
+def dataset_hash(dataset: Dataset, rows: np.ndarray) -> str:
+    h = hashlib.sha256(dataset.read_manifest()["plan_hash"].encode())
+    h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: Client) -> dict:
+    """Select, load, fit, save (skops + manifest). Returns the manifest."""
+    dataset = Dataset(Path(dataset_root).resolve())
+    patches = load_patches(dataset.root)
+    rows = select_rows(patches, cfg)
+    if len(rows) == 0:
+        raise ValueError(f"train config {cfg.name!r}: no rows in splits {list(cfg.splits)} of {dataset.root}")
+    if cfg.crystal_all_splits:
+        print(LEAKAGE_WARNING, file=sys.stderr)
+    X, y = load_rows(dataset, rows)
+    model = fit(X, y, client)
+    manifest = {
+        "config": {**asdict(cfg), "splits": list(cfg.splits)},  # as JSON has it
+        "dataset": str(dataset.root),
+        "dataset_hash": dataset_hash(dataset, rows),
+        "train_rows": int(len(rows)),
+        "crystal_rows": int(np.isin(rows, patches["row"].to_numpy()[patches["crystal"].to_numpy(
+            zero_copy_only=False)]).sum()),
+        "class_counts": {CLASSES[k]: int(v) for k, v in sorted(Counter(y.tolist()).items())},
+        "leakage": LEAKAGE_WARNING if cfg.crystal_all_splits else None,
+        "estimator": "imblearn.ensemble.BalancedRandomForestClassifier",
+        "params": {k: v for k, v in model.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))},
+    }
+    return save_model(model, Path(out), manifest)

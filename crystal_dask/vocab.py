@@ -1,0 +1,68 @@
+"""Label vocabulary: the 9 scored classes, the crystalline labels and how they map onto them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from crystal_dask.checks import reject_unknown_keys
+
+CLASSES: tuple[str, ...] = ("bckg", "norm", "artf", "null", "susp", "infl", "dcis", "nneo", "indc")
+# Crystalline labels are scored as their characteristic class and keep a crystal flag.
+CRYSTALLINE: dict[str, str] = {"cdcs": "dcis", "cnno": "nneo", "cidc": "indc"}
+EMPTY_LABEL = "null"
+
+
+class UnknownLabel(ValueError):
+    """A label that is neither a class, a crystalline label nor a configured remap."""
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Resolves a raw annotation label to (class, crystal flag).
+
+    `remap` sends extra raw labels (a job's own vocabulary) to a known label; `crystalline` can add labels
+    that count as crystalline for a class.
+    """
+
+    classes: tuple[str, ...] = CLASSES
+    crystalline: Mapping[str, str] = field(default_factory=lambda: dict(CRYSTALLINE))
+    remap: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for raw, cls in self.crystalline.items():
+            if cls not in self.classes:
+                raise ValueError(f"crystalline label {raw!r} maps to {cls!r}, which is not a class")
+        known = set(self.classes) | set(self.crystalline)
+        for raw, target in self.remap.items():
+            if target not in known:
+                raise ValueError(f"remap {raw!r} -> {target!r}: {target!r} is neither a class nor crystalline")
+
+    def resolve(self, raw: str) -> tuple[str, bool]:
+        """Return (class, crystal) for a raw label; raise UnknownLabel when it is not in the vocabulary."""
+        label = raw.strip().lower() or EMPTY_LABEL
+        label = self.remap.get(label, label)
+        if label in self.crystalline:
+            return self.crystalline[label], True
+        if label in self.classes:
+            return label, False
+        raise UnknownLabel(f"unknown label {raw!r} (known: {', '.join(self.vocabulary)})")
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        return (*self.classes, *self.crystalline, *self.remap)
+
+    def class_index(self, cls: str) -> int:
+        return self.classes.index(cls)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, object] | None) -> LabelMap:
+        """Build from a job's `labels:` section: {remap: {raw: label}, crystalline: {raw: class}}."""
+        cfg = dict(cfg or {})
+        reject_unknown_keys(cfg, ("remap", "crystalline"), "labels")
+        crystalline = {**CRYSTALLINE, **{k.lower(): v.lower() for k, v in dict(cfg.get("crystalline") or {}).items()}}
+        remap = {k.lower(): v.lower() for k, v in dict(cfg.get("remap") or {}).items()}
+        return cls(crystalline=crystalline, remap=remap)
+
+
+DEFAULT_LABELS = LabelMap()

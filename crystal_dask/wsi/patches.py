@@ -1,0 +1,204 @@
+"""Patches: which boxes to cut from each region (region or window mode), and how one box becomes 256x256 uint8.
+
+Planning is arithmetic on the regions table (runs on the client, no pixels); `render_patch` runs on the
+workers with a slide the task opened itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from skimage.draw import polygon as fill_polygon
+
+from crystal_dask.checks import is_integer, is_number, reject_unknown_keys
+from crystal_dask.wsi.slides import Slide
+
+MODES = ("region", "window")
+WINDOW_UNITS = ("px", "um")
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """How regions become patches. Every field changes the pixels, so all of them enter the dataset's hash."""
+
+    mode: str = "region"  # region: the region's bbox (published method); window: fixed windows across it
+    patch_size: int = 256  # output side in pixels
+    min_side: int = 256  # read at the coarsest level that keeps this many pixels across the box's smaller side
+    level: int | None = None  # a fixed pyramid level instead (0 reproduces the published method exactly)
+    window_size: float = 500.0  # window mode: window side in `window_unit`
+    window_step: float | None = None  # window mode: step between windows (default: window_size, no overlap)
+    window_unit: str = "px"  # px (level-0 pixels, or pixels at `magnification`) or um
+    magnification: float | None = None  # window px are at this magnification (level 0 is 10/mpp x)
+    min_overlap: float = 0.5  # window mode: keep a window when this fraction of it lies inside the region
+    mask_outside: bool = False  # fill pixels outside the polygon with `background`
+    background: int = 255  # fill value (RGB white glass)
+    chunk_rows: int = 64  # patches per zarr chunk, and per task
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ValueError:
+            return ValueError(f"extract.{key}: {why}; got {getattr(self, key)!r}")
+
+        if self.mode not in MODES:
+            raise bad("mode", f"must be one of {', '.join(MODES)}")
+        if self.window_unit not in WINDOW_UNITS:
+            raise bad("window_unit", f"must be one of {', '.join(WINDOW_UNITS)}")
+        def number(v: Any) -> bool:
+            return is_number(v) and math.isfinite(v)
+
+        for key in ("patch_size", "min_side", "chunk_rows"):
+            if not is_integer(getattr(self, key)) or getattr(self, key) < 1:
+                raise bad(key, "must be a positive integer")
+        if self.level is not None and (not is_integer(self.level) or self.level < 0):
+            raise bad("level", "must be null or a level index >= 0")
+        for key in ("window_size", "window_step", "magnification"):
+            value = getattr(self, key)
+            if (value is not None or key == "window_size") and not (number(value) and value > 0):
+                raise bad(key, "must be a positive number")
+        if not (number(self.min_overlap) and 0 < self.min_overlap <= 1):
+            raise bad("min_overlap", "must be a number in (0, 1]")
+        if not (is_integer(self.background) and 0 <= self.background <= 255):
+            raise bad("background", "must be an integer 0..255")
+        if not isinstance(self.mask_outside, bool):
+            raise bad("mask_outside", "must be true or false")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> PatchSettings:
+        cfg = dict(cfg or {})
+        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "extract")
+        return cls(**cfg)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ planning
+def window_px(row: Mapping[str, Any], s: PatchSettings) -> tuple[float, float] | str:
+    """Window side and step in level-0 pixels for a region's slide, or why they cannot be known."""
+    step = s.window_step or s.window_size
+    if s.window_unit == "um" or s.magnification is not None:
+        mpp = row["mpp"]
+        if not mpp:
+            return "slide has no MPP, so a window given in microns or at a magnification has no pixel size"
+        scale = 1.0 / mpp if s.window_unit == "um" else (10.0 / mpp) / s.magnification
+        return s.window_size * scale, step * scale
+    return s.window_size, step
+
+
+def polygon_mask(xs, ys, x0: float, y0: float, cell: float, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean grid of the cells (each `cell` level-0 pixels wide, origin at x0, y0) whose centre lies inside a
+    polygon. skimage tests integer points, so the polygon moves half a cell: cell (r, c) spans [c, c + 1)."""
+    mask = np.zeros(shape, dtype=bool)
+    rr, cc = fill_polygon((np.asarray(ys) - y0) / cell - 0.5, (np.asarray(xs) - x0) / cell - 0.5, shape)
+    mask[rr, cc] = True
+    return mask
+
+
+def plan_windows(row: Mapping[str, Any], s: PatchSettings) -> tuple[list[tuple[int, int, int, int, float]], str]:
+    """Windows (x0, y0, x1, y1, overlap) stepping across a region's bbox that overlap it by >= min_overlap.
+
+    Overlap is measured on a grid of 8x8 cells per window (polygon rasterised at window/8 pixels per cell).
+    Windows run from the bbox's top-left corner; those reaching past the slide's edge are dropped.
+    Returns (windows, reason when there are none).
+    """
+    size_step = window_px(row, s)
+    if isinstance(size_step, str):
+        return [], size_step
+    size, step = size_step
+    cell = size / 8.0
+    bx0, by0, bx1, by1 = row["x0"], row["y0"], row["x1"], row["y1"]
+    nx = max(1, math.ceil((bx1 - bx0 - size) / step) + 1)
+    ny = max(1, math.ceil((by1 - by0 - size) / step) + 1)
+    grid = (math.ceil(((ny - 1) * step + size) / cell) + 1, math.ceil(((nx - 1) * step + size) / cell) + 1)
+    covered = polygon_mask(row["polygon_x"], row["polygon_y"], bx0, by0, cell, grid)
+    integral = np.pad(covered.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    out, past_edge = [], 0
+    for j in range(ny):
+        for i in range(nx):
+            cx, cy = round(i * step / cell), round(j * step / cell)
+            inside = integral[cy + 8, cx + 8] - integral[cy, cx + 8] - integral[cy + 8, cx] + integral[cy, cx]
+            overlap = inside / 64.0
+            wx0, wy0 = bx0 + round(i * step), by0 + round(j * step)
+            wx1, wy1 = wx0 + round(size), wy0 + round(size)
+            if overlap < s.min_overlap:
+                continue
+            if wx1 > row["slide_width"] or wy1 > row["slide_height"]:
+                past_edge += 1
+                continue
+            out.append((wx0, wy0, wx1, wy1, float(overlap)))
+    if not out:
+        why = f"no {size:.0f}px window overlaps the region by at least {s.min_overlap:.0%}"
+        if past_edge:
+            why = (f"every {size:.0f}px window overlapping the region by at least {s.min_overlap:.0%} "
+                   f"({past_edge}) crosses the slide's edge")
+        return [], f"{why} (bbox {bx1 - bx0}x{by1 - by0}px)"
+    return out, ""
+
+
+# --------------------------------------------------------------------------------------------------- pixels
+def choose_level(slide: Slide, box_w: int, box_h: int, s: PatchSettings) -> int:
+    if s.level is not None:
+        if s.level >= len(slide.levels):
+            raise ValueError(f"{slide.path}: extract.level {s.level} asked, the slide has {len(slide.levels)} level(s)")
+        return s.level
+    return slide.best_level(box_w, box_h, s.min_side)
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 709 luma (skimage's rgb2gray weights) as float32 in 0..255."""
+    return rgb.astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
+
+
+# Bound on the pixels decoded at once for one box: larger boxes are read in bands and block-averaged first,
+# so memory stays predictable even at level 0 for a region the size of a slide.
+BAND_PIXELS = 16 * 1024 * 1024
+
+
+def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: PatchSettings,
+              polygon: tuple[list[float], list[float]] | None) -> np.ndarray:
+    """Greyscale float32 image of a level-0 box read at `level`, block-averaged in bands when it is large."""
+    ds = slide.levels[level].downsample
+    x0, y0, x1, y1 = box
+    lx0, ly0 = math.floor(x0 / ds), math.floor(y0 / ds)
+    w, h = max(1, math.ceil(x1 / ds) - lx0), max(1, math.ceil(y1 / ds) - ly0)
+    k = max(1, min(w, h) // (2 * s.patch_size))  # integer pre-reduction keeps >= 2x the output resolution
+    band = max(k, (BAND_PIXELS // max(w, 1)) // k * k)
+    parts = []
+    for by in range(0, h, band):
+        bh = min(band, h - by)
+        rgb = slide.read(level, lx0, ly0 + by, w, bh)
+        if polygon is not None:
+            rgb = _mask_outside(rgb, polygon, lx0, ly0 + by, ds, s.background)
+        grey = to_grey(rgb)
+        if k > 1:
+            hh, ww = (bh // k) * k, (w // k) * k
+            if hh == 0:
+                continue
+            grey = grey[:hh, :ww].reshape(hh // k, k, ww // k, k).mean(axis=(1, 3))
+        parts.append(grey)
+    return np.concatenate(parts, axis=0)
+
+
+def _mask_outside(rgb: np.ndarray, polygon, lx0: int, ly0: int, ds: float, background: int) -> np.ndarray:
+    inside = polygon_mask(polygon[0], polygon[1], lx0 * ds, ly0 * ds, ds, rgb.shape[:2])
+    out = np.full_like(rgb, background)
+    out[inside] = rgb[inside]
+    return out
+
+
+def render_patch(slide: Slide, box: tuple[int, int, int, int], s: PatchSettings,
+                 polygon: tuple[list[float], list[float]] | None = None) -> tuple[np.ndarray, int]:
+    """One patch: read the box at the chosen level, greyscale, anti-aliased resize to patch_size, uint8.
+
+    The resize is Pillow's bilinear filter on float32, whose support widens with the reduction (anti-aliased):
+    4x faster than scikit-image's Gaussian pre-filter plus zoom, within 0.6 grey levels of it on average.
+    """
+    level = choose_level(slide, box[2] - box[0], box[3] - box[1], s)
+    grey = read_grey(slide, level, box, s, polygon if s.mask_outside else None)
+    image = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32))  # mode "F"
+    out = np.asarray(image.resize((s.patch_size, s.patch_size), Image.Resampling.BILINEAR))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), level

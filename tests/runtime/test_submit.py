@@ -1,0 +1,90 @@
+"""Detached jobs: a background driver locally and a SLURM batch driver, followed with `status` until done."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crystal_dask.cli import main
+from crystal_dask.runtime.submit import format_status, status, submit
+from tests.test_pipeline import TINY
+
+# A job small enough to run detached within a test: one corpus, its own dev/eval patients as the held-out set.
+DETACHED = {**TINY, "corpora": {"fcbr": TINY["corpora"]["fcbr"]},
+            "evaluate": {"sets": {"FCBR-eval": {"corpus": "fcbr", "splits": ["eval"]}}}}
+
+
+def detached_job(tmp_path: Path) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({**DETACHED, "out": str(tmp_path / "out")}))
+    return path
+
+
+def wait_done(out: Path, timeout: float) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = status(out)
+        if state.get("state") in ("done", "failed", "interrupted"):
+            return state
+        time.sleep(1)
+    raise AssertionError(f"job in {out} not done after {timeout} s: {format_status(status(out))}")
+
+
+def test_submit_in_the_background_and_follow_with_status(tmp_path, capsys):
+    path = detached_job(tmp_path)
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("kind: local\nworkers: 2\ndashboard_address: '127.0.0.1:0'\n")
+    assert main(["submit", str(path), "--cluster", str(cluster)]) == 0
+    printed = capsys.readouterr().out
+    assert "submitted tiny as pid" in printed and "crystal-dask status" in printed
+    out = tmp_path / "out"
+    record = json.loads((out / "submit.json").read_text())
+    assert record["kind"] == "background"
+    state = wait_done(out, 300)
+    assert state["state"] == "done", (out / "driver.log").read_text()[-3000:]
+    assert Path(state["report"]).exists()
+    assert main(["status", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "job tiny: done" in shown and "report:" in shown and "train:crystal" in shown
+    assert "dashboard: http://127.0.0.1:" in (out / "driver.log").read_text()
+
+
+def test_status_before_anything_ran(tmp_path):
+    assert status(tmp_path)["state"] == "unknown: nothing ran here"
+
+
+def test_submit_refuses_a_bad_job_before_starting_anything(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({**DETACHED, "train": {"corpus": "missing"}}))
+    with pytest.raises(ValueError, match="train.corpus"):
+        submit(path)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slurm
+def test_submit_on_slurm_runs_the_driver_as_a_batch_job(slurm_ready, tmp_path):
+    path = detached_job(tmp_path)
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump({
+        "kind": "slurm", "cores": 1, "memory": "3GB", "walltime": "00:20:00", "processes": 1,
+        "python": sys.executable, "local_directory": str(tmp_path / "spill"), "log_directory": str(tmp_path / "logs"),
+        "scale": {"jobs": 1}, "wait_for_workers": 120,
+        "jobqueue": {"job_name": "crystal-dask-submit-worker", "scheduler_options": {"dashboard_address": ":0"}}}))
+    record = submit(path, cluster)
+    assert record["kind"] == "slurm" and record["slurm_job_id"].isdigit()
+    out = tmp_path / "out"
+    state = wait_done(out, 600)
+    log = Path(record["log"]).read_text()
+    assert state["state"] == "done", log[-3000:]
+    # the driver ran inside its own SLURM job (not here), and its workers were SLURM jobs too
+    assert state["driver_slurm_job_id"] == record["slurm_job_id"]
+    assert list((tmp_path / "logs").iterdir()), "the worker jobs wrote no logs"
+    deadline = time.time() + 60  # the driver job ends once the cluster it started has shut down
+    while status(out)["slurm_state"] not in ("finished (not in the queue)", "COMPLETED"):
+        assert time.time() < deadline, format_status(status(out))
+        time.sleep(1)

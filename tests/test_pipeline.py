@@ -1,0 +1,222 @@
+"""Jobs: validation naming keys, the whole experiment end to end, skipping, and the shipped job files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from distributed import Client, LocalCluster
+
+from crystal_dask.pipeline import JobConfigError, load_job, run_job
+from tests.helpers import PROJECT
+
+PROJECT = PROJECT
+
+TINY = {
+    "name": "tiny",
+    "corpora": {
+        "fcbr": {"synth": {"flavour": "fcbr", "patients": 8, "slides_per_patient": 1, "regions_per_slide": 8,
+                           "crystalline": 24, "slide_size": [2000, 1500], "seed": 3}},
+        "tubr": {"synth": {"flavour": "tubr", "patients": 3, "slides_per_patient": 1, "regions_per_slide": 8,
+                           "slide_size": [2000, 1500], "seed": 4}},
+    },
+    "extract": {"chunk_rows": 16},
+    "train": {"corpus": "fcbr"},
+    "evaluate": {"sets": {"FCBR-eval": {"corpus": "fcbr", "splits": ["dev", "eval"]},
+                          "TUBR": {"corpus": "tubr", "splits": ["train", "dev", "eval"]}}},
+}
+
+
+def write_job(tmp_path: Path, cfg: dict, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def tiny_job(tmp_path: Path) -> Path:
+    return write_job(tmp_path, {**TINY, "out": str(tmp_path / "out")})
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"corpora": None}, r"corpora: is required"),
+    ({"corpora": {"a": {"path": "/nonexistent/corpus"}}}, r"corpora.a.path: /nonexistent/corpus is not a folder"),
+    ({"corpora": {"a": {}}}, r"corpora.a: give exactly one of path"),
+    ({"corpora": {"a": {"synth": {"flavor": "fcbr"}}}}, r"corpora.a.synth.flavor: unknown key"),
+    ({"extract": {"mode": "tiles"}}, r"corpora.fcbr.extract: extract.mode: must be one of region, window"),
+    ({"extract": {"chunk": 3}}, r"corpora.fcbr.extract: extract: unknown key\(s\) \['chunk'\]"),
+    ({"train": {"corpus": "nope"}}, r"train.corpus: 'nope' is not one of the corpora"),
+    ({"train": {"corpus": "fcbr", "configs": {"x": {"sample_n": 0}}}}, r"train.configs.x.sample_n"),
+    ({"evaluate": {"sets": {"s": {"corpus": "fcbr", "splits": ["test"]}}}}, r"evaluate.sets.s.splits: 'test'"),
+    ({"labels": {"remap": {"tumour": "cancer"}}}, r"labels: .*'cancer' is neither a class nor crystalline"),
+    ({"colour": 1}, r": colour: unknown key"),
+])
+def test_job_errors_name_the_file_and_key(tmp_path, change, message):
+    cfg = {k: v for k, v in {**TINY, **change}.items() if v is not None}
+    path = write_job(tmp_path, cfg)
+    with pytest.raises(JobConfigError, match=message) as err:
+        load_job(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_shipped_jobs_load(tmp_path):
+    demo = load_job(PROJECT / "jobs" / "demo.yaml")
+    assert set(demo.corpora) == {"fcbr", "tubr"} and [c.name for c in demo.configs] == ["baseline", "crystal"]
+    for name in ("crystal_vs_baseline.yaml", "tubr_full_eval.yaml"):
+        text = (PROJECT / "jobs" / name).read_text()
+        for placeholder in ("/data/nedc/fcbr/v1.0.0", "/data/nedc/tubr/v3.0.0"):
+            assert placeholder in text
+            folder = tmp_path / placeholder.strip("/").replace("/", "_")
+            folder.mkdir(exist_ok=True)
+            text = text.replace(placeholder, str(folder))
+        job = load_job(write_job(tmp_path, yaml.safe_load(text), name))
+        assert job.train_corpus == "fcbr" and job.configs[0].sample_n == 1850
+    windows = load_job(tmp_path / "tubr_full_eval.yaml").corpora["tubr_windows"].extract
+    assert windows.mode == "window" and windows.window_step == 250
+
+
+def test_job_end_to_end_then_skips(tmp_path, client):
+    path = tiny_job(tmp_path)
+    job = load_job(path)
+    report = run_job(job, client)
+    assert report.exists() and report.parent == job.out / "report"
+    status = json.loads((job.out / "status.json").read_text())
+    assert status["state"] == "done" and status["report"] == str(report)
+    stages = status["stages"]
+    assert all(s["state"] == "done" for s in stages.values()), stages
+    assert {"synth:fcbr", "scan:tubr", "extract:fcbr", "train:crystal", "evaluate:TUBR:baseline"} <= set(stages)
+    for name in stages:
+        if name != "report":
+            assert (job.out / "reports" / f"{name.replace(':', '-')}.html").exists()  # Dask performance report
+    results = json.loads((job.out / "report" / "report.json").read_text())
+    assert set(results["sets"]) == {"FCBR-eval", "TUBR"}
+    assert "mcnemar" in results["sets"]["TUBR"]["comparisons"]["crystal"]
+    log = (job.out / "job.log").read_text()
+    assert "stage extract:fcbr: done" in log
+
+    before = (job.out / "report" / "report.json").read_bytes()
+    run_job(load_job(path), client)
+    again = json.loads((job.out / "status.json").read_text())["stages"]
+    assert all(s["state"] == "skipped" for n, s in again.items() if n != "report"), again
+    assert (job.out / "report" / "report.json").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------ the same job on other clusters
+def outputs_digest(out: Path) -> str:
+    """What must not depend on where or how a job ran: the zarr bytes, the patch tables, every prediction and
+    the report's numbers (paths inside the report are made relative to the output folder)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for ds in sorted((out / "datasets").iterdir()):
+        for p in sorted((ds / "patches.zarr").rglob("*")):
+            if p.is_file() and p.parent != ds / "patches.zarr":  # array metadata and chunks
+                h.update(str(p.relative_to(out)).encode() + p.read_bytes())
+        attrs = json.loads((ds / "patches.zarr" / "zarr.json").read_text())["attributes"]
+        attrs.pop("plan_hash")  # it names the slide files, which live elsewhere in each run
+        h.update(json.dumps(attrs, sort_keys=True).encode())
+        h.update(pq.read_table(ds / "patches.parquet").drop(["slide", "annotation"]).to_string().encode())
+    for p in sorted((out / "eval").rglob("predictions.parquet")):
+        h.update(str(p.relative_to(out)).encode() + pq.read_table(p).to_string().encode())
+    h.update((out / "report" / "report.json").read_text().replace(str(out), "<out>").encode())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, client):
+    """The tiny job run undisturbed on the LocalCluster fixture: what every other run must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    corpora = tmp / "corpora"
+    job = load_job(tiny_job(tmp))
+    run_job(job, client)
+    shutil.copytree(job.out / "corpora", corpora)
+    return outputs_digest(job.out), corpora
+
+
+def job_on(tmp_path: Path, corpora: Path) -> Path:
+    """The tiny job with its corpora already generated (same bytes as the reference's), so runs compare."""
+    cfg = {**TINY, "out": str(tmp_path / "out"),
+           "corpora": {name: {"path": str(corpora / name)} for name in TINY["corpora"]}}
+    return write_job(tmp_path, cfg)
+
+
+def test_job_on_spawned_scheduler_and_workers(tmp_path, reference):
+    from crystal_dask.runtime.cluster import cluster_config_from_mapping, connect
+    from tests.helpers.dask_processes import scheduler_and_workers
+
+    digest, corpora = reference
+    path = job_on(tmp_path, corpora)
+    with scheduler_and_workers(2, tmp_path / "dask") as address:
+        with connect(cluster_config_from_mapping({"kind": "address", "address": address})) as c:
+            assert len(c.nthreads()) == 2
+            run_job(load_job(path), c)
+    assert outputs_digest(load_job(path).out) == digest
+
+
+def test_job_survives_a_killed_worker_with_identical_outputs(tmp_path, reference):
+    digest, corpora = reference
+    path = job_on(tmp_path, corpora)
+    out = load_job(path).out
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as c, Client(c) as cl:
+        pids = cl.run(os.getpid)
+        killed = threading.Event()
+
+        def kill_during_extract():
+            deadline = time.time() + 120
+            while time.time() < deadline and not list((out / "datasets").rglob("chunk-*.json")):
+                time.sleep(0.02)
+            os.kill(next(iter(pids.values())), signal.SIGKILL)
+            killed.set()
+
+        t = threading.Thread(target=kill_during_extract)
+        t.start()
+        run_job(load_job(path), cl)
+        t.join()
+    assert killed.is_set()
+    assert outputs_digest(out) == digest
+
+
+def test_interrupted_job_resumes_with_identical_outputs(tmp_path, reference):
+    digest, corpora = reference
+    path = job_on(tmp_path, corpora)
+    out = load_job(path).out
+    cmd = [sys.executable, "-m", "crystal_dask.cli", "run", str(path), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((out / "datasets").rglob("chunk-*.json")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of extraction
+    assert proc.wait(timeout=60) != 0
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted", status
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert outputs_digest(out) == digest
+    assert json.loads((out / "status.json").read_text())["state"] == "done"
+
+
+@pytest.mark.slurm
+def test_job_on_slurm_workers(slurm_ready, tmp_path, reference):
+    from crystal_dask.runtime.cluster import cluster_config_from_mapping, connect
+
+    digest, corpora = reference
+    path = job_on(tmp_path, corpora)
+    cfg = cluster_config_from_mapping({
+        "kind": "slurm", "cores": 1, "memory": "3GB", "walltime": "00:20:00", "processes": 1,
+        "python": sys.executable, "local_directory": str(tmp_path / "spill"), "log_directory": str(tmp_path / "logs"),
+        "scale": {"jobs": 2}, "wait_for_workers": 120,
+        "jobqueue": {"job_name": "crystal-dask-job-test", "scheduler_options": {"dashboard_address": ":0"}}})
+    with connect(cfg) as c:
+        c.wait_for_workers(2, timeout=120)
+        slurm_ids = set(c.run(os.getenv, "SLURM_JOB_ID").values())
+        assert len(slurm_ids) == 2 and all(slurm_ids)
+        run_job(load_job(path), c)
+    assert outputs_digest(load_job(path).out) == digest
