@@ -1,10 +1,19 @@
-"""Checks shared by the configuration sections (extract, train configs, labels, cluster), so each names keys
-and judges values alike."""
+"""The one configuration checker: every section of a job file or cluster.yaml is checked here, at load, for its
+keys and the types of its values, and every error names the key (the loader adds the file).
+
+Types are strict where YAML is loose: a boolean is a YAML true/false only (the string "false" is not false), an
+integer is not a float or a bool, a list is not a string.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value crystal_dask cannot use; the message starts with the key (and, at the edge, the file)."""
 
 
 def is_integer(value: Any) -> bool:
@@ -18,8 +27,67 @@ def is_number(value: Any) -> bool:
 
 
 def reject_unknown_keys(cfg: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
-    """Raise ValueError naming the section and every key it does not know, with the keys it does."""
+    """Raise ConfigError naming the section and every key it does not know, with the keys it does."""
     allowed = sorted(allowed)
-    unknown = sorted(set(cfg) - set(allowed))
+    unknown = sorted(map(str, set(cfg) - set(allowed)))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
+
+
+def section(value: Any, where: str, allowed: Iterable[str] | None = None) -> dict[str, Any]:
+    """A mapping with string keys (null is empty), its keys checked against `allowed` when given."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{where}: must be a mapping with text keys; got {value!r}")
+    if allowed is not None:
+        reject_unknown_keys(value, allowed, where)
+    return dict(value)
+
+
+def need(cfg: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in cfg:
+        raise ConfigError(f"{where}.{key}: is required" if where else f"{key}: is required")
+    return cfg[key]
+
+
+def integer(value: Any, key: str, low: int | None = None) -> int:
+    if not is_integer(value) or (low is not None and value < low):
+        raise ConfigError(f"{key}: must be an integer{f' >= {low}' if low is not None else ''}; got {value!r}")
+    return value
+
+
+def number(value: Any, key: str, positive: bool = False) -> float:
+    if not is_number(value) or not math.isfinite(value) or (positive and value <= 0):
+        raise ConfigError(f"{key}: must be a {'positive ' if positive else ''}number; got {value!r}")
+    return value
+
+
+def flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false (a YAML boolean); got {value!r}")
+    return value
+
+
+def text(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a non-empty string; got {value!r}")
+    return value
+
+
+def texts(value: Any, key: str, choices: Iterable[str] | None = None) -> tuple[str, ...]:
+    """A list of strings (a bare string is refused, not split into letters), each one of `choices` when given."""
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: must be a list of strings; got {value!r}")
+    if choices is not None:
+        choices = tuple(choices)
+        for v in value:
+            if v not in choices:
+                raise ConfigError(f"{key}: {v!r} is not one of {', '.join(choices)}")
+    return tuple(value)
+
+
+def check_fields(cfg: Mapping[str, Any], checks: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check each present key with its checker (value, key) -> value; unknown keys are refused."""
+    reject_unknown_keys(cfg, checks, where)
+    return {k: checks[k](v, f"{where}.{k}") for k, v in cfg.items()}

@@ -1,4 +1,5 @@
-"""Label vocabulary: the 9 scored classes, the crystalline labels and how they map onto them."""
+"""Vocabulary shared by every stage: the 9 scored classes, the crystalline labels and how they map onto them, the
+splits and their default shares."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ CLASSES: tuple[str, ...] = ("bckg", "norm", "artf", "null", "susp", "infl", "dci
 # Crystalline labels are scored as their characteristic class and keep a crystal flag.
 CRYSTALLINE: dict[str, str] = {"cdcs": "dcis", "cnno": "nneo", "cidc": "indc"}
 EMPTY_LABEL = "null"
+SPLITS: tuple[str, ...] = ("train", "dev", "eval")
+SPLIT_FRACTIONS: tuple[float, float, float] = (0.5, 0.25, 0.25)  # a corpus without split folders, by patient
+EVAL_SPLITS: tuple[str, ...] = ("eval",)  # what an evaluation set scores unless told otherwise
 
 
 class UnknownLabel(ValueError):

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from distributed import Client, LocalCluster
 
-from crystal_dask.pipeline import JobConfigError, load_job, run_job
+from crystal_dask.experiment import ExperimentError, load_experiment
+from crystal_dask.pipeline import run_job
 from tests.helpers import PROJECT
 
 PROJECT = PROJECT
@@ -63,14 +64,15 @@ def tiny_job(tmp_path: Path) -> Path:
 def test_job_errors_name_the_file_and_key(tmp_path, change, message):
     cfg = {k: v for k, v in {**TINY, **change}.items() if v is not None}
     path = write_job(tmp_path, cfg)
-    with pytest.raises(JobConfigError, match=message) as err:
-        load_job(path)
+    with pytest.raises(ExperimentError, match=message) as err:
+        load_experiment(path)
     assert str(err.value).startswith(str(path))
 
 
 def test_shipped_jobs_load(tmp_path):
-    demo = load_job(PROJECT / "jobs" / "demo.yaml")
-    assert set(demo.corpora) == {"fcbr", "tubr"} and [c.name for c in demo.configs] == ["baseline", "crystal"]
+    demo = load_experiment(PROJECT / "jobs" / "demo.yaml")
+    assert set(demo.corpora) == {"fcbr", "tubr"}
+    assert [c.name for c in demo.settings["train"].configs] == ["baseline", "crystal"]
     for name in ("crystal_vs_baseline.yaml", "tubr_full_eval.yaml"):
         text = (PROJECT / "jobs" / name).read_text()
         for placeholder in ("/data/nedc/fcbr/v1.0.0", "/data/nedc/tubr/v3.0.0"):
@@ -78,21 +80,25 @@ def test_shipped_jobs_load(tmp_path):
             folder = tmp_path / placeholder.strip("/").replace("/", "_")
             folder.mkdir(exist_ok=True)
             text = text.replace(placeholder, str(folder))
-        job = load_job(write_job(tmp_path, yaml.safe_load(text), name))
-        assert job.train_corpus == "fcbr" and job.configs[0].sample_n == 1850
-    windows = load_job(tmp_path / "tubr_full_eval.yaml").corpora["tubr_windows"].extract
+        job = load_experiment(write_job(tmp_path, yaml.safe_load(text), name))
+        assert job.settings["train"].corpus == "fcbr" and job.settings["train"].configs[0].sample_n == 1850
+    windows = load_experiment(tmp_path / "tubr_full_eval.yaml").corpora["tubr_windows"].extract
     assert windows.mode == "window" and windows.window_step == 250
 
 
 def test_job_end_to_end_then_skips(tmp_path, client):
     path = tiny_job(tmp_path)
-    job = load_job(path)
+    job = load_experiment(path)
     report = run_job(job, client)
     assert report.exists() and report.parent == job.out / "report"
     status = json.loads((job.out / "status.json").read_text())
     assert status["state"] == "done" and status["report"] == str(report)
-    stages = status["stages"]
+    order = [s["name"] for s in status["stages"]]
+    stages = {s["name"]: s for s in status["stages"]}
     assert all(s["state"] == "done" for s in stages.values()), stages
+    # listed in run order: every synth before every scan, ..., the report last
+    kinds = [n.split(":")[0] for n in order]
+    assert kinds == sorted(kinds, key=["synth", "scan", "extract", "train", "evaluate", "report"].index), order
     assert {"synth:fcbr", "scan:tubr", "extract:fcbr", "train:crystal", "evaluate:TUBR:baseline"} <= set(stages)
     for name in stages:
         if name != "report":
@@ -104,9 +110,10 @@ def test_job_end_to_end_then_skips(tmp_path, client):
     assert "stage extract:fcbr: done" in log
 
     before = (job.out / "report" / "report.json").read_bytes()
-    run_job(load_job(path), client)
+    run_job(load_experiment(path), client)
     again = json.loads((job.out / "status.json").read_text())["stages"]
-    assert all(s["state"] == "skipped" for n, s in again.items() if n != "report"), again
+    assert [s["name"] for s in again] == order
+    assert all(s["state"] == "skipped" for s in again), again
     assert (job.out / "report" / "report.json").read_bytes() == before
 
 
@@ -136,7 +143,7 @@ def reference(tmp_path_factory, client):
     """The tiny job run undisturbed on the LocalCluster fixture: what every other run must reproduce."""
     tmp = tmp_path_factory.mktemp("reference")
     corpora = tmp / "corpora"
-    job = load_job(tiny_job(tmp))
+    job = load_experiment(tiny_job(tmp))
     run_job(job, client)
     shutil.copytree(job.out / "corpora", corpora)
     return outputs_digest(job.out), corpora
@@ -158,14 +165,14 @@ def test_job_on_spawned_scheduler_and_workers(tmp_path, reference):
     with scheduler_and_workers(2, tmp_path / "dask") as address:
         with connect(cluster_config_from_mapping({"kind": "address", "address": address})) as c:
             assert len(c.nthreads()) == 2
-            run_job(load_job(path), c)
-    assert outputs_digest(load_job(path).out) == digest
+            run_job(load_experiment(path), c)
+    assert outputs_digest(load_experiment(path).out) == digest
 
 
 def test_job_survives_a_killed_worker_with_identical_outputs(tmp_path, reference):
     digest, corpora = reference
     path = job_on(tmp_path, corpora)
-    out = load_job(path).out
+    out = load_experiment(path).out
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as c, Client(c) as cl:
         pids = cl.run(os.getpid)
         killed = threading.Event()
@@ -179,7 +186,7 @@ def test_job_survives_a_killed_worker_with_identical_outputs(tmp_path, reference
 
         t = threading.Thread(target=kill_during_extract)
         t.start()
-        run_job(load_job(path), cl)
+        run_job(load_experiment(path), cl)
         t.join()
     assert killed.is_set()
     assert outputs_digest(out) == digest
@@ -188,7 +195,7 @@ def test_job_survives_a_killed_worker_with_identical_outputs(tmp_path, reference
 def test_interrupted_job_resumes_with_identical_outputs(tmp_path, reference):
     digest, corpora = reference
     path = job_on(tmp_path, corpora)
-    out = load_job(path).out
+    out = load_experiment(path).out
     cmd = [sys.executable, "-m", "crystal_dask.cli", "run", str(path), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
@@ -218,5 +225,5 @@ def test_job_on_slurm_workers(slurm_ready, tmp_path, reference):
         c.wait_for_workers(2, timeout=120)
         slurm_ids = set(c.run(os.getenv, "SLURM_JOB_ID").values())
         assert len(slurm_ids) == 2 and all(slurm_ids)
-        run_job(load_job(path), c)
-    assert outputs_digest(load_job(path).out) == digest
+        run_job(load_experiment(path), c)
+    assert outputs_digest(load_experiment(path).out) == digest

@@ -233,7 +233,7 @@ _WINDOWS_PER_SLIDE = 250  # conservative yield of one 6000x4000 slide with FCBR'
 
 
 def patch_dataset(root: Path, client: Client, rows: int, seed: int = 0, slide_size: tuple[int, int] = (6000, 4000)):
-    """An extracted dataset (crystal_dask.stages.extract.Dataset) of at least `rows` real patches, when the corpus
+    """An extracted dataset (crystal_dask.store.dataset.Dataset) of at least `rows` real patches, when the corpus
     yields them: a generated FCBR-like corpus cut into windows, every class in every split."""
     from crystal_dask.stages.extract import extract
     from crystal_dask.stages.scan import scan

@@ -11,7 +11,6 @@ predict the same classes.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from crystal_dask.bench.common import (
     table,
 )
 from crystal_dask.runtime.cluster import local_client
+from crystal_dask.vocab import EVAL_SPLITS
 
 TUBR_ROWS = 46_666
 TARGET_PEAK = 2 * 1024**3  # bytes, per process
@@ -44,57 +44,57 @@ TARGET_PEAK = 2 * 1024**3  # bytes, per process
 def tile_dataset(source, out: Path, rows: int):
     """A Dataset of `rows` patches in extract's output format whose pixels and metadata cycle through `source`'s
     extracted patches, every row in the `eval` split. Reused when `out` already holds the same one."""
-    import zarr
-
-    from crystal_dask.stages.extract import FORMAT_VERSION, Dataset, load_patches, prepare_dataset
-    from crystal_dask.store.schema import PATCHES, REJECTS, make_table, write_table
-    from crystal_dask.vocab import CLASSES
-    from crystal_dask.wsi.layout import SPLITS
-    from crystal_dask.wsi.patches import PatchSettings
+    from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, Dataset
+    from crystal_dask.store.schema import REJECTS, make_table
+    from crystal_dask.vocab import CLASSES, SPLITS
 
     src_manifest = source.read_manifest()
     digest = hashlib.sha256(f"tiled:{src_manifest['plan_hash']}:{rows}".encode()).hexdigest()
-    ds = Dataset(Path(out).resolve())
+    ds = Dataset(Path(out))
     if ds.complete() and ds.read_manifest().get("plan_hash") == digest:
         return ds
     ds.root.mkdir(parents=True, exist_ok=True)
-    settings = PatchSettings.from_config(src_manifest["settings"])
-    meta = load_patches(source.root)
+    settings = src_manifest["settings"]
+    meta = source.rows()
     src_rows = meta["row"].to_numpy()
-    pixels = zarr.open_group(str(source.zarr), mode="r")["pixels"].get_orthogonal_selection(
-        (src_rows, slice(None), slice(None)))
+    pixels = source.matrix(src_rows)
     labels = np.array([CLASSES.index(c) for c in meta["cls"].to_pylist()], dtype=np.int16)
     crystal = meta["crystal"].to_numpy(zero_copy_only=False)
 
-    prepare_dataset(ds, rows, settings, digest)
-    group = zarr.open_group(str(ds.zarr), mode="r+")
-    c = settings.chunk_rows
+    c, p = settings["chunk_rows"], settings["patch_size"]
+    ds.create(rows, settings, digest, c, {PIXELS: ((p, p), "uint8")})
     for start in range(0, rows, c):  # whole chunks, as extract's tasks write them
         idx = np.arange(start, min(start + c, rows)) % len(src_rows)
-        sl = slice(start, start + len(idx))
-        group["pixels"][sl] = pixels[idx]
-        group["label"][sl] = labels[idx]
-        group["crystal"][sl] = crystal[idx]
-        group["split"][sl] = np.full(len(idx), SPLITS.index("eval"), dtype=np.int8)
+        ds.write_rows(start, {PIXELS: pixels[idx].reshape(len(idx), p, p), "label": labels[idx],
+                              "crystal": crystal[idx], "split": np.full(len(idx), SPLITS.index("eval"), np.int8)})
     table_ = meta.take(pa.array(np.arange(rows) % len(src_rows)))
     table_ = table_.set_column(table_.schema.get_field_index("row"), "row", pa.array(np.arange(rows), pa.int64()))
     table_ = table_.set_column(table_.schema.get_field_index("split"), "split", pa.array(["eval"] * rows))
-    write_table(table_, ds.patches, PATCHES)
-    write_table(make_table(REJECTS, []), ds.rejects, REJECTS)
-    manifest = {"plan_hash": digest, "settings": settings.as_dict(), "format_version": FORMAT_VERSION,
+    manifest = {"plan_hash": digest, "settings": settings, "format_version": FORMAT_VERSION,
                 "patches": rows, "planned": rows, "regions_in": src_manifest["regions_in"],
                 "regions_written": src_manifest["regions_written"], "rejects_extract": 0, "rejects_total": 0,
                 "chunks": -(-rows // c), "chunks_run": -(-rows // c), "tiled_from": str(source.root)}
-    ds.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    ds.finish(table_, make_table(REJECTS, []), manifest)
     return ds
+
+
+def predict_in_memory(dataset: str | Path, model_path: str | Path, splits=EVAL_SPLITS) -> np.ndarray:
+    """The baseline: load the set whole and predict with plain scikit-learn in one process."""
+    from crystal_dask.stages.evaluate import evaluation_rows
+    from crystal_dask.store.dataset import Dataset
+    from crystal_dask.store.models import load_model
+
+    ds = Dataset(Path(dataset))
+    X = ds.matrix(evaluation_rows(ds.rows(), splits))
+    model = load_model(Path(model_path))
+    model.n_jobs = 2
+    return model.predict(X)
 
 
 def prepare_in_memory(dataset: str, model: str, out: str) -> Callable[[], dict]:
     """Child process: predict_in_memory over the whole `eval` split (load + predict timed), save the classes."""
-    from crystal_dask.stages.evaluate import predict_in_memory
-
     def work() -> dict:
-        y = predict_in_memory(dataset, model, splits=("eval",))
+        y = predict_in_memory(dataset, model, splits=EVAL_SPLITS)
         np.save(out, y)
         return {"rows": int(len(y))}
 
@@ -141,7 +141,7 @@ def run(work: Path, *, rows: int = TUBR_ROWS, source_rows: int = 2000, memory_li
             shutil.rmtree(out, ignore_errors=True)
             with peaks(client) as pk:
                 t0 = time.perf_counter()
-                summary = evaluate(big.root, model, out, client, splits=("eval",))
+                summary = evaluate(big.root, model, out, client, splits=EVAL_SPLITS)
                 seconds["crystal_dask"].append(time.perf_counter() - t0)
             mem["crystal_dask"].append(pk)
             if summary["n"] != rows:

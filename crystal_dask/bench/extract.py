@@ -192,7 +192,7 @@ def run(work: Path, *, patients: int = 18, slides_per_patient: int = 2, regions_
         slide_size: tuple[int, int] = (6000, 4000), chunk_rows: int = 32, repeats: int = 3, seed: int = 0,
         profile: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the extraction benchmark in `work`; return every number (see `report` for the table)."""
-    from crystal_dask.stages.extract import extract, load_patches, plan
+    from crystal_dask.stages.extract import extract, plan
     from crystal_dask.stages.scan import scan
     from crystal_dask.wsi.patches import PatchSettings
 
@@ -258,13 +258,13 @@ def run(work: Path, *, patients: int = 18, slides_per_patient: int = 2, regions_
             log(f"repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()))
 
     # both read the same boxes: their patches differ only by resampling (and level, where not 0)
-    import zarr
+    from crystal_dask.store.dataset import Dataset
 
-    done = work / f"dataset-{WORKERS[-1]}w"
-    ours = zarr.open_group(str(done / "patches.zarr"), mode="r")["pixels"][:]
+    done = Dataset(work / f"dataset-{WORKERS[-1]}w")
+    ours = done.group()["pixels"][:]
     theirs = np.load(openslide_out)
     diff = float(np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).mean())
-    read_levels = Counter(load_patches(done)["level"].to_pylist())
+    read_levels = Counter(done.rows()["level"].to_pylist())
 
     rates = {k: rate(n, v) for k, v in seconds.items()}
     w1, w2 = (rates[f"crystal_dask_{w}w"] for w in WORKERS)

@@ -30,20 +30,19 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
     (see `report`)."""
     from imblearn.ensemble import BalancedRandomForestClassifier
 
-    from crystal_dask.stages.extract import load_patches
-    from crystal_dask.stages.train import RANDOM_STATE, fit, load_rows
+    from crystal_dask.stages.train import RANDOM_STATE, fit
 
     started = time.perf_counter()
     with local_client(2) as client:
         client.run(_warm)
         ds = patch_dataset(work, client, rows, seed, slide_size)
-        valid = load_patches(ds.root)["row"].to_numpy()
+        valid = ds.rows()["row"].to_numpy()
         if len(valid) < rows:
             raise ValueError(f"{ds.root}: the generated corpus gave {len(valid)} patches, fewer than --rows {rows}")
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(valid, rows, replace=False))
         held_out = np.setdiff1d(valid, chosen)[:rows]
-        X, y = load_rows(ds, chosen)
+        X, y = ds.matrix(chosen), ds.labels(chosen)
         X = np.ascontiguousarray(X, dtype=np.float32)  # what both fits train on (the forest's own dtype)
         log(f"dataset {ds.root}: {len(valid)} patches; training on {rows} x {X.shape[1]} float32 "
             f"({fmt_bytes(X.nbytes)}), classes {np.bincount(y).tolist()} "
@@ -73,7 +72,7 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
             del future
             log(f"repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()))
 
-    check = X if not len(held_out) else np.vstack([X, load_rows(ds, held_out)[0].astype(np.float32)])
+    check = X if not len(held_out) else np.vstack([X, ds.matrix(held_out).astype(np.float32)])
     same_pred = bool(np.array_equal(models["dask"].predict(check), models["local"].predict(check)))
     same_proba = bool(np.array_equal(models["dask"].predict_proba(check), models["local"].predict_proba(check)))
     stats = {k: Stat(tuple(v)) for k, v in seconds.items()}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from crystal_dask.commands._common import add_cluster_argument, client_for, progress_bar
+from crystal_dask.wsi.patches import PatchSettings
 
 HELP = "Extract patches from a scanned corpus into a chunked zarr dataset, in parallel with Dask bags."
 
@@ -14,16 +15,21 @@ HELP = "Extract patches from a scanned corpus into a chunked zarr dataset, in pa
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scan", type=Path, help="folder written by `crystal-dask scan` (regions.parquet, rejects.parquet)")
     p.add_argument("-o", "--out", type=Path, required=True, help="dataset folder")
-    p.add_argument("--mode", choices=("region", "window"), default="region")
-    p.add_argument("--level", type=int, default=None, help="fixed pyramid level (0: the published method)")
-    p.add_argument("--min-side", type=int, default=256, help="coarsest level keeping this many px across the box")
-    p.add_argument("--window-size", type=float, default=500.0)
-    p.add_argument("--window-step", type=float, default=None)
-    p.add_argument("--window-unit", choices=("px", "um"), default="px")
-    p.add_argument("--magnification", type=float, default=None)
-    p.add_argument("--min-overlap", type=float, default=0.5)
-    p.add_argument("--mask-outside", action="store_true", help="fill pixels outside the polygon with background")
-    p.add_argument("--chunk-rows", type=int, default=64)
+    # Unset options are left out, so the defaults are PatchSettings' own (stated once, there).
+    d = PatchSettings()
+    opt = {"default": argparse.SUPPRESS}
+    p.add_argument("--mode", choices=("region", "window"), help=f"(default {d.mode})", **opt)
+    p.add_argument("--level", type=int, help="fixed pyramid level (0: the published method)", **opt)
+    p.add_argument("--min-side", type=int, help=f"coarsest level keeping this many px across the box "
+                   f"(default {d.min_side})", **opt)
+    p.add_argument("--window-size", type=float, help=f"(default {d.window_size:g})", **opt)
+    p.add_argument("--window-step", type=float, help="(default: the window size)", **opt)
+    p.add_argument("--window-unit", choices=("px", "um"), help=f"(default {d.window_unit})", **opt)
+    p.add_argument("--magnification", type=float, **opt)
+    p.add_argument("--min-overlap", type=float, help=f"(default {d.min_overlap:g})", **opt)
+    p.add_argument("--mask-outside", action="store_true", help="fill pixels outside the polygon with background",
+                   **opt)
+    p.add_argument("--chunk-rows", type=int, help=f"(default {d.chunk_rows})", **opt)
     p.add_argument("--strict", action="store_true", help="exit 1 when any input was rejected")
     add_cluster_argument(p)
 
@@ -31,12 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from crystal_dask.stages.extract import extract
     from crystal_dask.store.schema import REGIONS, REJECTS, read_table
-    from crystal_dask.wsi.patches import PatchSettings
 
-    settings = PatchSettings(
-        mode=args.mode, level=args.level, min_side=args.min_side, window_size=args.window_size,
-        window_step=args.window_step, window_unit=args.window_unit, magnification=args.magnification,
-        min_overlap=args.min_overlap, mask_outside=args.mask_outside, chunk_rows=args.chunk_rows)
+    settings = PatchSettings.from_config({k: v for k, v in vars(args).items() if k in PatchSettings.keys()})
     regions = read_table(args.scan / "regions.parquet", REGIONS)
     scan_rejects = read_table(args.scan / "rejects.parquet", REJECTS)
     with client_for(args) as client:

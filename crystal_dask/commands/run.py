@@ -17,9 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.pipeline import load_job, run_job
+    from crystal_dask.experiment import load_experiment
+    from crystal_dask.pipeline import run_job
 
-    job = load_job(args.job, args.out)  # checked before any cluster starts
+    job = load_experiment(args.job, args.out)  # checked before any cluster starts
     print(f"job {job.name}: outputs in {job.out}")
     with client_for(args) as client:
         report = run_job(job, client, progress_bar(args))

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crystal_dask.pipeline import load_job
+from crystal_dask import status as status_file
+from crystal_dask.experiment import load_experiment, output_folder
 from crystal_dask.runtime.cluster import BATCH_KINDS, load_cluster_config
+from crystal_dask.store.files import write_json
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ def _driver_command(job_file: Path, cluster_file: Path | None, out: Path) -> lis
 def submit(job_file: Path, cluster_file: Path | None = None, out: Path | None = None,
            resources: DriverResources = DriverResources()) -> dict[str, Any]:
     """Start the job detached; returns (and writes to <out>/submit.json) how to find it again."""
-    job = load_job(job_file, out)  # a bad job file fails here, not in the background
+    job = load_experiment(job_file, out)  # a bad job file fails here, not in the background
     cluster = load_cluster_config(cluster_file)
     job.out.mkdir(parents=True, exist_ok=True)
     cmd = _driver_command(job_file, cluster_file, job.out)
@@ -68,7 +70,7 @@ def submit(job_file: Path, cluster_file: Path | None = None, out: Path | None = 
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=os.getcwd())
         record |= {"kind": "background", "pid": proc.pid}
-    (job.out / "submit.json").write_text(json.dumps(record, indent=2))
+    write_json(job.out / "submit.json", record)
     return record
 
 
@@ -90,10 +92,9 @@ def status(out: Path) -> dict[str, Any]:
     """Where a job stands: the driver's status.json, plus whether its process or batch job still runs."""
     out = Path(out)
     if out.is_file():  # a job file: find its output folder
-        out = load_job(out).out
+        out = output_folder(out)
     state: dict[str, Any] = {"out": str(out)}
-    if (out / "status.json").exists():
-        state |= json.loads((out / "status.json").read_text())
+    state |= status_file.read(out) or {}
     if (out / "submit.json").exists():
         sub = json.loads((out / "submit.json").read_text())
         state["submission"] = sub
@@ -114,7 +115,8 @@ def format_status(state: dict[str, Any]) -> str:
     if "driver_running" in state:
         lines.append(f"  driver: pid {state['submission']['pid']}: "
                      f"{'running' if state['driver_running'] else 'not running'}")
-    for name, st in state.get("stages", {}).items():
+    for st in state.get("stages", []):
+        name = st["name"]
         took = f" ({st['ended'] - st['started']:.1f} s)" if "ended" in st and "started" in st else ""
         lines.append(f"  {name:<32} {st.get('state', '?')}{took}")
     if state.get("error"):

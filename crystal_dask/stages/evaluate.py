@@ -1,30 +1,39 @@
-"""Evaluation in distributed partitions: a dask array over the zarr pixels, the model broadcast once.
+"""Stage evaluate: each model on each evaluation set, in distributed partitions, the model broadcast once.
 
 Every block is predicted where it is read; only per-row predictions (small) and per-block confusion matrices
 come back. No process holds the whole set, nor a float copy of more than one block.
+Settings: the job file's `evaluate.sets.<name>: {corpus, splits}`. Outputs: <out>/eval/<set>/<config>/
+predictions.parquet and confusion.json; redone when the model's bytes, the dataset's plan or the splits change.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import zarr
 from distributed import Client
 
+from crystal_dask.checks import ConfigError, need, section, text, texts
+from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import confusion
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
-from crystal_dask.stages.extract import Dataset, load_patches
-from crystal_dask.stages.train import load_rows
+from crystal_dask.stages import extract, train
+from crystal_dask.stages.base import Context, Step, fingerprint
+from crystal_dask.store.dataset import Dataset
+from crystal_dask.store.files import write_json
 from crystal_dask.store.models import load_model
 from crystal_dask.store.schema import PREDICTIONS, make_table, write_table
-from crystal_dask.vocab import CLASSES
+from crystal_dask.vocab import CLASSES, EVAL_SPLITS, SPLITS
 
+NAME = "evaluate"
+SECTION = "evaluate"
 N_CLASSES = len(CLASSES)
 
 
@@ -33,7 +42,7 @@ def _predict_block(block: np.ndarray, model, stage: str) -> np.ndarray:
     out = np.zeros((block.shape[0], N_CLASSES), dtype=np.float32)
     if len(block):
         roomy_malloc(stage)
-        out[:, model.classes_] = model.predict_proba(block.reshape(block.shape[0], -1).astype(np.float32))
+        out[:, model.classes_] = model.predict_proba(block.astype(np.float32))
     return out
 
 
@@ -48,7 +57,7 @@ def predict_partitions(pixels: da.Array, labels: da.Array, model, stage: str) ->
     `model` should be a Future of a broadcast model: the graph then refers to it by key, where passing the
     estimator itself (as dask-ml's ParallelPostFit does) pickles it into every task. `stage` is roomy_stage's id.
     """
-    proba = pixels.map_blocks(_predict_block, model, stage, dtype=np.float32, drop_axis=2,
+    proba = pixels.map_blocks(_predict_block, model, stage, dtype=np.float32,
                               chunks=(pixels.chunks[0], (N_CLASSES,)), name="evaluate-predict")
     cm_blocks = da.map_blocks(_confusion_block, labels[:, None], proba, dtype=np.int64,
                               chunks=((1,) * proba.numblocks[0], (N_CLASSES * N_CLASSES,)),
@@ -68,22 +77,20 @@ def evaluate(
     out: str | Path,
     client: Client,
     *,
-    splits: Sequence[str] = ("eval",),
+    splits: Sequence[str] = EVAL_SPLITS,
     show_progress: Callable[[list], None] | None = None,
 ) -> dict:
     """Predict the rows of `splits`, write predictions.parquet and confusion.json into `out`; return the summary."""
-    dataset = Dataset(Path(dataset_root).resolve())
+    dataset = Dataset(Path(dataset_root))
     out = Path(out)
-    patches = load_patches(dataset.root)
+    patches = dataset.rows()
     rows = evaluation_rows(patches, splits)
     if len(rows) == 0:
         raise ValueError(f"evaluate: no rows in splits {list(splits)} of {dataset.root}")
     model = load_model(Path(model_path))
     model_future = client.scatter(model, broadcast=True, hash=False)  # once per worker, not once per task
 
-    group = zarr.open_group(str(dataset.zarr), mode="r")
-    pixels = da.from_zarr(group["pixels"])[rows]  # sorted rows: each block stays within its zarr chunks
-    labels = da.from_zarr(group["label"])[rows].rechunk((pixels.chunks[0],))
+    pixels, labels = dataset.dask_view(rows)  # sorted rows: each block stays within its zarr chunks
     with roomy_stage(client) as stage:
         proba, cm = predict_partitions(pixels, labels, model_future, stage)
         proba_f, cm_f = client.compute([proba, cm])
@@ -101,17 +108,69 @@ def evaluate(
          "proba": [float(v) for v in pr]}
         for r, p, c, k, t, q, pr in zip(rows, meta["patient"].to_pylist(), meta["cls"].to_pylist(),
                                         meta["crystal"].to_pylist(), y_true, y_pred, proba_v, strict=True)))
-    write_table(pred_table, out / "predictions.parquet", PREDICTIONS)
+    write_table(pred_table, predictions_path(out), PREDICTIONS)
     summary = {"dataset": str(dataset.root), "model": str(model_path), "splits": list(splits),
                "n": int(len(rows)), "confusion": cm_v.tolist(), "classes": list(CLASSES)}
-    (out / "confusion.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "confusion.json", summary)
     return summary
 
 
-def predict_in_memory(dataset_root: str | Path, model_path: str | Path, splits: Sequence[str] = ("eval",)):
-    """Baseline for the benchmark: load the set whole and predict with plain scikit-learn in one process."""
-    dataset = Dataset(Path(dataset_root).resolve())
-    X, _ = load_rows(dataset, evaluation_rows(load_patches(dataset.root), splits))
-    model = load_model(Path(model_path))
-    model.n_jobs = 2
-    return model.predict(X)
+# ----------------------------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class EvalSet:
+    """One `evaluate.sets.<name>`: a corpus's dataset, restricted to some splits."""
+
+    name: str
+    corpus: str
+    splits: tuple[str, ...] = EVAL_SPLITS
+
+
+def parse(cfg: Mapping[str, Any], exp: Experiment, where: str) -> tuple[EvalSet, ...]:
+    """Check the `evaluate:` section against the experiment's corpora; errors name the key."""
+    if cfg is None:
+        raise ConfigError(f"{where}: is required")
+    cfg = section(cfg, where, ("sets",))
+    sets = []
+    for name, s in section(need(cfg, "sets", where), f"{where}.sets").items():
+        at = f"{where}.sets.{name}"
+        s = section(s, at, ("corpus", "splits"))
+        corpus = text(need(s, "corpus", at), f"{at}.corpus")
+        if corpus not in exp.corpora:
+            raise ConfigError(f"{at}.corpus: {corpus!r} is not one of the corpora ({', '.join(exp.corpora)})")
+        sets.append(EvalSet(name, corpus, texts(s.get("splits", list(EVAL_SPLITS)), f"{at}.splits", SPLITS)))
+    return tuple(sets)
+
+
+def output_dir(exp: Experiment, set_name: str, config: str) -> Path:
+    return exp.out / "eval" / set_name / config
+
+
+def predictions_path(folder: Path) -> Path:
+    """The per-row predictions table of one evaluation folder (schema PREDICTIONS)."""
+    return Path(folder) / "predictions.parquet"
+
+
+def steps(ctx: Context) -> Iterator[Step]:
+    exp = ctx.experiment
+    models = train.trained(exp)
+    for s in exp.settings[SECTION]:
+        ds = extract.dataset(exp, s.corpus)
+        plan = ds.read_manifest()["plan_hash"]
+        for cfg in exp.settings[train.SECTION].configs:
+            path, out = train.model_path(exp, cfg.name), output_dir(exp, s.name, cfg.name)
+            yield Step(f"{NAME}:{s.name}:{cfg.name}", fingerprint(models[cfg.name]["sha256"], plan, s.splits),
+                       (out / "confusion.json", predictions_path(out)),
+                       lambda ds=ds, path=path, out=out, s=s: evaluate(
+                           ds.root, path, out, ctx.client, splits=s.splits, show_progress=ctx.show_progress))
+
+
+def results(exp: Experiment) -> dict[str, dict[str, dict[str, Any]]]:
+    """set -> config -> {confusion, n, predictions}: every evaluation, as the report reads it."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for s in exp.settings[SECTION]:
+        for cfg in exp.settings[train.SECTION].configs:
+            folder = output_dir(exp, s.name, cfg.name)
+            summary = json.loads((folder / "confusion.json").read_text())
+            out.setdefault(s.name, {})[cfg.name] = {"confusion": summary["confusion"], "n": summary["n"],
+                                                    "predictions": str(predictions_path(folder))}
+    return out

@@ -1,69 +1,39 @@
-"""Distributed extraction: a Dask bag of chunk-aligned groups of patches -> <out>/patches.zarr + tables.
+"""Stage extract: a Dask bag of chunk-aligned groups of patches -> a patch dataset (store/dataset.py).
 
 Each task owns whole zarr chunks (zarr 3 has no synchronizer), opens its slides itself, and leaves a done-marker
 holding its rows' outcome. A rerun skips chunks with markers; a change of plan or settings discards them all.
 The zarr rows follow the plan, so the bytes do not depend on the number of workers or on task order.
+Outputs: <out>/datasets/<corpus>/ (the dataset format), complete once its manifest extract.json exists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import logging
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import dask.bag as db
 import numpy as np
 import pyarrow as pa
-import zarr
 from distributed import Client
-from zarr.codecs import ZstdCodec
 
+from crystal_dask.experiment import Experiment
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
+from crystal_dask.stages import scan
+from crystal_dask.stages.base import Context, Step, fingerprint
+from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, Dataset
 from crystal_dask.store.files import write_json
-from crystal_dask.store.schema import PATCHES, REGIONS, REJECTS, conform, make_table, read_table, write_table
-from crystal_dask.vocab import CLASSES
-from crystal_dask.wsi.layout import SPLITS
+from crystal_dask.store.schema import PATCHES, REGIONS, REJECTS, conform, make_table
+from crystal_dask.vocab import CLASSES, SPLITS
 from crystal_dask.wsi.patches import PatchSettings, plan_windows, render_patch
 from crystal_dask.wsi.slides import Slide, SlideError
 
-FORMAT_VERSION = 3  # bump when the pixels (or their stored bytes) a plan produces change for the same settings
-ZARR_NAME = "patches.zarr"
-MARKERS = ".extract"
 _PLAN_KEYS = [f.name for f in PATCHES if f.name not in ("row", "level", "downsample")]
-
-
-@dataclass
-class Dataset:
-    """Paths of an extracted dataset."""
-
-    root: Path
-
-    @property
-    def zarr(self) -> Path:
-        return self.root / ZARR_NAME
-
-    @property
-    def patches(self) -> Path:
-        return self.root / "patches.parquet"
-
-    @property
-    def rejects(self) -> Path:
-        return self.root / "rejects.parquet"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "extract.json"
-
-    def complete(self) -> bool:
-        return self.manifest.exists()
-
-    def read_manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest.read_text())
+NAME = "extract"
+log = logging.getLogger("crystal_dask.pipeline")
 
 
 # ----------------------------------------------------------------------------------------------- the plan
@@ -141,45 +111,14 @@ def extract_chunk(task: dict) -> dict:
     valid = label >= 0
     crystal = np.array([r["crystal"] for r in rows], dtype=bool) & valid
     split = np.array([SPLITS.index(r["split"]) for r in rows], dtype=np.int8)
-    group = zarr.open_group(task["zarr"], mode="r+")
-    sl = slice(task["start"], task["start"] + n)
-    for name, values in (("pixels", pixels), ("label", label), ("crystal", crystal), ("split", split)):
-        # Whole chunks, always written: zarr's scan for all-fill chunks cost 9 ms per 2 MiB of pixels.
-        group[name].with_config({"write_empty_chunks": True})[sl] = values
+    Dataset(task["dataset"]).write_rows(task["start"], {PIXELS: pixels, "label": label, "crystal": crystal,
+                                                       "split": split})
     result = {"chunk": task["chunk"], "rows": outcome}
     write_json(marker, result, indent=None)
     return result
 
 
 # ----------------------------------------------------------------------------------------------- the run
-def prepare_dataset(ds: Dataset, n: int, s: PatchSettings, digest: str) -> Path:
-    """Create the zarr arrays and marker folder for this plan; discard everything from another plan."""
-    markers = ds.root / MARKERS / digest
-    if ds.zarr.exists():
-        try:
-            same = zarr.open_group(str(ds.zarr), mode="r").attrs.get("plan_hash") == digest
-        except (FileNotFoundError, ValueError, KeyError):
-            same = False
-        if same and markers.exists():
-            return markers
-        shutil.rmtree(ds.zarr)  # another plan's chunks are never mixed with this one's
-    shutil.rmtree(ds.root / MARKERS, ignore_errors=True)
-    for stale in (ds.manifest, ds.patches, ds.rejects):
-        stale.unlink(missing_ok=True)
-    markers.mkdir(parents=True)
-    group = zarr.open_group(str(ds.zarr), mode="w", zarr_format=3, attributes={
-        "plan_hash": digest, "classes": list(CLASSES), "splits": list(SPLITS), "settings": s.as_dict(),
-        "format_version": FORMAT_VERSION})
-    c, p = s.chunk_rows, s.patch_size
-    zstd = ZstdCodec(level=2)  # 2/3 of level 3's CPU per chunk for 2-6% more bytes; level 1 was up to 50% more
-    group.create_array("pixels", shape=(n, p, p), chunks=(c, p, p), dtype="uint8", fill_value=0,
-                       compressors=zstd, dimension_names=("patch", "y", "x"))
-    for name, dtype, fill in (("label", "int16", -1), ("crystal", "bool", False), ("split", "int8", -1)):
-        group.create_array(name, shape=(n,), chunks=(c,), dtype=dtype, fill_value=fill, compressors=zstd,
-                           dimension_names=("patch",))
-    return markers
-
-
 def extract(
     regions: pa.Table,
     out: str | Path,
@@ -190,17 +129,17 @@ def extract(
     show_progress: Callable[[list], None] | None = None,
 ) -> Dataset:
     """Extract every planned patch into <out>; resumes where a previous run of the same plan stopped."""
-    ds = Dataset(Path(out).resolve())
+    ds = Dataset(Path(out))
     ds.root.mkdir(parents=True, exist_ok=True)
     rows, rejects = plan(regions, settings)
     digest = plan_hash(rows, settings)
     if ds.complete() and ds.read_manifest().get("plan_hash") == digest:
         return ds
-    markers = prepare_dataset(ds, len(rows), settings, digest)
-    c = settings.chunk_rows
+    c, p = settings.chunk_rows, settings.patch_size
+    markers = ds.create(len(rows), settings.as_dict(), digest, c, {PIXELS: ((p, p), "uint8")})
     tasks = [
         {"chunk": k, "start": start, "rows": rows[start:start + c], "settings": settings.as_dict(),
-         "zarr": str(ds.zarr), "marker": str(markers / f"chunk-{k:06d}.json")}
+         "dataset": str(ds.root), "marker": str(markers / f"chunk-{k:06d}.json")}
         for k, start in enumerate(range(0, len(rows), c))
     ]
     todo = [t for t in tasks if not Path(t["marker"]).exists()]
@@ -211,7 +150,6 @@ def extract(
             if show_progress is not None:
                 show_progress(futures)
             client.gather(futures)
-    _sweep_partial_writes(ds)
 
     patches = []
     for t in tasks:
@@ -224,8 +162,6 @@ def extract(
     all_rejects = make_table(REJECTS, rejects)
     if scan_rejects is not None:
         all_rejects = pa.concat_tables([conform(scan_rejects, REJECTS, "scan rejects"), all_rejects])
-    write_table(make_table(PATCHES, patches), ds.patches, PATCHES)
-    write_table(all_rejects, ds.rejects, REJECTS)
     n_regions = regions.num_rows
     placed = len({(p["slide"], p["region_id"]) for p in patches})
     manifest = {
@@ -234,18 +170,27 @@ def extract(
         "rejects_extract": len(rejects), "rejects_total": all_rejects.num_rows, "chunks": len(tasks),
         "chunks_run": len(todo),
     }
-    write_json(ds.manifest, manifest)
+    ds.finish(make_table(PATCHES, patches), all_rejects, manifest)
     return ds
 
 
-def _sweep_partial_writes(ds: Dataset) -> None:
-    """Remove the temporary files of writers killed mid-write (zarr's `<chunk>.<uuid>.partial`, our own
-    `.<name>.<pid>-<thread>.tmp`). Every chunk and marker is whole by now, so these are orphans; left in place they
-    would make a resumed or worker-loss run differ on disk from an undisturbed one."""
-    for pattern, folder in (("*.partial", ds.zarr), (".*.tmp", ds.root / MARKERS)):
-        for orphan in folder.rglob(pattern):
-            orphan.unlink(missing_ok=True)
+# ----------------------------------------------------------------------------------------------- the stage
+def dataset(exp: Experiment, corpus: str) -> Dataset:
+    """The dataset this stage makes of `corpus`."""
+    return Dataset(exp.out / "datasets" / corpus)
 
 
-def load_patches(root: str | Path) -> pa.Table:
-    return read_table(Dataset(Path(root)).patches, PATCHES)
+def steps(ctx: Context) -> Iterator[Step]:
+    exp = ctx.experiment
+    for c in exp.corpora.values():
+        ds = dataset(exp, c.name)
+        # extraction checks its own plan and resumes chunk by chunk: the step key only adds the scan's inputs
+        key = fingerprint(scan.corpus_listing(scan.synth.corpus_root(exp, c)), c.extract.as_dict(), exp.labels.remap)
+
+        def run(c=c, ds=ds) -> None:
+            scanned = scan.read_output(exp, c.name)
+            extract(scanned.regions, ds.root, c.extract, ctx.client, scan_rejects=scanned.rejects,
+                    show_progress=ctx.show_progress)
+            log.info("extract %s: %s", c.name, json.dumps(ds.read_manifest()))
+
+        yield Step(f"{NAME}:{c.name}", key, (ds.manifest,), run)

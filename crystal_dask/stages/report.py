@@ -1,6 +1,7 @@
-"""The published tables and figures of an experiment: report.json (every number), report.md, and PNGs.
+"""Stage report: the published tables and figures of an experiment: report.json (every number), report.md, PNGs.
 
-Input is the evaluate stage's results dict:
+The stage gathers the models' manifests and every evaluation into <out>/results.json, then writes <out>/report/.
+Input of write_report is that results dict:
     {"job": str, "classes": [codes], "configs": [baseline, other, ...],
      "sets": {set: {config: {"confusion": [[int]], "n": int, "predictions": path | None}}},
      "models": {config: {"train_rows": int, "class_counts": {code: int}, "manifest": path}},
@@ -16,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import compare, summarize
-from crystal_dask.store.files import write_atomic
+from crystal_dask.stages import evaluate, train
+from crystal_dask.stages.base import Context, Step, fingerprint
+from crystal_dask.store.files import write_atomic, write_json
 from crystal_dask.store.schema import PREDICTIONS, read_table
 
 NA = "n/a"
@@ -342,3 +346,39 @@ def write_report(results: dict[str, Any], out_dir: Path, paired: dict | None = N
     )
     written["report.md"] = write_atomic(out_dir / "report.md", "\n".join(md).encode())
     return written
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+NAME = "report"
+
+
+def output_dir(exp: Experiment) -> Path:
+    return exp.out / "report"
+
+
+def collect(exp: Experiment) -> dict[str, Any]:
+    """results.json: every model's training summary and every evaluation, from those stages' own outputs."""
+    from crystal_dask.vocab import CLASSES
+
+    models = {name: {"train_rows": m["train_rows"], "class_counts": m["class_counts"],
+                     "manifest": str(train.model_path(exp, name).with_suffix(".json")), "leakage": m.get("leakage")}
+              for name, m in train.trained(exp).items()}
+    notes = list(exp.notes) + [f"{n}: {m['leakage']}" for n, m in models.items() if m.get("leakage")]
+    return {"job": exp.name, "classes": list(CLASSES), "configs": [c.name for c in exp.settings[train.SECTION].configs],
+            "sets": evaluate.results(exp), "models": models, "notes": notes}
+
+
+def steps(ctx: Context) -> Iterator[Step]:
+    exp = ctx.experiment
+    results = collect(exp)
+    folder = output_dir(exp)
+    ctx.products["report"] = folder / "report.md"
+
+    def run() -> None:
+        write_json(exp.out / "results.json", results)
+        write_report(results, folder)
+
+    # the paired statistics read the predictions tables: a rewritten table redoes the report
+    tables = [(p, (st := Path(p).stat()).st_size, st.st_mtime_ns)
+              for by_config in results["sets"].values() for p in (v["predictions"] for v in by_config.values())]
+    yield Step(NAME, fingerprint(results, tables), (exp.out / "results.json", folder / "report.md"), run)

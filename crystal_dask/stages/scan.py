@@ -1,25 +1,34 @@
-"""Corpus scan: one row per usable annotated region (REGIONS schema), one reject row per unusable input.
+"""Stage scan: one row per usable annotated region (REGIONS schema), one reject row per unusable input.
 
 Runs on the client and reads no pixels: only annotation files and slide headers (size, MPP).
+Outputs: <out>/scan/<corpus>/regions.parquet and rejects.parquet; redone when any file of the corpus changes.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from crystal_dask.store.schema import REGIONS, REJECTS, make_table
-from crystal_dask.vocab import DEFAULT_LABELS, LabelMap
+from crystal_dask.experiment import CorpusSpec, Experiment
+from crystal_dask.stages import synth
+from crystal_dask.stages.base import Context, Step, fingerprint
+from crystal_dask.store.schema import REGIONS, REJECTS, make_table, read_table, write_table
+from crystal_dask.vocab import DEFAULT_LABELS, SPLIT_FRACTIONS, LabelMap
 from crystal_dask.wsi.annotations import check_bounds, read_annotations
 from crystal_dask.wsi.layout import SlideEntry, discover
 from crystal_dask.wsi.slides import Slide, SlideError
 from crystal_dask.wsi.split import split_patients
+
+NAME = "scan"
+log = logging.getLogger("crystal_dask.pipeline")
 
 _REGION_PREFIX = re.compile(r"^region \d+: ")
 _NUMBER = re.compile(r"\d+")
@@ -105,7 +114,7 @@ def scan(
     *,
     corpus: str | None = None,
     labels: LabelMap = DEFAULT_LABELS,
-    split_fractions: Sequence[float] = (0.5, 0.25, 0.25),
+    split_fractions: Sequence[float] = SPLIT_FRACTIONS,
     split_seed: int = 0,
     threads: int = 8,
 ) -> ScanResult:
@@ -141,3 +150,38 @@ def scan(
         kept.append({**r, "split": split})
     kept.sort(key=lambda r: (r["split"], r["patient"], r["slide"], r["region_id"]))
     return ScanResult(make_table(REGIONS, kept), make_table(REJECTS, rejects))
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+def output_dir(exp: Experiment, corpus: str) -> Path:
+    return exp.out / "scan" / corpus
+
+
+def read_output(exp: Experiment, corpus: str) -> ScanResult:
+    """A finished scan of `corpus`, as later stages read it."""
+    folder = output_dir(exp, corpus)
+    return ScanResult(read_table(folder / "regions.parquet", REGIONS), read_table(folder / "rejects.parquet", REJECTS))
+
+
+def corpus_listing(root: Path) -> list[tuple[str, int, int]]:
+    """Names, sizes and mtimes of a corpus's files: a scan is redone when any of them changes."""
+    return [(str(p.relative_to(root)), (st := p.stat()).st_size, st.st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def steps(ctx: Context) -> Iterator[Step]:
+    exp = ctx.experiment
+    for c in exp.corpora.values():
+        folder = output_dir(exp, c.name)
+        key = fingerprint(corpus_listing(synth.corpus_root(exp, c)), exp.labels.remap, dict(exp.labels.crystalline),
+                          c.split_seed)
+        yield Step(f"{NAME}:{c.name}", key, (folder / "regions.parquet", folder / "rejects.parquet"),
+                   lambda c=c: _run(exp, c))
+
+
+def _run(exp: Experiment, c: CorpusSpec) -> None:
+    result = scan(synth.corpus_root(exp, c), corpus=c.name, labels=exp.labels, split_seed=c.split_seed)
+    folder = output_dir(exp, c.name)
+    write_table(result.regions, folder / "regions.parquet", REGIONS)
+    write_table(result.rejects, folder / "rejects.parquet", REJECTS)
+    log.info("scan %s: %s", c.name, json.dumps(result.summary()))

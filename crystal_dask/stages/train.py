@@ -1,28 +1,36 @@
-"""Training: choose a configuration's rows and fit BalancedRandomForestClassifier under joblib's dask backend."""
+"""Stage train: choose each configuration's rows and fit BalancedRandomForestClassifier under joblib's dask backend.
+
+Settings: the job file's `train:` section (`corpus`, `configs.<name>`). Outputs: <out>/models/<config>.skops beside
+its manifest <config>.json; redone when the dataset's plan or the configuration changes.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import sys
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import zarr
 from distributed import Client
 from imblearn.ensemble import BalancedRandomForestClassifier
 from joblib import parallel_config
 
-from crystal_dask.checks import reject_unknown_keys
-from crystal_dask.stages.extract import Dataset, load_patches
-from crystal_dask.store.models import save_model
-from crystal_dask.vocab import CLASSES
+from crystal_dask.checks import ConfigError, check_fields, flag, integer, need, section, text, texts
+from crystal_dask.experiment import Experiment
+from crystal_dask.stages import extract
+from crystal_dask.stages.base import Context, Step, fingerprint
+from crystal_dask.store.dataset import Dataset
+from crystal_dask.store.models import read_manifest, save_model
+from crystal_dask.vocab import CLASSES, SPLITS
 
+NAME = "train"
+SECTION = "train"
 RANDOM_STATE = 42  # the published forest's seed
 LEAKAGE_WARNING = (
     "WARNING: crystalline rows are taken from EVERY split (the published FCBR choice). Patients of the dev/eval "
@@ -44,16 +52,18 @@ class TrainConfig:
 
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any] | None) -> TrainConfig:
-        cfg = dict(cfg or {})
-        reject_unknown_keys(cfg, (f.name for f in fields(cls) if f.name != "name"), f"train.configs.{name}")
-        if "splits" in cfg:
-            cfg["splits"] = tuple(cfg["splits"])
-        out = cls(name=name, **cfg)
-        if out.sample_n is not None and out.sample_n < 1:
-            raise ValueError(f"train.configs.{name}.sample_n: must be a positive integer; got {out.sample_n!r}")
+        """A configuration from its job-file mapping; every key's type is checked, errors name the key."""
+        where = f"train.configs.{name}"
+        out = cls(name=name, **check_fields(dict(cfg or {}), _CONFIG_CHECKS, where))
         if out.crystal_all_splits and not out.crystal:
-            raise ValueError(f"train.configs.{name}.crystal_all_splits: needs crystal: true")
+            raise ConfigError(f"{where}.crystal_all_splits: needs crystal: true")
         return out
+
+
+_CONFIG_CHECKS = {
+    "crystal": flag, "crystal_all_splits": flag, "splits": lambda v, k: texts(v, k, SPLITS),
+    "sample_n": lambda v, k: None if v is None else integer(v, k, 1), "sample_seed": integer, "stratified": flag,
+}
 
 
 BUILTIN_CONFIGS = {"baseline": TrainConfig("baseline"), "crystal": TrainConfig("crystal", crystal=True)}
@@ -87,13 +97,6 @@ def _sample(rows: np.ndarray, cls: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def load_rows(dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flattened uint8 pixels and class indices of the given dataset rows."""
-    group = zarr.open_group(str(dataset.zarr), mode="r")
-    pixels = group["pixels"].get_orthogonal_selection((rows, slice(None), slice(None)))
-    return pixels.reshape(len(rows), -1), group["label"].get_orthogonal_selection(rows).astype(np.int64)
-
-
 def fit(X: np.ndarray, y: np.ndarray, client: Client) -> BalancedRandomForestClassifier:
     """Fit the published forest with joblib's dask backend, the training matrix broadcast to every worker once.
 
@@ -117,14 +120,14 @@ def dataset_hash(dataset: Dataset, rows: np.ndarray) -> str:
 
 def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: Client) -> dict:
     """Select, load, fit, save (skops + manifest). Returns the manifest."""
-    dataset = Dataset(Path(dataset_root).resolve())
-    patches = load_patches(dataset.root)
+    dataset = Dataset(Path(dataset_root))
+    patches = dataset.rows()
     rows = select_rows(patches, cfg)
     if len(rows) == 0:
         raise ValueError(f"train config {cfg.name!r}: no rows in splits {list(cfg.splits)} of {dataset.root}")
     if cfg.crystal_all_splits:
         print(LEAKAGE_WARNING, file=sys.stderr)
-    X, y = load_rows(dataset, rows)
+    X, y = dataset.matrix(rows), dataset.labels(rows)
     model = fit(X, y, client)
     manifest = {
         "config": {**asdict(cfg), "splits": list(cfg.splits)},  # as JSON has it
@@ -139,3 +142,50 @@ def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: C
         "params": {k: v for k, v in model.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))},
     }
     return save_model(model, Path(out), manifest)
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class TrainSettings:
+    """The job file's `train:` section: which corpus's dataset trains, and the configurations."""
+
+    corpus: str
+    configs: tuple[TrainConfig, ...]
+
+
+def parse(cfg: Mapping[str, Any], exp: Experiment, where: str) -> TrainSettings:
+    """Check the `train:` section against the experiment's corpora; errors name the key."""
+    if cfg is None:
+        raise ConfigError(f"{where}: is required")
+    cfg = section(cfg, where, ("corpus", "configs"))
+    corpus = text(need(cfg, "corpus", where), f"{where}.corpus")
+    if corpus not in exp.corpora:
+        raise ConfigError(f"{where}.corpus: {corpus!r} is not one of the corpora ({', '.join(exp.corpora)})")
+    configs = []
+    for name, c in section(cfg.get("configs") or dict.fromkeys(BUILTIN_CONFIGS), f"{where}.configs").items():
+        c = section(c, f"{where}.configs.{name}")
+        base = BUILTIN_CONFIGS.get(name)
+        if base is not None and "crystal" not in c:
+            c["crystal"] = base.crystal
+        configs.append(TrainConfig.from_config(name, c))
+    return TrainSettings(corpus, tuple(configs))
+
+
+def model_path(exp: Experiment, config: str) -> Path:
+    """The model file this stage writes for a configuration (its manifest is beside it, .json)."""
+    return exp.out / "models" / f"{config}.skops"
+
+
+def steps(ctx: Context) -> Iterator[Step]:
+    exp = ctx.experiment
+    settings: TrainSettings = exp.settings[SECTION]
+    ds = extract.dataset(exp, settings.corpus)
+    for cfg in settings.configs:
+        path = model_path(exp, cfg.name)
+        yield Step(f"{NAME}:{cfg.name}", fingerprint(ds.read_manifest()["plan_hash"], cfg),
+                   (path, path.with_suffix(".json")), lambda cfg=cfg, path=path: train(ds.root, cfg, path, ctx.client))
+
+
+def trained(exp: Experiment) -> dict[str, dict[str, Any]]:
+    """Each configuration's model manifest, as later stages read it."""
+    return {cfg.name: read_manifest(model_path(exp, cfg.name)) for cfg in exp.settings[SECTION].configs}

@@ -27,9 +27,8 @@ import numpy as np
 
 from crystal_dask.synthetic.slide_writer import downsample, write_slide
 from crystal_dask.synthetic.tissue import FLAVOURS, paint_slide, warm_textures
-from crystal_dask.vocab import CLASSES, CRYSTALLINE
+from crystal_dask.vocab import CLASSES, CRYSTALLINE, SPLIT_FRACTIONS, SPLITS
 from crystal_dask.wsi.annotations import Header, Region, write_imagescope_xml, write_nedc_csv
-from crystal_dask.wsi.layout import SPLITS
 
 _GROUPS = {"noncancer": ("bckg", "norm", "artf", "null", "infl", "nneo"), "carcinogenic": ("susp", "dcis"),
            "cancerous": ("indc",)}
@@ -312,7 +311,7 @@ def generate_corpus(
     mpp: float = 0.5,
     seed: int = 0,
     xml_fraction: float = 0.2,
-    splits: Sequence[float] | None = (0.5, 0.25, 0.25),
+    splits: Sequence[float] | None = SPLIT_FRACTIONS,
     quality: int = 80,
     workers: int = 2,
 ) -> dict:

@@ -11,7 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SPLITS: tuple[str, ...] = ("train", "dev", "eval")
+from crystal_dask.vocab import SPLITS
+
 SLIDE_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi"})
 ANNOTATION_SUFFIXES = (".csv", ".xml")  # preference order when a slide has both
 

@@ -65,11 +65,19 @@ class PatchSettings:
             raise bad("background", "must be an integer 0..255")
         if not isinstance(self.mask_outside, bool):
             raise bad("mask_outside", "must be true or false")
+        # One value, one hash: 160 from a job file and 160.0 from the command line are the same setting.
+        for key in ("window_size", "window_step", "magnification", "min_overlap"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, float(getattr(self, key)))
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> PatchSettings:
         cfg = dict(cfg or {})
-        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "extract")
+        reject_unknown_keys(cfg, cls.keys(), "extract")
         return cls(**cfg)
 
     def as_dict(self) -> dict[str, Any]:

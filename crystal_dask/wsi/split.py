@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from crystal_dask.wsi.layout import SPLITS
+from crystal_dask.vocab import SPLITS
 
 
 def split_patients(

@@ -19,7 +19,7 @@ from crystal_dask.bench import train as bench_train
 from crystal_dask.bench.common import MIB, Stat, peak_rss, reset_peak_rss, run_together, table
 from crystal_dask.bench.extract import split_work, touched_tiles
 from crystal_dask.cli import main
-from crystal_dask.stages.extract import Dataset, load_patches
+from crystal_dask.stages.extract import Dataset
 from crystal_dask.store.schema import PATCHES, read_table
 from crystal_dask.vocab import CLASSES
 from crystal_dask.wsi.patches import PatchSettings
@@ -182,7 +182,7 @@ def test_tiled_set_has_extract_output_format(bench_work):
     assert patches["row"].to_pylist() == list(range(700))
     assert pc.all(pc.equal(patches["split"], "eval")).as_py()
     assert [CLASSES[i] for i in big["label"][:]] == patches["cls"].to_pylist()
-    src_rows = load_patches(source.root)["row"].to_numpy()
+    src_rows = Dataset(source.root).rows()["row"].to_numpy()
     k = len(src_rows)
     first = src["pixels"].get_orthogonal_selection((src_rows[:3], slice(None), slice(None)))
     assert np.array_equal(big["pixels"][k:k + 3], first)  # cycled

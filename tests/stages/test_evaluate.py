@@ -9,8 +9,9 @@ from distributed import Client, LocalCluster
 
 from crystal_dask.metrics import confusion
 from crystal_dask.stages.evaluate import evaluate, evaluation_rows, predict_partitions
-from crystal_dask.stages.extract import extract, load_patches
+from crystal_dask.stages.extract import extract
 from crystal_dask.stages.train import TrainConfig, train
+from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model
 from crystal_dask.store.schema import PREDICTIONS, read_table
 from crystal_dask.vocab import CLASSES
@@ -28,7 +29,7 @@ def trained(small_scan, client, tmp_path_factory):
 def test_partitioned_predictions_equal_in_memory_predict(trained, client):
     summary = evaluate(trained / "ds", trained / "m.skops", trained / "out", client, splits=("dev", "eval"))
     preds = read_table(trained / "out" / "predictions.parquet", PREDICTIONS)
-    rows = evaluation_rows(load_patches(trained / "ds"), ("dev", "eval"))
+    rows = evaluation_rows(Dataset(trained / "ds").rows(), ("dev", "eval"))
     assert preds["row"].to_numpy().tolist() == rows.tolist() and summary["n"] == len(rows)
     pixels = zarr.open_group(str(trained / "ds" / "patches.zarr"), mode="r")["pixels"]
     X = pixels.get_orthogonal_selection((rows, slice(None), slice(None))).reshape(len(rows), -1)
@@ -89,7 +90,7 @@ def test_memory_stays_bounded_on_a_set_larger_than_its_chunks(trained, tmp_path)
 
     from crystal_dask.store.schema import PATCHES, write_table
 
-    patches = load_patches(trained / "ds")
+    patches = Dataset(trained / "ds").rows()
     tables = [patches.set_column(0, "row", pa.array(patches["row"].to_numpy() + k * n0)) for k in range(reps)]
     write_table(pa.concat_tables(tables), big_root / "patches.parquet", PATCHES)
     set_bytes = n0 * reps * 256 * 256

@@ -22,8 +22,9 @@ from distributed import Client, LocalCluster
 from skimage.color import rgb2gray
 from skimage.transform import resize
 
-from crystal_dask.stages.extract import MARKERS, extract, load_patches
+from crystal_dask.stages.extract import extract
 from crystal_dask.stages.scan import scan
+from crystal_dask.store.dataset import MARKERS, Dataset
 from crystal_dask.store.schema import PATCHES, REJECTS, read_table
 from crystal_dask.vocab import CLASSES
 from crystal_dask.wsi.patches import PatchSettings
@@ -49,7 +50,7 @@ def accounted(regions: pa.Table, ds_root: Path) -> tuple[set, set, set]:
 
     rejects = read_table(ds_root / "rejects.parquet", REJECTS)
     rejects = rejects.filter(pc.equal(rejects["stage"], "extract"))
-    return key(regions, "annotation"), key(load_patches(ds_root), "annotation"), key(rejects, "source")
+    return key(regions, "annotation"), key(Dataset(ds_root).rows(), "annotation"), key(rejects, "source")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_region_mode_accounts_for_every_region(small_scan, region_ds):
 
 def test_patch_pixels_match_an_independent_read(small_scan, region_ds):
     """Pixels equal tifffile's whole-level read, sliced, skimage greyscale, anti-aliased resize."""
-    patches = load_patches(region_ds)
+    patches = Dataset(region_ds).rows()
     pixels = zarr.open_group(str(region_ds / "patches.zarr"), mode="r")["pixels"]
     for i in (0, patches.num_rows // 2, patches.num_rows - 1):
         r = patches.slice(i, 1).to_pylist()[0]
@@ -100,7 +101,7 @@ def test_same_bytes_on_one_worker(small_scan, region_ds, tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as c, Client(c) as one:
         extract(small_scan.regions, tmp_path / "one", SETTINGS, one, scan_rejects=small_scan.rejects)
     assert tree_digest(tmp_path / "one" / "patches.zarr") == tree_digest(region_ds / "patches.zarr")
-    assert load_patches(tmp_path / "one").equals(load_patches(region_ds))
+    assert Dataset(tmp_path / "one").rows().equals(Dataset(region_ds).rows())
 
 
 def test_rerun_is_skipped_and_settings_change_discards_old_chunks(small_scan, region_ds, client, tmp_path):
@@ -121,7 +122,7 @@ def test_rerun_is_skipped_and_settings_change_discards_old_chunks(small_scan, re
 def test_window_mode(small_scan, client, tmp_path):
     s = PatchSettings(mode="window", window_size=300, min_overlap=0.6, chunk_rows=16)
     extract(small_scan.regions, tmp_path, s, client)
-    patches = load_patches(tmp_path)
+    patches = Dataset(tmp_path).rows()
     assert (patches["overlap"].to_numpy() >= 0.6).all()
     w = patches["wx1"].to_numpy() - patches["wx0"].to_numpy()
     assert (w == 300).all() and ((patches["wy1"].to_numpy() - patches["wy0"].to_numpy()) == 300).all()
@@ -144,7 +145,7 @@ def test_window_in_microns_needs_mpp(small_scan, client, tmp_path):
     assert rejects.num_rows == 4 and all("no MPP" in r for r in rejects["reason"].to_pylist())
     # with the slide's MPP a 100 um window is 100 / mpp pixels
     extract(regions, tmp_path / "mpp", s, client)
-    p = load_patches(tmp_path / "mpp")
+    p = Dataset(tmp_path / "mpp").rows()
     expected = np.rint(100 / p["mpp"].to_numpy())
     assert p.num_rows and np.array_equal(p["wx1"].to_numpy() - p["wx0"].to_numpy(), expected)
 
@@ -197,7 +198,7 @@ def test_realdata_region_and_unreadable_slide(realdata, client, tmp_path):
         write_nedc_csv(folder / f"{name}.csv", Header(name, 0.499, w, h), regions)
     result = scan(tmp_path)
     extract(result.regions, tmp_path / "ds", PatchSettings(chunk_rows=4), client)
-    patches = load_patches(tmp_path / "ds")
+    patches = Dataset(tmp_path / "ds").rows()
     assert patches.num_rows == 2 and set(patches["mpp"].to_pylist()) == {0.499}
     pixels = zarr.open_group(str(tmp_path / "ds" / "patches.zarr"), mode="r")["pixels"]
     assert all(pixels[r].std() > 5 for r in patches["row"].to_pylist())  # tissue, not blank
@@ -240,7 +241,7 @@ def test_resume_after_kill_is_byte_identical(small_scan, region_ds, client, tmp_
     manifest = ds.read_manifest()
     assert manifest["chunks_run"] == manifest["chunks"] - done_before  # only the unfinished chunks ran again
     assert tree_digest(out / "patches.zarr") == tree_digest(region_ds / "patches.zarr")
-    assert load_patches(out).equals(load_patches(region_ds))
+    assert Dataset(out).rows().equals(Dataset(region_ds).rows())
 
 
 def test_killed_worker_still_gives_identical_output(small_scan, region_ds, tmp_path):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from crystal_dask.stages.extract import Dataset, extract, load_patches
-from crystal_dask.stages.train import LEAKAGE_WARNING, TrainConfig, fit, load_rows, select_rows, train
+from crystal_dask.stages.extract import extract
+from crystal_dask.stages.train import LEAKAGE_WARNING, TrainConfig, fit, select_rows, train
+from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model
 from crystal_dask.wsi.patches import PatchSettings
 
@@ -22,7 +23,7 @@ def dataset(small_scan, client, tmp_path_factory):
 
 
 def test_configurations_select_the_right_rows(dataset):
-    patches = load_patches(dataset)
+    patches = Dataset(dataset).rows()
     split = np.array(patches["split"].to_pylist())
     crystal = patches["crystal"].to_numpy(zero_copy_only=False)
     rows = patches["row"].to_numpy()
@@ -37,7 +38,7 @@ def test_configurations_select_the_right_rows(dataset):
 
 
 def test_stratified_sample_keeps_class_shares(dataset):
-    patches = load_patches(dataset)
+    patches = Dataset(dataset).rows()
     full = select_rows(patches, TrainConfig("baseline"))
     n = len(full) // 2
     cfg = TrainConfig("baseline", sample_n=n, sample_seed=3)
@@ -55,8 +56,8 @@ def test_stratified_sample_keeps_class_shares(dataset):
 
 def test_training_is_the_same_on_one_and_two_workers(dataset, client):
     ds = Dataset(dataset)
-    rows = select_rows(load_patches(dataset), TrainConfig("crystal", crystal=True))
-    X, y = load_rows(ds, rows)
+    rows = select_rows(Dataset(dataset).rows(), TrainConfig("crystal", crystal=True))
+    X, y = (ds.matrix(rows), ds.labels(rows))
     two = fit(X, y, client)
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as c, Client(c) as one_c:
         one = fit(X, y, one_c)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from crystal_dask.wsi.layout import SPLITS, SlideEntry, discover
+from crystal_dask.vocab import SPLITS
+from crystal_dask.wsi.layout import SlideEntry, discover
 
 
 def touch(root: Path, rel: str) -> Path:

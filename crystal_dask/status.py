@@ -1,0 +1,53 @@
+"""A job's status file, <out>/status.json: written by the runner at every change, read by `crystal-dask status`.
+
+Stages are listed in run order. Light on purpose (no Dask, zarr or scikit-learn): `crystal-dask status` imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from crystal_dask.store.files import write_json
+
+FILE = "status.json"
+
+
+class Status:
+    """The running job's status, rewritten atomically at every change."""
+
+    def __init__(self, out: Path, job: str, job_file: Path):
+        self.path = Path(out) / FILE
+        self.data: dict[str, Any] = {
+            "job": job, "job_file": str(job_file), "out": str(out), "pid": os.getpid(),
+            "host": socket.gethostname(), "driver_slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "state": "running", "stage": None, "stages": [], "report": None, "started": time.time(),
+        }
+        self.write()
+
+    def write(self) -> None:
+        write_json(self.path, self.data)
+
+    def update(self, **kw: Any) -> None:
+        self.data.update(kw)
+        self.write()
+
+    def stage(self, name: str, **kw: Any) -> None:
+        """Record a step's state; a step seen for the first time goes to the end of the list (run order)."""
+        entry = next((s for s in self.data["stages"] if s["name"] == name), None)
+        if entry is None:
+            entry = {"name": name}
+            self.data["stages"].append(entry)
+        entry.update(kw)
+        self.data["stage"] = name
+        self.write()
+
+
+def read(out: Path) -> dict[str, Any] | None:
+    """The status a runner wrote into `out`, or None when no job ran there."""
+    path = Path(out) / FILE
+    return json.loads(path.read_text()) if path.exists() else None
