@@ -25,19 +25,19 @@ class UnknownLabel(ValueError):
 class LabelMap:
     """Resolves a raw annotation label to (class, crystal flag).
 
-    `remap` sends extra raw labels (a job's own vocabulary) to a known label; `crystalline` can add labels
-    that count as crystalline for a class.
+    The scored classes are always CLASSES (every stage, model and table indexes them); `remap` sends extra raw
+    labels (a job's own vocabulary) to a known label; `crystalline` can add labels that count as crystalline for
+    a class.
     """
 
-    classes: tuple[str, ...] = CLASSES
     crystalline: Mapping[str, str] = field(default_factory=lambda: dict(CRYSTALLINE))
     remap: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for raw, cls in self.crystalline.items():
-            if cls not in self.classes:
+            if cls not in CLASSES:
                 raise ValueError(f"crystalline label {raw!r} maps to {cls!r}, which is not a class")
-        known = set(self.classes) | set(self.crystalline)
+        known = set(CLASSES) | set(self.crystalline)
         for raw, target in self.remap.items():
             if target not in known:
                 raise ValueError(f"remap {raw!r} -> {target!r}: {target!r} is neither a class nor crystalline")
@@ -48,16 +48,13 @@ class LabelMap:
         label = self.remap.get(label, label)
         if label in self.crystalline:
             return self.crystalline[label], True
-        if label in self.classes:
+        if label in CLASSES:
             return label, False
         raise UnknownLabel(f"unknown label {raw!r} (known: {', '.join(self.vocabulary)})")
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
-        return (*self.classes, *self.crystalline, *self.remap)
-
-    def class_index(self, cls: str) -> int:
-        return self.classes.index(cls)
+        return (*CLASSES, *self.crystalline, *self.remap)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, object] | None) -> LabelMap:

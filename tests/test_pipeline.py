@@ -1,4 +1,4 @@
-"""Jobs: validation naming keys, the whole experiment end to end, skipping, and the shipped job files."""
+"""The runner: the whole experiment end to end, skipping by key, status in run order, other clusters."""
 
 from __future__ import annotations
 
@@ -14,76 +14,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from distributed import Client, LocalCluster
 
-from crystal_dask.experiment import ExperimentError, load_experiment
+from crystal_dask.experiment import load_experiment
 from crystal_dask.pipeline import run_job
-from tests.helpers import PROJECT
-
-PROJECT = PROJECT
-
-TINY = {
-    "name": "tiny",
-    "corpora": {
-        "fcbr": {"synth": {"flavour": "fcbr", "patients": 8, "slides_per_patient": 1, "regions_per_slide": 8,
-                           "crystalline": 24, "slide_size": [2000, 1500], "seed": 3}},
-        "tubr": {"synth": {"flavour": "tubr", "patients": 3, "slides_per_patient": 1, "regions_per_slide": 8,
-                           "slide_size": [2000, 1500], "seed": 4}},
-    },
-    "extract": {"chunk_rows": 16},
-    "train": {"corpus": "fcbr"},
-    "evaluate": {"sets": {"FCBR-eval": {"corpus": "fcbr", "splits": ["dev", "eval"]},
-                          "TUBR": {"corpus": "tubr", "splits": ["train", "dev", "eval"]}}},
-}
-
-
-def write_job(tmp_path: Path, cfg: dict, name: str = "job.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def tiny_job(tmp_path: Path) -> Path:
-    return write_job(tmp_path, {**TINY, "out": str(tmp_path / "out")})
-
-
-@pytest.mark.parametrize(("change", "message"), [
-    ({"corpora": None}, r"corpora: is required"),
-    ({"corpora": {"a": {"path": "/nonexistent/corpus"}}}, r"corpora.a.path: /nonexistent/corpus is not a folder"),
-    ({"corpora": {"a": {}}}, r"corpora.a: give exactly one of path"),
-    ({"corpora": {"a": {"synth": {"flavor": "fcbr"}}}}, r"corpora.a.synth.flavor: unknown key"),
-    ({"extract": {"mode": "tiles"}}, r"corpora.fcbr.extract: extract.mode: must be one of region, window"),
-    ({"extract": {"chunk": 3}}, r"corpora.fcbr.extract: extract: unknown key\(s\) \['chunk'\]"),
-    ({"train": {"corpus": "nope"}}, r"train.corpus: 'nope' is not one of the corpora"),
-    ({"train": {"corpus": "fcbr", "configs": {"x": {"sample_n": 0}}}}, r"train.configs.x.sample_n"),
-    ({"evaluate": {"sets": {"s": {"corpus": "fcbr", "splits": ["test"]}}}}, r"evaluate.sets.s.splits: 'test'"),
-    ({"labels": {"remap": {"tumour": "cancer"}}}, r"labels: .*'cancer' is neither a class nor crystalline"),
-    ({"colour": 1}, r": colour: unknown key"),
-])
-def test_job_errors_name_the_file_and_key(tmp_path, change, message):
-    cfg = {k: v for k, v in {**TINY, **change}.items() if v is not None}
-    path = write_job(tmp_path, cfg)
-    with pytest.raises(ExperimentError, match=message) as err:
-        load_experiment(path)
-    assert str(err.value).startswith(str(path))
-
-
-def test_shipped_jobs_load(tmp_path):
-    demo = load_experiment(PROJECT / "jobs" / "demo.yaml")
-    assert set(demo.corpora) == {"fcbr", "tubr"}
-    assert [c.name for c in demo.settings["train"].configs] == ["baseline", "crystal"]
-    for name in ("crystal_vs_baseline.yaml", "tubr_full_eval.yaml"):
-        text = (PROJECT / "jobs" / name).read_text()
-        for placeholder in ("/data/nedc/fcbr/v1.0.0", "/data/nedc/tubr/v3.0.0"):
-            assert placeholder in text
-            folder = tmp_path / placeholder.strip("/").replace("/", "_")
-            folder.mkdir(exist_ok=True)
-            text = text.replace(placeholder, str(folder))
-        job = load_experiment(write_job(tmp_path, yaml.safe_load(text), name))
-        assert job.settings["train"].corpus == "fcbr" and job.settings["train"].configs[0].sample_n == 1850
-    windows = load_experiment(tmp_path / "tubr_full_eval.yaml").corpora["tubr_windows"].extract
-    assert windows.mode == "window" and windows.window_step == 250
+from tests.helpers.jobs import TINY, tiny_job, write_job
 
 
 def test_job_end_to_end_then_skips(tmp_path, client):

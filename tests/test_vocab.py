@@ -30,11 +30,10 @@ def test_unknown_label_names_the_label_and_the_vocabulary():
         DEFAULT_LABELS.resolve("tumr")
 
 
-def test_class_index_follows_classes_order():
-    assert [DEFAULT_LABELS.class_index(c) for c in CLASSES] == list(range(9))
-    with pytest.raises(ValueError):
-        DEFAULT_LABELS.class_index("cdcs")  # crystalline labels are not scored classes
-
+def test_crystalline_labels_are_not_scored_classes():
+    assert set(CRYSTALLINE).isdisjoint(CLASSES) and len(CLASSES) == 9
+    with pytest.raises(ValueError, match="'cancer' is not a class"):
+        LabelMap(crystalline={"x": "cancer"})
 
 def test_from_config_remaps_and_extends():
     labels = LabelMap.from_config({"remap": {"Tumor": "INDC", "calc": "cdcs"}, "crystalline": {"CSUS": "susp"}})

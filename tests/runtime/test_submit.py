@@ -12,7 +12,7 @@ import yaml
 
 from crystal_dask.cli import main
 from crystal_dask.runtime.submit import format_status, status, submit
-from tests.test_pipeline import TINY
+from tests.helpers.jobs import TINY
 
 # A job small enough to run detached within a test: one corpus, its own dev/eval patients as the held-out set.
 DETACHED = {**TINY, "corpora": {"fcbr": TINY["corpora"]["fcbr"]},

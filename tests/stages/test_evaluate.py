@@ -46,13 +46,12 @@ def test_the_model_travels_once_not_in_every_task(trained, client):
     """Our graph refers to the broadcast model by key; dask-ml's ParallelPostFit pickles it into each task."""
     import pickle
 
-    import dask.array as da
     from dask_ml.wrappers import ParallelPostFit
 
     model = load_model(trained / "m.skops")
     model_bytes = len(pickle.dumps(model))
-    group = zarr.open_group(str(trained / "ds" / "patches.zarr"), mode="r")
-    pixels, labels = da.from_zarr(group["pixels"]), da.from_zarr(group["label"])
+    ds = Dataset(trained / "ds")
+    pixels, labels = ds.dask_view(np.arange(ds.group()["label"].shape[0]))
     future = client.scatter(model, broadcast=True, hash=False)
     proba, _ = predict_partitions(pixels, labels, future, stage="s")
 
