@@ -32,7 +32,7 @@ BAND_PIXELS = 16 * 1024 * 1024  # level pixels decoded at once while block-avera
 
 # saturation threshold bounds: Otsu below S_MIN is splitting glass noise (a blank slide), above S_MAX it is
 # splitting pale from dark tissue (a slide that is all tissue), so it is clamped into this range
-S_MIN, S_MAX = 0.05, 0.20
+S_MIN, S_MAX = 0.05, 0.12
 
 
 def thumbnail_level(slide: Slide, max_side: int = 2048) -> tuple[int, int]:
