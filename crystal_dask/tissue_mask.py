@@ -24,7 +24,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.morphology import disk, remove_small_objects
+from skimage.morphology import disk
 
 from crystal_dask.slides import Slide
 
@@ -88,7 +88,7 @@ def pen_mask(rgb: np.ndarray, downsample: float, *, pen_margin: int = 20, dark_m
     dark = f.max(axis=-1) < dark_max
     ink = coloured | dark
     min_px = max(1, round(min_pen_px0 / downsample**2))
-    ink = remove_small_objects(ink, max_size=min_px)
+    ink = drop_small_objects(ink, min_px)
     if ink.any():
         ink = ndi.binary_dilation(ink, iterations=max(1, round(16 / downsample)))
     return ink
@@ -115,7 +115,18 @@ def mask_from_rgb(rgb: np.ndarray, downsample: float, *, od_min: float = 0.05, e
     radius = max(1, round(close_px0 / downsample))
     tissue = ndi.binary_closing(np.pad(tissue, radius), structure=disk(radius))[radius:-radius, radius:-radius]
     tissue = fill_small_holes(tissue, max(1, round(min_hole_px0 / downsample**2)))
-    return remove_small_objects(tissue, max_size=max(1, round(min_object_px0 / downsample**2)))
+    return drop_small_objects(tissue, max(1, round(min_object_px0 / downsample**2)))
+
+
+def drop_small_objects(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """Remove 4-connected components of at most `max_size` pixels (skimage's remove_small_objects changed its
+    keyword between 0.25 and 0.26; this works with both)."""
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    keep = np.bincount(labels.ravel(), minlength=n + 1) > max_size
+    keep[0] = False
+    return keep[labels]
 
 
 def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
