@@ -105,8 +105,8 @@ def test_geojson_per_class_and_mean_probability(tmp_path):
     dcis = [f for f in fc["features"] if f["properties"]["classification"]["name"] == "dcis"]
     assert len(dcis) == 1 and dcis[0]["geometry"]["type"] == "MultiPolygon"
     assert len(dcis[0]["geometry"]["coordinates"]) == 2
-    assert dcis[0]["properties"]["measurements"] == {"mean probability": pytest.approx(proba[..., 6][classes == 6].mean()),
-                                                      "windows": 10}
+    mean = pytest.approx(proba[..., 6][classes == 6].mean())
+    assert dcis[0]["properties"]["measurements"] == {"mean probability": mean, "windows": 10}
     assert dcis[0]["geometry"]["coordinates"][0][0][:2] == [[0, 0], [1000, 0]]  # top-left origin, level-0 px
     skipped = class_map_to_geojson(classes, proba, step=500, size=500, skip=("dcis",))
     assert [f["properties"]["classification"]["name"] for f in skipped["features"]] == ["indc"]

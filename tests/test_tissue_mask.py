@@ -12,8 +12,15 @@ from crystal_dask.slide_writer import downsample, write_slide
 from crystal_dask.slides import Slide, SlideError
 from crystal_dask.synth import place_regions
 from crystal_dask.tissue import paint_slide
-from crystal_dask.tissue_mask import (mask_from_rgb, thumbnail, thumbnail_level, tissue_fraction, tissue_mask,
-                                      window_boxes, window_grid)
+from crystal_dask.tissue_mask import (
+    mask_from_rgb,
+    thumbnail,
+    thumbnail_level,
+    tissue_fraction,
+    tissue_mask,
+    window_boxes,
+    window_grid,
+)
 
 W, H = 2400, 1800
 
