@@ -28,7 +28,7 @@ from skimage.morphology import disk
 
 from crystal_dask.slides import Slide
 
-BAND_PIXELS = 16 * 1024 * 1024  # level pixels decoded at once while block-averaging a thumbnail
+BAND_PIXELS = 4 * 1024 * 1024  # level pixels decoded at once while block-averaging a thumbnail (~64 MB)
 
 # saturation threshold bounds: Otsu below S_MIN is splitting glass noise (a blank slide), above S_MAX it is
 # splitting pale from dark tissue (a slide that is all tissue), so it is clamped into this range
@@ -58,7 +58,13 @@ def thumbnail(slide: Slide, max_side: int = 2048) -> tuple[np.ndarray, float]:
         return slide.read(index, 0, 0, lvl.width, lvl.height), lvl.downsample
     out_w, out_h = math.ceil(lvl.width / k), math.ceil(lvl.height / k)
     out = np.empty((out_h, out_w, 3), np.uint8)
-    band = max(1, BAND_PIXELS // (out_w * k * k)) * k  # rows per read, a multiple of k
+    # rows per read: a multiple of k and, where it fits the budget, of the tile (or strip) height, so no tile
+    # is decoded twice
+    info = slide.info()["levels"][index]
+    seg_h = info["tile"][1] if info["tile"] else info["rows_per_strip"]
+    unit = math.lcm(k, int(seg_h)) if seg_h else k
+    unit = unit if unit * out_w * k <= BAND_PIXELS else k
+    band = max(1, BAND_PIXELS // (out_w * k * unit)) * unit
     for y in range(0, out_h * k, band):
         rows = min(band, out_h * k - y)
         # reading past the level's edge gives white glass, so trailing partial blocks average with glass
