@@ -1,0 +1,94 @@
+"""Scoring a slide's window predictions against its annotations: window labels by NEDC's frame rule, the
+published tables (crystal_dask.metrics) on the labelled windows, and per-class Dice of predicted against
+annotated area on the window grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from crystal_dask.labels import CLASSES
+from crystal_dask.metrics import confusion, summarize
+from crystal_dask.patches import polygon_mask
+
+
+def label_windows(boxes: np.ndarray, polygons: Sequence[tuple[Sequence[float], Sequence[float]]],
+                  labels: Sequence[int], min_overlap: float = 0.5,
+                  cells_per_side: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(label, overlap) per window: the label of the region covering the largest fraction of the window when
+    that fraction is >= min_overlap (NEDC's frame rule), else -1; overlap is that largest fraction.
+
+    `boxes` (N, 4: x0, y0, x1, y1) are square level-0 windows of one size on a grid; `polygons` are (xs, ys)
+    level-0 vertices with `labels` their class indices. Overlap is measured as extract's window mode measures
+    it: the polygon rasterised (patches.polygon_mask) on cells of side / cells_per_side, each window covering
+    cells_per_side^2 cells from its rounded cell offset, counted through an integral image.
+    """
+    boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
+    best = np.zeros(len(boxes))
+    label = np.full(len(boxes), -1, np.int64)
+    if len(boxes) == 0 or not len(polygons):
+        return label, best
+    sides = np.unique(boxes[:, 2] - boxes[:, 0])
+    if len(sides) != 1 or (boxes[:, 3] - boxes[:, 1] != sides[0]).any():
+        raise ValueError("label_windows needs square windows of one size")
+    n = cells_per_side
+    cell = float(sides[0]) / n
+    ox, oy = boxes[:, 0].min(), boxes[:, 1].min()
+    bx = np.round((boxes[:, 0] - ox) / cell).astype(np.int64)
+    by = np.round((boxes[:, 1] - oy) / cell).astype(np.int64)
+    for (xs, ys), lab in zip(polygons, labels, strict=True):
+        xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+        gx0 = max(int(np.floor((xs.min() - ox) / cell)), 0)
+        gy0 = max(int(np.floor((ys.min() - oy) / cell)), 0)
+        gx1 = int(np.ceil((xs.max() - ox) / cell)) + 1
+        gy1 = int(np.ceil((ys.max() - oy) / cell)) + 1
+        if gx1 <= gx0 or gy1 <= gy0:
+            continue
+        near = (bx + n > gx0) & (bx < gx1) & (by + n > gy0) & (by < gy1)
+        if not near.any():
+            continue
+        covered = polygon_mask(xs, ys, ox + gx0 * cell, oy + gy0 * cell, cell, (gy1 - gy0, gx1 - gx0))
+        integral = np.pad(covered.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        w, h = gx1 - gx0, gy1 - gy0
+        x0, x1 = np.clip(bx[near] - gx0, 0, w), np.clip(bx[near] + n - gx0, 0, w)
+        y0, y1 = np.clip(by[near] - gy0, 0, h), np.clip(by[near] + n - gy0, 0, h)
+        frac = (integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]) / (n * n)
+        idx = np.nonzero(near)[0]
+        better = frac > best[idx]
+        best[idx[better]] = frac[better]
+        label[idx[better]] = lab
+    label[best < min_overlap] = -1
+    return label, best
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray,
+                   class_names: Sequence[str] = CLASSES) -> dict[str, float | None]:
+    """Dice 2|P & T| / (|P| + |T|) per class of the predicted (P) against the annotated (T) windows of one grid
+    (-1: no prediction / no annotation). Windows have one area, so counts are areas; None when a class is
+    neither predicted nor annotated. Over the whole grid, so predictions outside annotated regions count
+    (restricted to annotated windows, Dice would equal the per-class F1 of `score_windows`)."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"pred {pred.shape} and truth {truth.shape} must be one grid")
+    out: dict[str, float | None] = {}
+    for k, name in enumerate(class_names):
+        p, t = pred == k, truth == k
+        den = int(p.sum() + t.sum())
+        out[name] = 2 * int((p & t).sum()) / den if den else None
+    return out
+
+
+def score_windows(pred: np.ndarray, truth: np.ndarray, class_names: Sequence[str] = CLASSES) -> dict[str, Any]:
+    """The published tables on the windows that are both predicted and labelled (metrics.summarize of their
+    confusion; None when there are none) plus per-class Dice over the grid. JSON-able."""
+    pred, truth = np.asarray(pred).ravel(), np.asarray(truth).ravel()
+    both = (pred >= 0) & (truth >= 0)
+    summary = None
+    if both.any():
+        summary = summarize(confusion(truth[both].astype(np.int64), pred[both].astype(np.int64),
+                                      len(class_names)), class_names)
+    return {"windows_scored": int(both.sum()), "summary": summary,
+            "dice": dice_per_class(pred, truth, class_names)}
