@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from crystal_dask.labels import CLASSES
 from crystal_dask.metrics import confusion, summarize
-from crystal_dask.patches import polygon_mask
+from crystal_dask.vocab import CLASSES
+from crystal_dask.wsi.patches import polygon_mask
 
 
 def label_windows(boxes: np.ndarray, polygons: Sequence[tuple[Sequence[float], Sequence[float]]],

@@ -11,7 +11,7 @@ CLASS_COLOURS is the fixed legend of the 9 classes, shared by every export so a 
 
 from __future__ import annotations
 
-from crystal_dask.labels import CLASSES
+from crystal_dask.vocab import CLASSES
 
 # one fixed colour per class: glass/benign in greys and greens, artefacts brown, the disease classes warm
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {

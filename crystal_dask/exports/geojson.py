@@ -15,8 +15,8 @@ import numpy as np
 
 from crystal_dask.exports import colours_for
 from crystal_dask.exports.polygons import lattice_to_px, trace_components, window_square
-from crystal_dask.files import write_json
-from crystal_dask.labels import CLASSES
+from crystal_dask.store.files import write_json
+from crystal_dask.vocab import CLASSES
 
 PER = ("component", "class")
 

@@ -20,8 +20,8 @@ from matplotlib.patches import Patch
 from PIL import Image
 
 from crystal_dask.exports import colours_for
-from crystal_dask.files import write_atomic
-from crystal_dask.labels import CLASSES
+from crystal_dask.store.files import write_atomic
+from crystal_dask.vocab import CLASSES
 
 _DPI = 100
 

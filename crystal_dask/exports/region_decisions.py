@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from crystal_dask.annotations import Header, Region, format_nedc_csv
 from crystal_dask.exports.geojson import _check_grid
 from crystal_dask.exports.polygons import bridge_holes, lattice_to_px, trace_components, window_square
-from crystal_dask.files import write_atomic
-from crystal_dask.labels import CLASSES
+from crystal_dask.store.files import write_atomic
+from crystal_dask.vocab import CLASSES
+from crystal_dask.wsi.annotations import Header, Region, format_nedc_csv
 
 SUFFIX = "_REGIONDECISIONS.csv"
 

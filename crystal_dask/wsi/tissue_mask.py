@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
-from crystal_dask.slides import Slide
+from crystal_dask.wsi.slides import Slide
 
 BAND_PIXELS = 4 * 1024 * 1024  # level pixels decoded at once while block-averaging a thumbnail (~64 MB)
 

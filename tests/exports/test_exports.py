@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crystal_dask.annotations import Header, read_nedc_csv
 from crystal_dask.exports import CLASS_COLOURS
 from crystal_dask.exports.geojson import class_map_to_geojson, write_geojson
 from crystal_dask.exports.overlay import class_overlay, heatmap_png, overlay_png
 from crystal_dask.exports.polygons import bridge_holes, signed_area, trace_components
 from crystal_dask.exports.region_decisions import write_region_decisions
-from crystal_dask.labels import CLASSES
-from crystal_dask.patches import plan_windows, polygon_mask
-from crystal_dask.slide_writer import write_slide
-from crystal_dask.slides import Slide
-from crystal_dask.synth import place_regions
-from crystal_dask.tissue import paint_slide
-from crystal_dask.tissue_mask import thumbnail, tissue_fraction, tissue_mask, window_boxes, window_grid
+from crystal_dask.synthetic.corpus import place_regions
+from crystal_dask.synthetic.slide_writer import write_slide
+from crystal_dask.synthetic.tissue import paint_slide
+from crystal_dask.vocab import CLASSES
 from crystal_dask.window_scoring import dice_per_class, label_windows, score_windows
+from crystal_dask.wsi.annotations import Header, read_nedc_csv
+from crystal_dask.wsi.patches import plan_windows, polygon_mask
+from crystal_dask.wsi.slides import Slide
+from crystal_dask.wsi.tissue_mask import thumbnail, tissue_fraction, tissue_mask, window_boxes, window_grid
 
 
 def _grid(seed: int, rows: int = 14, cols: int = 18) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +173,7 @@ def test_label_windows_matches_extract_overlap():
     x0, y0, x1, y1 = region.bbox
     row = {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "polygon_x": list(region.x), "polygon_y": list(region.y),
            "mpp": 0.5, "slide_width": 3000, "slide_height": 2400}
-    from crystal_dask.patches import PatchSettings
+    from crystal_dask.wsi.patches import PatchSettings
 
     windows, _ = plan_windows(row, PatchSettings(mode="window", window_size=200, window_step=200, min_overlap=0.01))
     boxes = np.array([w[:4] for w in windows])

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crystal_dask.slide_writer import downsample, write_slide
-from crystal_dask.slides import Slide, SlideError
-from crystal_dask.synth import place_regions
-from crystal_dask.tissue import paint_slide
-from crystal_dask.tissue_mask import (
+from crystal_dask.synthetic.corpus import place_regions
+from crystal_dask.synthetic.slide_writer import downsample, write_slide
+from crystal_dask.synthetic.tissue import paint_slide
+from crystal_dask.wsi.slides import Slide, SlideError
+from crystal_dask.wsi.tissue_mask import (
     mask_from_rgb,
     thumbnail,
     thumbnail_level,
@@ -100,7 +100,7 @@ def test_coarse_levels_and_banded_reduction(painted):
 
 
 def test_band_reads_equal_one_read(painted, monkeypatch):
-    import crystal_dask.tissue_mask as tm
+    import crystal_dask.wsi.tissue_mask as tm
 
     path, _, _ = painted
     with Slide(path) as slide:
