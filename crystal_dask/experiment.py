@@ -7,7 +7,7 @@ the file and the key. Stage sections (`train:`, `evaluate:`, ...) are parsed by 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +90,11 @@ def load_experiment(path: str | Path, out: str | Path | None = None) -> Experime
     try:
         section(cfg, "(top level)", (*CORE_KEYS, *(s.SECTION for s in stages)))
         exp = _core(path, cfg, out)
-        settings = {s.SECTION: s.parse(cfg.get(s.SECTION), exp, s.SECTION) for s in stages}
+        for s in stages:  # in run order: a stage's parse may check against an earlier stage's settings
+            exp = replace(exp, settings={**exp.settings, s.SECTION: s.parse(cfg.get(s.SECTION), exp, s.SECTION)})
     except ConfigError as exc:
         raise ExperimentError(f"{path}: {exc}") from None
-    return Experiment(exp.name, exp.source, exp.out, exp.corpora, exp.labels, settings, exp.notes)
+    return exp
 
 
 def _core(path: Path, cfg: dict[str, Any], out: str | Path | None) -> Experiment:

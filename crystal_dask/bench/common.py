@@ -260,12 +260,6 @@ def table(rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *map(line, cells[1:])])
 
 
-def write_json(path: Path | None, data: dict[str, Any]) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "child":
         sys.exit("usage: python -m crystal_dask.bench.common child <module:function> <kwargs-json>")

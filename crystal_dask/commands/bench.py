@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.bench.common import workdir, write_json
+    from crystal_dask.bench.common import workdir
+    from crystal_dask.store.files import write_json
 
     if args.repeats < 1:
         print("bench: --repeats must be >= 1", file=sys.stderr)
@@ -71,5 +72,6 @@ def run(args: argparse.Namespace) -> int:
             result = bench.run(work, rows=args.rows, source_rows=args.source_rows, memory_limit=args.memory_limit,
                                repeats=args.repeats, seed=args.seed, in_memory=not args.no_in_memory, log=log)
     print(bench.report(result))
-    write_json(args.json, result)
+    if args.json is not None:
+        write_json(args.json, result)
     return 0

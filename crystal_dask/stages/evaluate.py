@@ -26,9 +26,9 @@ from crystal_dask.metrics import confusion
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
 from crystal_dask.stages import extract, train
 from crystal_dask.stages.base import Context, Step, fingerprint
-from crystal_dask.store.dataset import Dataset
+from crystal_dask.store.dataset import PIXELS, Dataset
 from crystal_dask.store.files import write_json
-from crystal_dask.store.models import load_model
+from crystal_dask.store.models import load_model, read_manifest
 from crystal_dask.store.schema import PREDICTIONS, make_table, write_table
 from crystal_dask.vocab import CLASSES, EVAL_SPLITS, SPLITS
 
@@ -83,14 +83,15 @@ def evaluate(
     """Predict the rows of `splits`, write predictions.parquet and confusion.json into `out`; return the summary."""
     dataset = Dataset(Path(dataset_root))
     out = Path(out)
-    patches = dataset.rows()
+    patches = dataset.usable(dataset.rows())
     rows = evaluation_rows(patches, splits)
     if len(rows) == 0:
         raise ValueError(f"evaluate: no rows in splits {list(splits)} of {dataset.root}")
     model = load_model(Path(model_path))
     model_future = client.scatter(model, broadcast=True, hash=False)  # once per worker, not once per task
 
-    pixels, labels = dataset.dask_view(rows)  # sorted rows: each block stays within its zarr chunks
+    features = tuple(read_manifest(Path(model_path))["config"].get("features", [PIXELS]))  # as the model was fitted
+    pixels, labels = dataset.dask_view(rows, features)  # sorted rows: each block stays within its zarr chunks
     with roomy_stage(client) as stage:
         proba, cm = predict_partitions(pixels, labels, model_future, stage)
         proba_f, cm_f = client.compute([proba, cm])
@@ -155,7 +156,7 @@ def steps(ctx: Context) -> Iterator[Step]:
     models = train.trained(exp)
     for s in exp.settings[SECTION]:
         ds = extract.dataset(exp, s.corpus)
-        plan = ds.read_manifest()["plan_hash"]
+        plan = ds.identity()
         for cfg in exp.settings[train.SECTION].configs:
             path, out = train.model_path(exp, cfg.name), output_dir(exp, s.name, cfg.name)
             yield Step(f"{NAME}:{s.name}:{cfg.name}", fingerprint(models[cfg.name]["sha256"], plan, s.splits),

@@ -7,6 +7,7 @@ its manifest <config>.json; redone when the dataset's plan or the configuration 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -25,9 +26,11 @@ from crystal_dask.checks import ConfigError, check_fields, flag, integer, need, 
 from crystal_dask.experiment import Experiment
 from crystal_dask.stages import extract
 from crystal_dask.stages.base import Context, Step, fingerprint
-from crystal_dask.store.dataset import Dataset
+from crystal_dask.stages.features import check_features
+from crystal_dask.store.dataset import PIXELS, Dataset
 from crystal_dask.store.models import read_manifest, save_model
 from crystal_dask.vocab import CLASSES, SPLITS
+from crystal_dask.wsi.split import apportion
 
 NAME = "train"
 SECTION = "train"
@@ -49,6 +52,7 @@ class TrainConfig:
     sample_n: int | None = None  # sample the non-crystalline rows down to n (the published 1,850)
     sample_seed: int = 0
     stratified: bool = True  # sample each class in proportion
+    features: tuple[str, ...] = (PIXELS,)  # dataset arrays side by side: pixels (published), feature families
 
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any] | None) -> TrainConfig:
@@ -63,6 +67,7 @@ class TrainConfig:
 _CONFIG_CHECKS = {
     "crystal": flag, "crystal_all_splits": flag, "splits": lambda v, k: texts(v, k, SPLITS),
     "sample_n": lambda v, k: None if v is None else integer(v, k, 1), "sample_seed": integer, "stratified": flag,
+    "features": texts,
 }
 
 
@@ -90,9 +95,7 @@ def _sample(rows: np.ndarray, cls: np.ndarray, cfg: TrainConfig) -> np.ndarray:
         return np.sort(rng.choice(rows, cfg.sample_n, replace=False))
     # largest-remainder allocation keeps every class's share and the exact total
     labels, counts = np.unique(cls, return_counts=True)
-    quota = counts / counts.sum() * cfg.sample_n
-    take = np.floor(quota).astype(int)
-    take[np.argsort(-(quota - take), kind="stable")[: cfg.sample_n - take.sum()]] += 1
+    take = apportion(cfg.sample_n, counts)
     picked = [rng.choice(rows[cls == lab], k, replace=False) for lab, k in zip(labels, take, strict=True)]
     return np.sort(np.concatenate(picked))
 
@@ -112,27 +115,32 @@ def fit(X: np.ndarray, y: np.ndarray, client: Client) -> BalancedRandomForestCla
     return model
 
 
-def dataset_hash(dataset: Dataset, rows: np.ndarray) -> str:
+def dataset_hash(dataset: Dataset, rows: np.ndarray, features: tuple[str, ...] = (PIXELS,)) -> str:
+    """What the model was fitted on: the dataset's plan, the rows, and the arrays (with their own keys)."""
     h = hashlib.sha256(dataset.read_manifest()["plan_hash"].encode())
     h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    if features != (PIXELS,):
+        group = dataset.group()
+        h.update(json.dumps([(f, group[f].attrs.get("key")) for f in features]).encode())
     return h.hexdigest()
 
 
 def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: Client) -> dict:
     """Select, load, fit, save (skops + manifest). Returns the manifest."""
     dataset = Dataset(Path(dataset_root))
-    patches = dataset.rows()
+    patches = dataset.usable(dataset.rows())
     rows = select_rows(patches, cfg)
     if len(rows) == 0:
         raise ValueError(f"train config {cfg.name!r}: no rows in splits {list(cfg.splits)} of {dataset.root}")
     if cfg.crystal_all_splits:
         print(LEAKAGE_WARNING, file=sys.stderr)
-    X, y = dataset.matrix(rows), dataset.labels(rows)
+    X, y = dataset.matrix(rows, cfg.features), dataset.labels(rows)
     model = fit(X, y, client)
     manifest = {
         "config": {**asdict(cfg), "splits": list(cfg.splits)},  # as JSON has it
         "dataset": str(dataset.root),
-        "dataset_hash": dataset_hash(dataset, rows),
+        "dataset_hash": dataset_hash(dataset, rows, cfg.features),
+        "columns": dataset.columns(cfg.features) if cfg.features != (PIXELS,) else None,
         "train_rows": int(len(rows)),
         "crystal_rows": int(np.isin(rows, patches["row"].to_numpy()[patches["crystal"].to_numpy(
             zero_copy_only=False)]).sum()),
@@ -168,6 +176,7 @@ def parse(cfg: Mapping[str, Any], exp: Experiment, where: str) -> TrainSettings:
         if base is not None and "crystal" not in c:
             c["crystal"] = base.crystal
         configs.append(TrainConfig.from_config(name, c))
+        check_features(configs[-1].features, exp, f"{where}.configs.{name}.features")
     return TrainSettings(corpus, tuple(configs))
 
 
@@ -182,7 +191,7 @@ def steps(ctx: Context) -> Iterator[Step]:
     ds = extract.dataset(exp, settings.corpus)
     for cfg in settings.configs:
         path = model_path(exp, cfg.name)
-        yield Step(f"{NAME}:{cfg.name}", fingerprint(ds.read_manifest()["plan_hash"], cfg),
+        yield Step(f"{NAME}:{cfg.name}", fingerprint(*ds.identity(), cfg),
                    (path, path.with_suffix(".json")), lambda cfg=cfg, path=path: train(ds.root, cfg, path, ctx.client))
 
 

@@ -7,8 +7,11 @@
     <root>/extract.json     the manifest: written last, so its presence means the dataset is complete
     <root>/.extract/<plan>/ done-markers of the chunks written so far (resume)
 
-Arrays are declared by name (`ROW_ARRAYS` holds the per-row bookkeeping ones); `matrix(rows, array)` reads any 2-D
-or higher array as a row matrix, so training and evaluation can work on pixels or a feature array alike.
+Arrays are declared by name (`ROW_ARRAYS` holds the per-row bookkeeping ones). A later stage adds arrays beside
+`pixels` (`add_arrays`: feature families, one float32 column per named feature) with an `ok_<name>` flag per row;
+a row whose flag is false cannot be described by that array and is left out of every configuration
+(`usable`), so all configurations of a job train and score on the same rows. `matrix(rows, arrays)` reads any
+arrays as one row matrix, so training and evaluation work on pixels, features or both alike.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ MARKERS = ".extract"
 PIXELS = "pixels"
 # The per-row bookkeeping arrays every dataset has: name -> (dtype, fill value of a rejected row)
 ROW_ARRAYS: dict[str, tuple[str, Any]] = {"label": ("int16", -1), "crystal": ("bool", False), "split": ("int8", -1)}
+OK_PREFIX = "ok_"  # ok_<array>: bool per row, false where <array> could not describe the row
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,22 @@ class Dataset:
                                compressors=zstd, dimension_names=("patch",))
         return markers
 
+    def add_arrays(self, arrays: Mapping[str, tuple[tuple[int, ...], str]], attributes: Mapping[str, Any]) -> None:
+        """Create (or recreate, when their shape changed) data arrays beside pixels, each with its ok_<name> flags;
+        `attributes` (column names, versions) go into each array's zarr attributes."""
+        group = zarr.open_group(str(self.zarr), mode="r+")
+        n, chunk_rows = group["label"].shape[0], group["label"].chunks[0]
+        zstd = ZstdCodec(level=2)
+        for name, (row_shape, dtype) in arrays.items():
+            shape = (n, *row_shape)
+            if name in group and group[name].shape == shape and dict(group[name].attrs) == dict(attributes[name]):
+                continue
+            group.create_array(name, shape=shape, chunks=(chunk_rows, *row_shape), dtype=dtype, fill_value=0,
+                               compressors=zstd, overwrite=True, attributes=dict(attributes[name]),
+                               dimension_names=("patch", *(f"{name}_{i}" for i in range(len(row_shape)))))
+            group.create_array(OK_PREFIX + name, shape=(n,), chunks=(chunk_rows,), dtype="bool", fill_value=False,
+                               compressors=zstd, overwrite=True, dimension_names=("patch",))
+
     def write_rows(self, start: int, values: Mapping[str, np.ndarray]) -> None:
         """Write whole chunks of rows [start, start + n) of the named arrays (a task owns its chunks)."""
         group = zarr.open_group(str(self.zarr), mode="r+")
@@ -137,29 +157,62 @@ class Dataset:
 
     def array_names(self) -> list[str]:
         """The per-row data arrays a model can train on (pixels and any feature array)."""
-        return sorted(n for n in self.group().array_keys() if n not in ROW_ARRAYS)
+        return sorted(n for n in self.group().array_keys() if n not in ROW_ARRAYS and not n.startswith(OK_PREFIX))
 
     def _array(self, array: str) -> zarr.Array:
         group = self.group()
-        if array not in group or array in ROW_ARRAYS:
+        if array not in self.array_names():
             raise KeyError(f"{self.zarr}: no data array {array!r} (this dataset has: {', '.join(self.array_names())})")
         return group[array]
 
-    def matrix(self, rows: np.ndarray, array: str = PIXELS) -> np.ndarray:
-        """The given rows of `array`, one flattened row each, in the array's own dtype (uint8 pixels stay uint8)."""
-        a = self._array(array)
-        values = a.get_orthogonal_selection((rows, *(slice(None),) * (a.ndim - 1)))
-        return values.reshape(len(rows), -1)
+    def identity(self) -> list[Any]:
+        """What the dataset's contents depend on: the extraction plan and the key each added array was made under
+        (a later stage's step key uses it, so new or recomputed features redo training and evaluation)."""
+        group = self.group()
+        added = sorted(n for n in self.array_names() if n != PIXELS)
+        return [self.read_manifest()["plan_hash"], [(n, group[n].attrs.get("key")) for n in added]]
+
+    def usable(self, table: pa.Table) -> pa.Table:
+        """The rows of a row table that every added array describes (all ok_<name> flags true)."""
+        group = self.group()
+        flags = [n for n in group.array_keys() if n.startswith(OK_PREFIX)]
+        if not flags or table.num_rows == 0:
+            return table
+        rows = table["row"].to_numpy()
+        ok = np.logical_and.reduce([group[f].get_orthogonal_selection(rows) for f in flags])
+        return table.filter(pa.array(ok))
+
+    def matrix(self, rows: np.ndarray, arrays: Sequence[str] = (PIXELS,)) -> np.ndarray:
+        """The given rows of the named arrays side by side, one flattened row each; a single array keeps its own
+        dtype (uint8 pixels stay uint8), several are joined as float32."""
+        parts = []
+        for name in arrays:
+            a = self._array(name)
+            parts.append(a.get_orthogonal_selection((rows, *(slice(None),) * (a.ndim - 1))).reshape(len(rows), -1))
+        return parts[0] if len(parts) == 1 else np.hstack([p.astype(np.float32) for p in parts])
+
+    def columns(self, arrays: Sequence[str]) -> list[str]:
+        """Names of the matrix columns of `arrays` (feature arrays carry theirs; others are name[i])."""
+        out: list[str] = []
+        for name in arrays:
+            a = self._array(name)
+            names = a.attrs.get("columns")
+            out += list(names) if names else [f"{name}[{i}]" for i in range(int(np.prod(a.shape[1:])))]
+        return out
 
     def labels(self, rows: np.ndarray) -> np.ndarray:
         """Class indices (into CLASSES) of the given rows."""
         return self.group()["label"].get_orthogonal_selection(rows).astype(np.int64)
 
-    def dask_view(self, rows: Sequence[int] | np.ndarray, array: str = PIXELS) -> tuple[da.Array, da.Array]:
-        """Lazy (data as flattened rows, labels) over the given sorted rows; blocks follow the zarr chunks, so each
-        block is read where it is computed and no process holds more than one."""
+    def dask_view(self, rows: Sequence[int] | np.ndarray,
+                  arrays: Sequence[str] = (PIXELS,)) -> tuple[da.Array, da.Array]:
+        """Lazy (data as flattened rows, labels) over the given sorted rows, arrays side by side as in `matrix`;
+        blocks follow the zarr chunks, so each block is read where it is computed and no process holds more."""
         group = self.group()
-        data = da.from_zarr(self._array(array))[rows]
-        data = data.reshape(data.shape[0], -1)  # whole rows per chunk: no rechunk
+        parts = []
+        for name in arrays:
+            part = da.from_zarr(self._array(name))[rows]
+            parts.append(part.reshape(part.shape[0], -1))  # whole rows per chunk: no rechunk
+        data = parts[0] if len(parts) == 1 else da.concatenate([p.astype(np.float32) for p in parts], axis=1)
         labels = da.from_zarr(group["label"])[rows].rechunk((data.chunks[0],))
         return data, labels

@@ -29,6 +29,7 @@ from crystal_dask.synthetic.slide_writer import downsample, write_slide
 from crystal_dask.synthetic.tissue import FLAVOURS, paint_slide, warm_textures
 from crystal_dask.vocab import CLASSES, CRYSTALLINE, SPLIT_FRACTIONS, SPLITS
 from crystal_dask.wsi.annotations import Header, Region, write_imagescope_xml, write_nedc_csv
+from crystal_dask.wsi.split import apportion
 
 _GROUPS = {"noncancer": ("bckg", "norm", "artf", "null", "infl", "nneo"), "carcinogenic": ("susp", "dcis"),
            "cancerous": ("indc",)}
@@ -81,15 +82,6 @@ def _covering(rng: np.random.Generator, weights: dict[str, float], n: int) -> li
     keys = sorted(weights)
     labels = keys + _weighted(rng, weights, n - len(keys)) if n >= len(keys) else _weighted(rng, weights, n)
     return [labels[i] for i in rng.permutation(n)]
-
-
-def _apportion(total: int, fractions: Sequence[float]) -> list[int]:
-    """Split an integer by fractions (largest remainders; ties go to the earlier share)."""
-    f = np.asarray(fractions, float) / sum(fractions)
-    base = np.floor(total * f).astype(int)
-    extra = np.argsort(-(total * f - base), kind="stable")[: total - base.sum()]
-    base[extra] += 1
-    return base.tolist()
 
 
 def _subject(rng: np.random.Generator) -> str:
@@ -192,7 +184,7 @@ def plan_corpus(root: Path, *, flavour: str, patients: int, slides_per_patient: 
     # fractions (each split's share covers the three labels when it can)
     groups = [name for name in SPLITS if name in split_of.values()] or [None]
     fractions = [1.0] if foxchase else [splits[SPLITS.index(g)] for g in groups]
-    for group, n in zip(groups, _apportion(crystalline, fractions), strict=True):
+    for group, n in zip(groups, apportion(crystalline, fractions).tolist(), strict=True):
         members = [p for p in ids if split_of[p] == group]
         if not n or not members:
             continue

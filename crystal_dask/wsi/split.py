@@ -1,4 +1,5 @@
-"""Patient-level split for corpora without split folders: seeded, no patient in two sets, classes spread."""
+"""Patient-level split for corpora without split folders (seeded, no patient in two sets, classes spread), and
+the apportionment of a count by fractions that splits and samples share."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from crystal_dask.vocab import SPLITS
+
+
+def apportion(total: int, fractions: Sequence[float]) -> np.ndarray:
+    """Split an integer by fractions, keeping the exact total: largest remainders, ties to the earlier share."""
+    f = np.asarray(fractions, float) / sum(fractions)
+    base = np.floor(total * f).astype(int)
+    base[np.argsort(-(total * f - base), kind="stable")[: total - base.sum()]] += 1
+    return base
 
 
 def split_patients(
