@@ -251,3 +251,30 @@ def test_real_pixels_finite_and_deterministic(realdata):
         assert a[name].tobytes() == b[name].tobytes()
     assert col("stain", a["stain"], "stain_tissue_frac") > 0.5
     assert col("stain", a["stain"], "stain_h_mean") > col("stain", a["stain"], "stain_d_mean")
+
+
+def test_vectorised_morphology_equals_regionprops():
+    from skimage.measure import label, regionprops_table
+
+    rng = np.random.default_rng(2)
+    mask = np.zeros((120, 150), bool)
+    for _ in range(25):  # blobs of assorted shapes, some touching the image border
+        cy, cx = rng.integers(0, 120), rng.integers(0, 150)
+        ry, rx = rng.uniform(1, 9, 2)
+        yy, xx = np.ogrid[:120, :150]
+        mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    mask[5, 5] = True  # a single pixel
+    lab, n = label(mask, connectivity=2, return_num=True)
+    ref = regionprops_table(lab, properties=("area", "eccentricity", "perimeter", "solidity", "centroid"))
+    ys, xs = np.nonzero(lab)
+    cent, ecc = calc._moments(lab[ys, xs], ys.astype(float), xs.astype(float), n)
+    from scipy.ndimage import binary_erosion
+
+    border = mask & ~binary_erosion(mask, calc._CROSS, border_value=0)
+    np.testing.assert_allclose(ecc, ref["eccentricity"], atol=1e-9)
+    np.testing.assert_allclose(cent[:, 0], ref["centroid-0"], atol=1e-9)
+    np.testing.assert_allclose(calc._perimeters(lab, border, n), ref["perimeter"], atol=1e-9)
+    area = np.bincount(lab.ravel())[1:].astype(float)
+    sol = calc._solidities(lab, border, area, n)
+    order = np.argsort(-area, kind="stable")[: calc.MAX_SHAPE]
+    np.testing.assert_allclose(sol, ref["solidity"][order], atol=1e-9)

@@ -17,16 +17,18 @@ detector: read the counts against the plain classes' baseline, not as absolute t
 
 Cleaning: a binary opening with a disk of radius OPEN_UM (1 µm, skipped below 1 px) removes single-pixel noise
 and thin bridges between touching objects; objects smaller than MIN_AREA_UM2 (10 µm², a 3.6 µm disc) are
-removed (`remove_small_objects`). Deposits are 8-connected components (`skimage.measure.label`), measured with
-`regionprops_table`.
+removed (`remove_small_objects`). Deposits are 8-connected components (`skimage.measure.label`), measured as
+`regionprops` defines area, centroid, eccentricity, perimeter (4-neighbourhood) and solidity, but vectorised over
+all objects (bincounts, one convolution, a loop only for the convex hulls): 10-20x cheaper than
+`regionprops_table` on a patch with tens of objects, and equal to it (tested).
 
 Columns (areas in µm², lengths in µm, densities per mm² of tissue; see docs/features.md): count per mm² of
-tissue; area fraction of the tissue; deposit area mean, median, p90 and max; mean eccentricity (all deposits);
-mean solidity and mean perimeter/area (1/µm) over the MAX_SHAPE largest deposits (bounds the cost of one convex
-hull per object on a crowded patch); mean nearest-neighbour centroid distance, or NN_SENTINEL_UM (2000 µm) when
-fewer than 2 deposits ("no neighbour in the region": larger than any centroid distance in a region of up to
-1414 µm side, e.g. 512 px at 2 µm/px plus margin); the number of clusters (single linkage at CLUSTER_UM = 50 µm
-between centroids, groups of at least 2 deposits) and the fraction of deposits in such clusters. With no
+tissue; area fraction of the tissue; deposit area mean, median, p90 and max; mean eccentricity and mean
+perimeter/area (1/µm) over all deposits; mean solidity over the MAX_SHAPE largest deposits (bounds the cost of
+one convex hull per object on a crowded patch); mean nearest-neighbour centroid distance, or NN_SENTINEL_UM
+(2000 µm) when fewer than 2 deposits ("no neighbour in the region": larger than any centroid distance in a
+region of up to 1414 µm side, e.g. 512 px at 2 µm/px); the number of clusters (single linkage at CLUSTER_UM =
+50 µm between centroids, groups of at least 2 deposits) and the fraction of deposits in such clusters. With no
 deposit every column is 0 except the nearest-neighbour sentinel.
 
 Size bias: resampling blends a deposit's rim with the stroma in intensity, and a blended rim pixel falls below
@@ -37,11 +39,11 @@ resolution where the smallest deposits of interest span several pixels.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import binary_opening
+from scipy.ndimage import binary_erosion, binary_opening, convolve, find_objects
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
-from skimage.measure import label, regionprops_table
+from scipy.spatial import ConvexHull, cKDTree
+from skimage.measure import grid_points_in_poly, label
 from skimage.morphology import disk, remove_small_objects
 
 from crystal_dask.features.region import Region
@@ -53,7 +55,7 @@ OPEN_UM = 1.0  # radius of the opening disk in µm
 MIN_AREA_UM2 = 10.0  # smallest deposit kept
 CLUSTER_UM = 50.0  # single-linkage distance between deposit centroids that joins them into one cluster
 NN_SENTINEL_UM = 2000.0  # mean nearest-neighbour distance reported when fewer than 2 deposits (see docstring)
-MAX_SHAPE = 32  # solidity and perimeter over at most this many (largest) deposits
+MAX_SHAPE = 64  # solidity over at most this many (largest) deposits
 
 COLUMNS: tuple[str, ...] = (
     "calc_count_per_mm2",
@@ -107,13 +109,50 @@ def _moments(ids: np.ndarray, ys: np.ndarray, xs: np.ndarray, n: int) -> tuple[n
 
     cnt = s(None)
     my, mx = s(ys) / cnt, s(xs) / cnt
-    vy = np.maximum(s(ys * ys) / cnt - my * my, 0)
-    vx = np.maximum(s(xs * xs) / cnt - mx * mx, 0)
-    cxy = s(ys * xs) / cnt - my * mx
+    dy, dx = ys - my[ids - 1], xs - mx[ids - 1]  # central moments from centred coordinates: no cancellation
+    vy, vx, cxy = s(dy * dy) / cnt, s(dx * dx) / cnt, s(dy * dx) / cnt
     half, root = (vy + vx) / 2, np.sqrt(((vy - vx) / 2) ** 2 + cxy**2)
     l1, l2 = half + root, np.maximum(half - root, 0)
     ecc = np.sqrt(1 - np.divide(l2, l1, out=np.ones_like(l1), where=l1 > 0))
     return np.stack([my, mx], axis=1), ecc
+
+
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+_PERIM_KERNEL = np.array([[10, 2, 10], [2, 1, 2], [10, 2, 10]], np.uint8)
+_PERIM_WEIGHTS = np.zeros(50)
+_PERIM_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
+_PERIM_WEIGHTS[[21, 33]] = np.sqrt(2)
+_PERIM_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
+_DIAMOND = np.array([[-0.5, 0], [0.5, 0], [0, -0.5], [0, 0.5]])
+
+
+def _perimeters(lab: np.ndarray, border: np.ndarray, n: int) -> np.ndarray:
+    """(n,) perimeters in px of labels 1..n: `skimage.measure.perimeter` (4-neighbourhood) per object at once.
+
+    Exact per object because 8-connected components never touch: a border pixel's 3x3 window holds only its own
+    object and background.
+    """
+    code = convolve(border.view(np.uint8), _PERIM_KERNEL, mode="constant", cval=0)
+    return np.bincount(lab[border], _PERIM_WEIGHTS[code[border]], n + 1)[1:]
+
+
+def _solidities(lab: np.ndarray, border: np.ndarray, area_px: np.ndarray, n: int) -> np.ndarray:
+    """(n,) solidity (area / convex area) as regionprops computes it, for the MAX_SHAPE largest objects.
+
+    The convex area is skimage's `convex_hull_image` count: pixel centres inside or on the hull of the object's
+    pixel-edge midpoints; the hull is built from the border pixels only (they contain every hull vertex).
+    """
+    keep = np.argsort(-area_px, kind="stable")[:MAX_SHAPE] + 1
+    boxes = find_objects(lab)
+    out = np.empty(len(keep))
+    for k, i in enumerate(keep):
+        box = boxes[i - 1]
+        pts = np.argwhere(border[box] & (lab[box] == i)).astype(np.float64)
+        pts = np.unique((pts[:, None, :] + _DIAMOND).reshape(-1, 2), axis=0)
+        hull = ConvexHull(pts)
+        inside = grid_points_in_poly(lab[box].shape, pts[hull.vertices], binarize=False) >= 1
+        out[k] = area_px[i - 1] / np.count_nonzero(inside)
+    return out
 
 
 def from_region(region: Region) -> np.ndarray:
@@ -133,19 +172,15 @@ def from_region(region: Region) -> np.ndarray:
     ids = lab[ys, xs]
     cent_px, ecc = _moments(ids, ys.astype(np.float64), xs.astype(np.float64), n)
     cent = cent_px * um
-    # solidity (a convex hull per object) and perimeter: regionprops on the MAX_SHAPE largest deposits only,
-    # which bounds the cost on a crowded patch; the largest deposits carry the class's signature anyway
-    if n > MAX_SHAPE:
-        keep = np.zeros(n + 1, bool)
-        keep[np.argsort(-areas, kind="stable")[:MAX_SHAPE] + 1] = True
-        lab = np.where(keep[lab], lab, 0)
-    props = regionprops_table(lab, properties=("solidity", "perimeter", "area"))
+    border = mask & ~binary_erosion(mask, _CROSS, border_value=0)
+    perim = _perimeters(lab, border, n)
+    solidity = _solidities(lab, border, areas / px_area, n)
     out[0] = n / (tissue_um2 / 1e6)
     out[1] = areas.sum() / tissue_um2
     out[2:6] = areas.mean(), np.median(areas), np.percentile(areas, 90), areas.max()
     out[6] = ecc.mean()
-    out[7] = np.mean(props["solidity"])
-    out[8] = np.mean(props["perimeter"] * um / (props["area"] * px_area))
+    out[7] = solidity.mean()
+    out[8] = np.mean(perim * um / areas)
     if n >= 2:
         d, _ = cKDTree(cent).query(cent, k=2)
         out[9] = d[:, 1].mean()
