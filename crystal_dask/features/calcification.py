@@ -15,7 +15,8 @@ and batch, so counts and areas are comparable across the corpus. The second cond
 CMU-1 sample about 50 objects per mm² of tissue at 1-2 µm/px), which is a known limit of any H&E-only
 detector: read the counts against the plain classes' baseline, not as absolute truth.
 
-Cleaning: a binary opening with a disk of radius OPEN_UM (1 µm, skipped below 1 px) removes single-pixel noise
+Cleaning: a binary opening with a disk of radius round(OPEN_UM / um_per_px) px (OPEN_UM = 1 µm; skipped when
+that is 0, i.e. at 2 µm/px and coarser) removes single-pixel noise
 and thin bridges between touching objects; objects smaller than MIN_AREA_UM2 (10 µm², a 3.6 µm disc) are
 removed (`remove_small_objects`). Deposits are 8-connected components (`skimage.measure.label`), measured as
 `regionprops` defines area, centroid, eccentricity, perimeter (4-neighbourhood) and solidity, but vectorised over
@@ -55,7 +56,7 @@ OPEN_UM = 1.0  # radius of the opening disk in µm
 MIN_AREA_UM2 = 10.0  # smallest deposit kept
 CLUSTER_UM = 50.0  # single-linkage distance between deposit centroids that joins them into one cluster
 NN_SENTINEL_UM = 2000.0  # mean nearest-neighbour distance reported when fewer than 2 deposits (see docstring)
-MAX_SHAPE = 64  # solidity over at most this many (largest) deposits
+MAX_SHAPE = 32  # solidity over at most this many (largest) deposits
 
 COLUMNS: tuple[str, ...] = (
     "calc_count_per_mm2",
@@ -123,7 +124,7 @@ _PERIM_WEIGHTS = np.zeros(50)
 _PERIM_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
 _PERIM_WEIGHTS[[21, 33]] = np.sqrt(2)
 _PERIM_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
-_DIAMOND = np.array([[-0.5, 0], [0.5, 0], [0, -0.5], [0, 0.5]])
+_DIAMOND2 = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])  # pixel-edge midpoints, in half pixels
 
 
 def _perimeters(lab: np.ndarray, border: np.ndarray, n: int) -> np.ndarray:
@@ -147,8 +148,12 @@ def _solidities(lab: np.ndarray, border: np.ndarray, area_px: np.ndarray, n: int
     out = np.empty(len(keep))
     for k, i in enumerate(keep):
         box = boxes[i - 1]
-        pts = np.argwhere(border[box] & (lab[box] == i)).astype(np.float64)
-        pts = np.unique((pts[:, None, :] + _DIAMOND).reshape(-1, 2), axis=0)
+        pix = np.argwhere(border[box] & (lab[box] == i))
+        # pixel-edge midpoints in half-pixel units are integers: dedupe them as one int64 key (np.unique on rows
+        # is 20x slower); qhull can stumble on repeated points, as scikit-image notes
+        half = (2 * pix[:, None, :] + _DIAMOND2).reshape(-1, 2)
+        key = np.unique(half[:, 0] * (2 * lab.shape[1] + 4) + half[:, 1] + 1)
+        pts = np.stack([key // (2 * lab.shape[1] + 4), key % (2 * lab.shape[1] + 4) - 1], axis=1) / 2.0
         hull = ConvexHull(pts)
         inside = grid_points_in_poly(lab[box].shape, pts[hull.vertices], binarize=False) >= 1
         out[k] = area_px[i - 1] / np.count_nonzero(inside)

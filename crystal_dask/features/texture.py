@@ -19,7 +19,7 @@ LBP (Ojala, Pietikainen & Maenpaa 2002): rotation-invariant uniform patterns, P 
 in a uniform pattern, code 9 collects every non-uniform one. The histogram (10 bins, fractions summing to 1)
 is taken over the interior pixels: the 1-pixel border compares against scikit-image's zero padding.
 `lbp_uniform_8_1` is a vectorised re-implementation that reproduces local_binary_pattern bit for bit (same
-double-precision bilinear interpolation; tested against it) at about a tenth of its cost.
+double-precision bilinear interpolation; tested against it) at about a third of its cost.
 """
 
 from __future__ import annotations
