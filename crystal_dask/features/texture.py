@@ -69,38 +69,45 @@ def _offsets() -> list[tuple[float, float]]:
 
 
 def lbp_uniform_8_1(img: np.ndarray) -> np.ndarray:
-    """uint8 map identical to `local_binary_pattern(img, 8, 1, "uniform")` for a 2-D integer image."""
+    """uint8 map identical to `local_binary_pattern(img, 8, 1, "uniform")` for a 2-D integer image.
+
+    The diagonal neighbours are bilinear interpolations with the same double arithmetic as
+    skimage/_shared/interpolation.pxd, per row and per column, so ties (a neighbour equal to the centre) are
+    decided exactly as local_binary_pattern decides them. Two diagonals with the same column offset share
+    their horizontal interpolation (the same expression on the same pixels), which halves the work.
+    """
     img = np.asarray(img)
     h, w = img.shape
     pad = np.zeros((h + 2, w + 2), np.float64)  # mode 'C', cval 0, as scikit-image samples outside the image
     pad[1:-1, 1:-1] = img
     code = np.zeros((h, w), np.uint8)
     cols = np.arange(w, dtype=np.float64)
+    offsets = _offsets()
+    horiz = {}  # column offset -> (c0 in the padded image, dc per column)
+    for _, cp in offsets:
+        if cp != round(cp):
+            cc = cols + cp
+            minc = np.floor(cc)
+            horiz[cp] = (int(minc[0]) + 1, (cc - minc)[None, :])
     for y0 in range(0, h, _STRIPE):
         y1 = min(y0 + _STRIPE, h)
         n = y1 - y0
         centre = pad[1 + y0 : 1 + y1, 1:-1]
         rows = np.arange(y0, y1, dtype=np.float64)
+        # top = (1 - dc) * pad[r, c] + dc * pad[r, c + 1] for padded rows y0 .. y1 + 1
+        inter = {cp: (1 - dc) * pad[y0 : y1 + 2, c0 : c0 + w] + dc * pad[y0 : y1 + 2, c0 + 1 : c0 + 1 + w]
+                 for cp, (c0, dc) in horiz.items()}
         out = code[y0:y1]
-        for p, (rp, cp) in enumerate(_offsets()):
+        for p, (rp, cp) in enumerate(offsets):
             if rp == round(rp) and cp == round(cp):  # on the grid: bilinear interpolation returns the pixel itself
                 r0, c0 = 1 + y0 + int(rp), 1 + int(cp)
                 val = pad[r0 : r0 + n, c0 : c0 + w]
             else:
-                # the same double arithmetic as skimage/_shared/interpolation.pxd, per row and per column, so
-                # ties (a neighbour equal to the centre) are decided exactly as local_binary_pattern decides them
-                rr, cc = rows + rp, cols + cp
-                minr, minc = np.floor(rr), np.floor(cc)
+                rr = rows + rp
+                minr = np.floor(rr)
                 dr = (rr - minr)[:, None]
-                dc = (cc - minc)[None, :]
-                r0, c0 = int(minr[0]) + 1, int(minc[0]) + 1  # top-left corner in the padded image
-                top = (1 - dc) * pad[r0 : r0 + n, c0 : c0 + w]
-                top += dc * pad[r0 : r0 + n, c0 + 1 : c0 + 1 + w]
-                bottom = (1 - dc) * pad[r0 + 1 : r0 + 1 + n, c0 : c0 + w]
-                bottom += dc * pad[r0 + 1 : r0 + 1 + n, c0 + 1 : c0 + 1 + w]
-                top *= 1 - dr
-                bottom *= dr
-                val = top + bottom
+                k = int(minr[0]) + 1 - y0  # row of `inter` holding the top sample of the stripe's first row
+                val = (1 - dr) * inter[cp][k : k + n] + dr * inter[cp][k + 1 : k + 1 + n]
             out |= ((val - centre) >= 0).view(np.uint8) << p
     return _LUT[code]
 
