@@ -114,6 +114,19 @@ def test_glcm_matches_brute_force_haralick_offsets():
             np.testing.assert_allclose(p[:, :, j, k], m / m.sum(), err_msg=f"d={d} dir={k}")
 
 
+def test_haralick_equals_graycoprops():
+    from skimage.feature import graycoprops
+
+    rng = np.random.default_rng(9)
+    for q in (rng.integers(0, 32, (40, 30)).astype(np.uint8), np.full((9, 9), 7, np.uint8),
+              np.tile(np.arange(8, dtype=np.uint8), (8, 1)), np.zeros((3, 3), np.uint8)):
+        p = texture.glcm(q)
+        ours = texture.haralick(p)
+        for k, prop in enumerate(texture.PROPS):
+            np.testing.assert_allclose(ours[k], graycoprops(p, prop), rtol=1e-12, atol=1e-12, err_msg=prop)
+        assert np.isfinite(ours).all()
+
+
 def test_lbp_is_skimage_bit_for_bit():
     rng = np.random.default_rng(7)
     for shape in [(3, 3), (5, 7), (70, 133)]:

@@ -4,7 +4,8 @@ Two images of the region are described: `grey` (luminance with rgb2gray's weight
 haematoxylin amount of `region.py`, mapped linearly from [0, H_MAX] decadic OD to uint8, clipped). A fixed
 OD range, not a per-patch stretch, keeps a value meaning the same stain amount in every patch.
 
-GLCM (Haralick, Shanmugam & Dinstein 1973; scikit-image `graycomatrix` / `graycoprops`): each image is first
+GLCM (Haralick, Shanmugam & Dinstein 1973; scikit-image `graycomatrix`, and `graycoprops` formulas in one pass:
+`haralick`): each image is first
 quantised to GLCM_LEVELS = 32 grey levels (value >> 3), which makes the matrices 64x smaller than at 256
 levels, cheap to fill and far less sparse on small patches. Pairs at chessboard distance d in DISTANCES
 (1, 2, 4 px at the features' fixed resolution) in Haralick's four directions, offsets (0, d), (d, d), (d, 0),
@@ -25,7 +26,7 @@ double-precision bilinear interpolation; tested against it) at about a third of 
 from __future__ import annotations
 
 import numpy as np
-from skimage.feature import graycomatrix, graycoprops
+from skimage.feature import graycomatrix
 
 from crystal_dask.features.region import Region
 
@@ -130,15 +131,42 @@ def glcm(q: np.ndarray, levels: int = GLCM_LEVELS) -> np.ndarray:
     return np.stack([axis[..., 0], diag[..., 0], axis[..., 1], diag[..., 1]], axis=3)
 
 
+def haralick(p: np.ndarray) -> np.ndarray:
+    """(len(PROPS), distances, directions) properties of normed GLCMs p (levels, levels, distances, directions).
+
+    The formulas of `skimage.feature.graycoprops`, computed in one pass over p instead of one call per property
+    (which re-normalises p each time): equal to graycoprops to rounding (tested), 5x cheaper.
+    """
+    levels = p.shape[0]
+    i = np.arange(levels, dtype=np.float64)[:, None, None, None]
+    j = np.arange(levels, dtype=np.float64)[None, :, None, None]
+    diff = i - j
+    pi, pj = p.sum(axis=1, keepdims=True), p.sum(axis=0, keepdims=True)  # marginals
+    mean_i, mean_j = (i * pi).sum(axis=(0, 1)), (j * pj).sum(axis=(0, 1))
+    std_i = np.sqrt((((i - mean_i) ** 2) * pi).sum(axis=(0, 1)))
+    std_j = np.sqrt((((j - mean_j) ** 2) * pj).sum(axis=(0, 1)))
+    cov = (p * (i - mean_i) * (j - mean_j)).sum(axis=(0, 1))
+    flat = (std_i < 1e-15) | (std_j < 1e-15)
+    # correlation is 0/0 when a marginal has no variance (a constant image): graycoprops' convention is 1
+    corr = np.where(flat, 1.0, cov / np.where(flat, 1.0, std_i * std_j))
+    asm = (p * p).sum(axis=(0, 1))
+    return np.stack([
+        (p * diff * diff).sum(axis=(0, 1)),  # contrast
+        (p * np.abs(diff)).sum(axis=(0, 1)),  # dissimilarity
+        (p / (1 + diff * diff)).sum(axis=(0, 1)),  # homogeneity
+        np.sqrt(asm),  # energy
+        corr,  # correlation
+        asm,  # ASM
+    ])
+
+
 def glcm_props(q: np.ndarray, levels: int = GLCM_LEVELS) -> np.ndarray:
-    """(len(PROPS), len(DISTANCES)) Haralick properties of a quantised image, averaged over the 4 directions."""
-    p = glcm(q, levels)
-    out = np.empty((len(PROPS), len(DISTANCES)), np.float64)
-    for i, prop in enumerate(PROPS):
-        # a region smaller than 2d+1 pixels has no pair at distance d: its all-zero matrix gives 0 (or 1 for
-        # correlation) from graycoprops, never NaN
-        out[i] = graycoprops(p, prop).mean(axis=1)
-    return out
+    """(len(PROPS), len(DISTANCES)) Haralick properties of a quantised image, averaged over the 4 directions.
+
+    A region smaller than 2d+1 pixels has no pair at distance d: its all-zero matrix gives 0 (1 for
+    correlation), never NaN.
+    """
+    return haralick(glcm(q, levels)).mean(axis=2)
 
 
 def _h8(region: Region) -> np.ndarray:
