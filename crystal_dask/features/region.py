@@ -31,6 +31,7 @@ MIN_TISSUE_PIXELS = 16
 # decadic OD of every uint8 value, 0 read as 1 (see module docstring)
 OD_LUT = (-np.log10(np.maximum(np.arange(256), 1) / 255.0)).astype(np.float32)
 HED_FROM_RGB = hed_from_rgb.astype(np.float32)  # rows: R, G, B contributions; columns: H, E, D
+_UNMIX = np.concatenate([HED_FROM_RGB, np.ones((3, 1), np.float32)], axis=1)  # (3, 4): H, E, D, OD sum
 GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], np.float32)  # skimage.color.rgb2gray's weights
 
 
@@ -67,20 +68,25 @@ class Region:
         return OD_LUT[self.rgb]
 
     @cached_property
+    def _unmixed(self) -> np.ndarray:
+        """(4, H, W) float32: H, E, D amounts clipped at 0, then the summed RGB OD (one matrix product)."""
+        h, w = self.shape
+        out = _UNMIX.T @ self.od.reshape(-1, 3).T  # (4, n), rows contiguous
+        np.maximum(out[:3], 0, out=out[:3])
+        return out.reshape(4, h, w)
+
+    @property
     def hed(self) -> np.ndarray:
         """(3, H, W) float32 haematoxylin, eosin, DAB amounts in decadic OD units, clipped at 0 like rgb2hed.
 
         Channel-first (unlike rgb2hed's channel-last) so each stain is one contiguous plane.
         """
-        h, w = self.shape
-        out = HED_FROM_RGB.T @ self.od.reshape(-1, 3).T  # (3, n), channels contiguous
-        np.maximum(out, 0, out=out)
-        return out.reshape(3, h, w)
+        return self._unmixed[:3]
 
-    @cached_property
+    @property
     def od_sum(self) -> np.ndarray:
         """(H, W) float32 summed RGB optical density: how much light the pixel absorbs in all."""
-        return self.od.sum(axis=2)
+        return self._unmixed[3]
 
     @cached_property
     def tissue(self) -> np.ndarray:
