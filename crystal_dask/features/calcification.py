@@ -74,16 +74,38 @@ COLUMNS: tuple[str, ...] = (
 )
 
 
-def deposit_mask(region: Region) -> np.ndarray:
-    """(H, W) bool mask of calcium-phosphate deposits after opening and small-object removal."""
+def _deposit_crop(region: Region) -> np.ndarray:
+    """The deposit mask cropped to the candidate pixels' bounding box plus a margin (empty when none).
+
+    The opening and every later step only look `radius` + 1 pixels around a candidate, so working on the
+    crop gives the same objects as the whole region, for a fraction of the cost when deposits are local.
+    """
     um = region.require_mpp()
-    mask = (region.hed[0] >= DEPOSIT_H_OD) & (region.od_sum >= 3 * DEPOSIT_OD_MEAN)
+    raw = (region.hed[0] >= DEPOSIT_H_OD) & (region.od_sum >= 3 * DEPOSIT_OD_MEAN)
+    rows, cols = np.flatnonzero(raw.any(axis=1)), np.flatnonzero(raw.any(axis=0))
+    if len(rows) == 0:
+        return np.zeros((0, 0), bool)
     radius = int(round(OPEN_UM / um))
-    if radius >= 1 and mask.any():
+    m = radius + 1
+    mask = raw[max(rows[0] - m, 0) : rows[-1] + m + 1, max(cols[0] - m, 0) : cols[-1] + m + 1]
+    if radius >= 1:
         mask = binary_opening(mask, structure=disk(radius).astype(bool))
     min_px = max(1, int(np.ceil(MIN_AREA_UM2 / (um * um))))
     # max_size removes objects of at most that many pixels (scikit-image >= 0.26 replaces min_size)
     return remove_small_objects(mask, max_size=min_px - 1, connectivity=2) if min_px > 1 else mask
+
+
+def deposit_mask(region: Region) -> np.ndarray:
+    """(H, W) bool mask of calcium-phosphate deposits after opening and small-object removal."""
+    raw = (region.hed[0] >= DEPOSIT_H_OD) & (region.od_sum >= 3 * DEPOSIT_OD_MEAN)
+    out = np.zeros(region.shape, bool)
+    crop = _deposit_crop(region)
+    if crop.size:
+        rows, cols = np.flatnonzero(raw.any(axis=1)), np.flatnonzero(raw.any(axis=0))
+        m = int(round(OPEN_UM / region.require_mpp())) + 1
+        y0, x0 = max(rows[0] - m, 0), max(cols[0] - m, 0)
+        out[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
+    return out
 
 
 def _clusters(cent_um: np.ndarray) -> tuple[int, float]:
@@ -166,7 +188,7 @@ def from_region(region: Region) -> np.ndarray:
     region.require_tissue()
     out = np.zeros(len(COLUMNS), np.float64)
     out[COLUMNS.index("calc_nn_dist_mean_um")] = NN_SENTINEL_UM
-    mask = deposit_mask(region)
+    mask = _deposit_crop(region)  # centroids move with the crop; only distances between them are used
     if not mask.any():
         return out.astype(np.float32)
     lab, n = label(mask, connectivity=2, return_num=True)
