@@ -216,8 +216,11 @@ def apply_pca(ds: Dataset, model: Any, client, key: str) -> None:
     written = np.zeros(ds.group()["label"].shape[0], bool)
     written[table["row"].to_numpy()] = True
     data, _ = ds.dask_view(np.arange(len(written)))
+    # The projection itself (not model.transform: dask-ml 2025.1's PCA lacks an attribute scikit-learn 1.9's
+    # fitted-check reads); blocks of rows, as evaluation reads them.
+    mean, components = model.mean_.astype(np.float32), model.components_.astype(np.float32)
     with client.as_current():
-        projected = model.transform(data.astype(np.float32)).astype(np.float32).compute()
+        projected = ((data.astype(np.float32) - mean) @ components.T).compute()
     projected[~written] = 0
     ds.write_rows(0, {PCA: projected, f"ok_{PCA}": written})
 

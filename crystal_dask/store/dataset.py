@@ -213,6 +213,7 @@ class Dataset:
         for name in arrays:
             part = da.from_zarr(self._array(name))[rows]
             parts.append(part.reshape(part.shape[0], -1))  # whole rows per chunk: no rechunk
-        data = parts[0] if len(parts) == 1 else da.concatenate([p.astype(np.float32) for p in parts], axis=1)
+        data = parts[0] if len(parts) == 1 else da.concatenate([p.astype(np.float32) for p in parts],
+                                                               axis=1).rechunk({1: -1})  # whole rows per block
         labels = da.from_zarr(group["label"])[rows].rechunk((data.chunks[0],))
         return data, labels
