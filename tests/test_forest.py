@@ -117,6 +117,10 @@ def test_zarr_rows_reads_requested_order_with_repeats(dataset):
     assert reader.shape == (600, 1024) and reader.dtype == np.uint8
     assert np.array_equal(reader(np.arange(64, 200)), stored[64:200])
     assert reader(np.array([], dtype=np.int64)).shape == (0, 1024)
+    one_chunk_per_read = ZarrRows(str(dataset), "pixels", slab_bytes=1)
+    many = np.random.default_rng(5).integers(0, 600, 900)  # every chunk, in runs, with repeats
+    assert np.array_equal(one_chunk_per_read(many, dtype=np.float32), stored[many].astype(np.float32))
+    assert np.array_equal(ZarrRows(str(dataset), "pixels", slab_bytes=3 * 64 * 1024)(want), stored[want])
     features = ZarrRows(str(dataset), "features")
     assert np.array_equal(features(want), zarr.open_group(str(dataset), mode="r")["features"][:][want])
     with pytest.raises(IndexError, match="row 600"):
