@@ -75,6 +75,13 @@ def text(value: Any, key: str) -> str:
     return value
 
 
+def choice(value: Any, key: str, options: Iterable[str]) -> str:
+    options = tuple(options)
+    if value not in options:
+        raise ConfigError(f"{key}: must be one of {', '.join(options)}; got {value!r}")
+    return value
+
+
 def texts(value: Any, key: str, choices: Iterable[str] | None = None) -> tuple[str, ...]:
     """A list of strings (a bare string is refused, not split into letters), each one of `choices` when given."""
     if isinstance(value, str) or not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):

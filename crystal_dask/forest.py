@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
-import zarr
 from distributed import Client
 from imblearn.ensemble import BalancedRandomForestClassifier
 from imblearn.pipeline import make_pipeline
@@ -31,15 +32,14 @@ from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 
-__all__ = ["IMBLEARN_CHECKED", "MAX_INT", "ZarrRows", "fit_forest", "fit_tree", "tree_seeds"]
+from crystal_dask.store.dataset import PIXELS, Dataset, ZarrRows
+
+__all__ = ["IMBLEARN_CHECKED", "MAX_INT", "TrainingRows", "fit_forest", "fit_tree", "tree_seeds"]
 
 # imblearn.ensemble._forest.MAX_INT: the bound of every per-tree seed (sklearn's _set_random_states uses it too).
 MAX_INT = int(np.iinfo(np.int32).max)
 # The imbalanced-learn release whose fit this module was checked against (tests/test_forest.py re-checks it).
 IMBLEARN_CHECKED = "0.14.2"
-# Bytes (stored dtype) read per zarr call: large enough for zarr to decode several chunks concurrently, small
-# enough that the float32 output is the only full-size array a read holds.
-_SLAB_BYTES = 64 * 2**20
 
 
 def tree_seeds(n_estimators: int, random_state: int) -> list[tuple[int, int]]:
@@ -56,68 +56,49 @@ def tree_seeds(n_estimators: int, random_state: int) -> list[tuple[int, int]]:
     return [(rs.randint(MAX_INT), rs.randint(MAX_INT)) for _ in range(n_estimators)]
 
 
-@dataclass(frozen=True)
-class ZarrRows:
-    """Picklable reader of dataset rows: `zarr.open_group(path)[array]`, rows flattened to (n, features).
-
-    Only the path and the array name travel with a task; the store is opened where the rows are read.
-    """
-
-    path: str
-    array: str
-    slab_bytes: int = _SLAB_BYTES  # bytes (as stored) per zarr read; at least one chunk
-
-    def _open(self) -> zarr.Array:
-        return zarr.open_group(self.path, mode="r")[self.array]
+class Reader(Protocol):
+    """What a tree reads its rows through: picklable, opened where it runs (ZarrRows, TrainingRows)."""
 
     @property
-    def dtype(self) -> np.dtype:
-        """The stored dtype, from the array's metadata only."""
-        return np.dtype(self._open().dtype)
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    def __call__(self, rows: np.ndarray, dtype: Any = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """A dataset's training matrix as trees read it: the named arrays side by side, through each worker's chunk
+    cache (store.dataset.ZarrRows(cache=True)). Only the folder and the array names travel with a task."""
+
+    root: str
+    arrays: tuple[str, ...] = (PIXELS,)
+
+    def _readers(self) -> list[ZarrRows]:
+        return [ZarrRows(str(Dataset(Path(self.root)).zarr), a, cache=True) for a in self.arrays]
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(rows, features) of the array, from its metadata only."""
-        arr = self._open()
-        return int(arr.shape[0]), int(np.prod(arr.shape[1:], dtype=np.int64))
+        shapes = [r.shape for r in self._readers()]
+        return shapes[0][0], sum(s[1] for s in shapes)
 
-    def __call__(self, rows: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
-        """The given rows, in the given order (repeats allowed), as a C-contiguous (len(rows), features) array.
+    @property
+    def dtype(self) -> np.dtype:
+        dtypes = [r.dtype for r in self._readers()]
+        return dtypes[0] if len(dtypes) == 1 else np.dtype(np.float32)
 
-        Reads only the chunks that hold a requested row, each once, as chunk-aligned slices of at most about
-        `slab_bytes` (a tree's scattered rows cost ~45% less CPU this way than one orthogonal selection, whose
-        integer-array indexing dominates, and the stored-dtype copy is one slab, not every distinct row); each
-        slab's rows go straight to their places in the output, converted to `dtype` (e.g. np.float32) there.
-        """
-        rows = np.asarray(rows)
-        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
-            raise ValueError(f"{self.path}[{self.array}]: rows must be a 1-D integer array; got {rows.dtype} "
-                             f"shape {rows.shape}")
-        arr = self._open()
-        n_rows, n_features = int(arr.shape[0]), int(np.prod(arr.shape[1:], dtype=np.int64))
-        rows = rows.astype(np.int64)
-        order = np.argsort(rows, kind="stable")
-        ranked = rows[order]  # sorted; ranked[i] goes to output position order[i]
-        if ranked.size and (ranked[0] < 0 or ranked[-1] >= n_rows):
-            bad = ranked[0] if ranked[0] < 0 else ranked[-1]
-            raise IndexError(f"{self.path}[{self.array}]: row {bad} is outside 0..{n_rows - 1}")
-        out = np.empty((len(rows), n_features), dtype=np.dtype(dtype) if dtype is not None else arr.dtype)
-        chunk = int(arr.chunks[0])
-        per_slab = max(1, self.slab_bytes // max(1, chunk * n_features * arr.dtype.itemsize))  # chunks per read
-        touched = np.unique(ranked // chunk)
-        runs = np.split(touched, np.flatnonzero(np.diff(touched) != 1) + 1) if touched.size else []
-        for run in runs:  # consecutive touched chunks, read per_slab at a time
-            for i in range(0, len(run), per_slab):
-                last = int(run[min(i + per_slab, len(run)) - 1])
-                start, stop = int(run[i]) * chunk, min((last + 1) * chunk, n_rows)
-                slab = arr[start:stop].reshape(stop - start, n_features)
-                lo, hi = np.searchsorted(ranked, [start, stop])
-                out[order[lo:hi]] = slab[ranked[lo:hi] - start]
-        return out
+    def __call__(self, rows: np.ndarray, dtype: Any = None) -> np.ndarray:
+        return Dataset(Path(self.root)).matrix(rows, self.arrays, dtype, cache=True)
+
+    def __str__(self) -> str:
+        return f"{self.root}[{', '.join(self.arrays)}]"
 
 
 def fit_tree(
-    reader: ZarrRows, rows: np.ndarray, y_encoded: np.ndarray, tree_seed: int, sampler_seed: int
+    reader: Reader, rows: np.ndarray, y_encoded: np.ndarray, tree_seed: int, sampler_seed: int,
+    strata: np.ndarray | None = None,
 ) -> tuple[RandomUnderSampler, DecisionTreeClassifier]:
     """Fit one tree of the forest where it runs: undersample `y_encoded`, read those rows, fit the tree.
 
@@ -125,16 +106,20 @@ def fit_tree(
     0..n_classes-1) its encoded class, as the forest passes them. The sampler sees a placeholder X of shape
     (n, 1): it draws from y alone, and the placeholder keeps it from materialising a copy of the matrix. Its
     `n_features_in_` is then set to the array's feature count, as a fit on the real X would have set it.
+    `strata` (encoded like y): balance the sample over these groups instead of the classes (e.g. raw labels,
+    so crystalline and plain rows of one class are drawn equally); the tree still learns the classes.
     """
     sampler = RandomUnderSampler(sampling_strategy="all", replacement=True, random_state=sampler_seed)
     placeholder = np.zeros((len(y_encoded), 1), dtype=np.uint8)
-    _, y_sample = sampler.fit_resample(placeholder, y_encoded)
+    _, y_sample = sampler.fit_resample(placeholder, y_encoded if strata is None else strata)
+    if strata is not None:
+        y_sample = y_encoded[sampler.sample_indices_, 0]
     X = reader(np.asarray(rows)[sampler.sample_indices_], dtype=np.float32)
     sampler.n_features_in_ = X.shape[1]
     if np.issubdtype(reader.dtype, np.floating) and np.isnan(X).any():
         # The forest computes its missing-value mask over all rows, a tree here only over its own sample: the
         # trees could then differ from the in-memory fit's, so refuse rather than fit something else silently.
-        raise ValueError(f"{reader.path}[{reader.array}]: NaN in the training rows; the per-tree fit needs "
+        raise ValueError(f"{reader}: NaN in the training rows; the per-tree fit needs "
                          "NaN-free features to match BalancedRandomForestClassifier.fit")
     tree = DecisionTreeClassifier(max_features="sqrt", random_state=tree_seed)
     tree.fit(X, y_sample)
@@ -142,13 +127,14 @@ def fit_tree(
 
 
 def fit_forest(
-    reader: ZarrRows,
+    reader: Reader,
     rows: Sequence[int] | np.ndarray,
     y: Sequence | np.ndarray,
     client: Client,
     n_estimators: int = 100,
     random_state: int = 42,
     trees_per_task: int = 1,
+    strata: Sequence | np.ndarray | None = None,
 ) -> BalancedRandomForestClassifier:
     """`BalancedRandomForestClassifier(n_estimators, random_state).fit(reader(rows), y)`, one task per tree.
 
@@ -166,7 +152,7 @@ def fit_forest(
     check_classification_targets(y)
     n_rows, n_features = reader.shape
     if rows.min() < 0 or rows.max() >= n_rows:
-        raise IndexError(f"{reader.path}[{reader.array}]: rows outside 0..{n_rows - 1}")
+        raise IndexError(f"{reader}: rows outside 0..{n_rows - 1}")
     model = BalancedRandomForestClassifier(n_estimators=n_estimators, random_state=random_state)
     model._validate_params()  # the same parameter checks fit starts with
     # As RandomForestClassifier._validate_y_class_weight encodes y, then fit's float64 contiguous copy.
@@ -174,9 +160,15 @@ def fit_forest(
     y_encoded = np.ascontiguousarray(codes.reshape(-1, 1), dtype=np.float64)
     seeds = tree_seeds(n_estimators, random_state)
     # Broadcast (not joblib's auto-scatter to one worker): a killed worker then loses no task input.
-    with parallel_config(backend="dask", client=client, scatter=[rows, y_encoded]):
+    groups = None
+    if strata is not None:  # balancing groups other than the classes (fit_tree); None: the published forest
+        groups = np.ascontiguousarray(np.unique(np.asarray(strata), return_inverse=True)[1].reshape(-1, 1),
+                                      dtype=np.float64)
+    with parallel_config(backend="dask", client=client,
+                         scatter=[rows, y_encoded] + ([groups] if groups is not None else [])):
         fitted = Parallel(n_jobs=-1, batch_size=trees_per_task)(
-            delayed(fit_tree)(reader, rows, y_encoded, tree_seed, sampler_seed) for tree_seed, sampler_seed in seeds
+            delayed(fit_tree)(reader, rows, y_encoded, tree_seed, sampler_seed, groups)
+            for tree_seed, sampler_seed in seeds
         )
     samplers, trees = (list(t) for t in zip(*fitted, strict=True))
     return _assemble(model, samplers, trees, classes, n_features)

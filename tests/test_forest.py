@@ -21,9 +21,10 @@ from sklearn.base import BaseEstimator
 from sklearn.tree._tree import Tree
 from zarr.codecs import ZstdCodec
 
-from crystal_dask.cluster import local_client
-from crystal_dask.forest import IMBLEARN_CHECKED, ZarrRows, fit_forest, tree_seeds
-from crystal_dask.models import load_model, save_model
+from crystal_dask.forest import IMBLEARN_CHECKED, fit_forest, tree_seeds
+from crystal_dask.runtime.cluster import local_client
+from crystal_dask.store.dataset import ZarrRows
+from crystal_dask.store.models import load_model, save_model
 
 VERSION = f"imbalanced-learn {imblearn.__version__} (checked: {IMBLEARN_CHECKED})"
 COUNTS = (150, 120, 90, 70, 60, 40, 30, 25, 15)  # 9 classes, unequal, 600 rows

@@ -31,8 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="patches per zarr chunk and task (default 32: enough tasks for 2 workers on this corpus)")
     e.add_argument("--profile", action="store_true", help="also print a cProfile of rendering the patches")
     _common(e)
-    t = sub.add_parser("train", help="fit time under joblib's dask backend vs the default backend, n_jobs=2")
+    t = sub.add_parser("train", help="the per-tree fit vs the default backend with X in memory (n_jobs=2), and a "
+                                     "scale run")
     t.add_argument("--rows", type=int, default=2000, help="training rows of 65,536 features (default 2000)")
+    t.add_argument("--scale-rows", type=int, default=0,
+                   help="also fit on this many window patches (e.g. 100000; default 0: no scale run)")
+    t.add_argument("--scale-smallest", type=int, default=500, help="rows of the scale run's smallest class")
+    t.add_argument("--scale-trees", type=int, default=100, help="trees of the scale run's forest (default 100)")
     _common(t)
     v = sub.add_parser("evaluate", help="distributed evaluation of a TUBR-scale set vs an in-memory predict")
     v.add_argument("--rows", type=int, default=46_666, help="rows of the generated set (default 46,666: TUBR)")
@@ -56,18 +61,19 @@ def run(args: argparse.Namespace) -> int:
 
     with workdir(args.workdir, f"crystal-dask-bench-{args.stage}-") as work:
         if args.stage == "extract":
-            from crystal_dask import bench_extract as bench
+            from crystal_dask.bench import extract as bench
 
             result = bench.run(work, patients=args.patients, slides_per_patient=args.slides_per_patient,
                                regions_per_slide=args.regions_per_slide, slide_size=tuple(args.slide_size),
                                chunk_rows=args.chunk_rows, repeats=args.repeats, seed=args.seed,
                                profile=args.profile, log=log)
         elif args.stage == "train":
-            from crystal_dask import bench_train as bench
+            from crystal_dask.bench import train as bench
 
-            result = bench.run(work, rows=args.rows, repeats=args.repeats, seed=args.seed, log=log)
+            result = bench.run(work, rows=args.rows, repeats=args.repeats, seed=args.seed, scale_rows=args.scale_rows,
+                               scale_smallest=args.scale_smallest, scale_trees=args.scale_trees, log=log)
         else:
-            from crystal_dask import bench_evaluate as bench
+            from crystal_dask.bench import evaluate as bench
 
             result = bench.run(work, rows=args.rows, source_rows=args.source_rows, memory_limit=args.memory_limit,
                                repeats=args.repeats, seed=args.seed, in_memory=not args.no_in_memory, log=log)

@@ -19,11 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from distributed import Client
-from imblearn.ensemble import BalancedRandomForestClassifier
-from joblib import parallel_config
 
-from crystal_dask.checks import ConfigError, check_fields, flag, integer, need, section, text, texts
+from crystal_dask.checks import ConfigError, check_fields, choice, flag, integer, need, section, text, texts
 from crystal_dask.experiment import Experiment
+from crystal_dask.forest import TrainingRows, fit_forest
 from crystal_dask.stages import extract
 from crystal_dask.stages.base import Context, Step, fingerprint
 from crystal_dask.stages.features import check_features
@@ -53,6 +52,9 @@ class TrainConfig:
     sample_seed: int = 0
     stratified: bool = True  # sample each class in proportion
     features: tuple[str, ...] = (PIXELS,)  # dataset arrays side by side: pixels (published), feature families
+    # what each tree's sample is balanced over: "class" (the published forest, 9 classes) or "label" (the raw
+    # labels, so a class's crystalline rows do not crowd out its plain ones); scoring is by class either way
+    balance: str = "class"
 
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any] | None) -> TrainConfig:
@@ -67,7 +69,7 @@ class TrainConfig:
 _CONFIG_CHECKS = {
     "crystal": flag, "crystal_all_splits": flag, "splits": lambda v, k: texts(v, k, SPLITS),
     "sample_n": lambda v, k: None if v is None else integer(v, k, 1), "sample_seed": integer, "stratified": flag,
-    "features": texts,
+    "features": texts, "balance": lambda v, k: choice(v, k, ("class", "label")),
 }
 
 
@@ -100,21 +102,6 @@ def _sample(rows: np.ndarray, cls: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def fit(X: np.ndarray, y: np.ndarray, client: Client) -> BalancedRandomForestClassifier:
-    """Fit the published forest with joblib's dask backend, the training matrix broadcast to every worker once.
-
-    The forest validates X to float32; passing float32 already keeps the object identity that joblib's
-    `scatter` list is keyed by, so the tree batches refer to the broadcast copy instead of re-sending X. A Client
-    from cluster.connect sends that copy straight to the workers (direct_to_workers), not through the scheduler.
-    """
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    model = BalancedRandomForestClassifier(random_state=RANDOM_STATE, n_jobs=-1)
-    with parallel_config(backend="dask", client=client, scatter=[X]):
-        model.fit(X, y)
-    model.n_jobs = 1  # predictions run inside Dask workers: one thread per task
-    return model
-
-
 def dataset_hash(dataset: Dataset, rows: np.ndarray, features: tuple[str, ...] = (PIXELS,)) -> str:
     """What the model was fitted on: the dataset's plan, the rows, and the arrays (with their own keys)."""
     h = hashlib.sha256(dataset.read_manifest()["plan_hash"].encode())
@@ -134,8 +121,13 @@ def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: C
         raise ValueError(f"train config {cfg.name!r}: no rows in splits {list(cfg.splits)} of {dataset.root}")
     if cfg.crystal_all_splits:
         print(LEAKAGE_WARNING, file=sys.stderr)
-    X, y = dataset.matrix(rows, cfg.features), dataset.labels(rows)
-    model = fit(X, y, client)
+    y = dataset.labels(rows)  # the client holds labels and row numbers, never the matrix
+    strata = None
+    if cfg.balance == "label":
+        raw = dict(zip(patches["row"].to_pylist(), patches["label"].to_pylist(), strict=True))
+        strata = np.array([raw[int(r)] for r in rows])
+    model = fit_forest(TrainingRows(str(dataset.root), cfg.features), rows, y, client, random_state=RANDOM_STATE,
+                       strata=strata)
     manifest = {
         "config": {**asdict(cfg), "splits": list(cfg.splits)},  # as JSON has it
         "dataset": str(dataset.root),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,101 @@ from crystal_dask.vocab import CLASSES, SPLITS
 
 FORMAT_VERSION = 3  # bump when the pixels (or their stored bytes) a plan produces change for the same settings
 ZARR_NAME = "patches.zarr"
+_SLAB_BYTES = 64 * 2**20  # bytes (as stored) per zarr read of scattered rows
 MARKERS = ".extract"
 PIXELS = "pixels"
 # The per-row bookkeeping arrays every dataset has: name -> (dtype, fill value of a rejected row)
 ROW_ARRAYS: dict[str, tuple[str, Any]] = {"label": ("int16", -1), "crystal": ("bool", False), "split": ("int8", -1)}
 OK_PREFIX = "ok_"  # ok_<array>: bool per row, false where <array> could not describe the row
+
+
+@dataclass(frozen=True)
+class ZarrRows:
+    """Picklable reader of dataset rows: `zarr.open_group(path)[array]`, rows flattened to (n, features).
+
+    Only the path and the array name travel with a task; the store is opened where the rows are read.
+    """
+
+    path: str
+    array: str
+    slab_bytes: int = _SLAB_BYTES  # bytes (as stored) per zarr read; at least one chunk
+    cache: bool = False  # keep decoded chunks in this process (when the whole array fits CACHE_BYTES)
+
+    def _open(self) -> zarr.Array:
+        return zarr.open_group(self.path, mode="r")[self.array]
+
+    def __str__(self) -> str:
+        return f"{self.path}[{self.array}]"
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The stored dtype, from the array's metadata only."""
+        return np.dtype(self._open().dtype)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, features) of the array, from its metadata only."""
+        arr = self._open()
+        return int(arr.shape[0]), int(np.prod(arr.shape[1:], dtype=np.int64))
+
+    def __call__(self, rows: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
+        """The given rows, in the given order (repeats allowed), as a C-contiguous (len(rows), features) array.
+
+        Reads only the chunks that hold a requested row, each once, as chunk-aligned slices of at most about
+        `slab_bytes` (a tree's scattered rows cost ~45% less CPU this way than one orthogonal selection, whose
+        integer-array indexing dominates, and the stored-dtype copy is one slab, not every distinct row); each
+        slab's rows go straight to their places in the output, converted to `dtype` (e.g. np.float32) there.
+        """
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise ValueError(f"{self.path}[{self.array}]: rows must be a 1-D integer array; got {rows.dtype} "
+                             f"shape {rows.shape}")
+        arr = self._open()
+        n_rows, n_features = int(arr.shape[0]), int(np.prod(arr.shape[1:], dtype=np.int64))
+        rows = rows.astype(np.int64)
+        order = np.argsort(rows, kind="stable")
+        ranked = rows[order]  # sorted; ranked[i] goes to output position order[i]
+        if ranked.size and (ranked[0] < 0 or ranked[-1] >= n_rows):
+            bad = ranked[0] if ranked[0] < 0 else ranked[-1]
+            raise IndexError(f"{self.path}[{self.array}]: row {bad} is outside 0..{n_rows - 1}")
+        out = np.empty((len(rows), n_features), dtype=np.dtype(dtype) if dtype is not None else arr.dtype)
+        chunk = int(arr.chunks[0])
+        per_slab = max(1, self.slab_bytes // max(1, chunk * n_features * arr.dtype.itemsize))  # chunks per read
+        touched = np.unique(ranked // chunk)
+        runs = np.split(touched, np.flatnonzero(np.diff(touched) != 1) + 1) if touched.size else []
+        if self.cache and n_rows * n_features * arr.dtype.itemsize <= CACHE_BYTES:
+            per_slab = 1  # chunk by chunk, each decoded once per process
+        for run in runs:  # consecutive touched chunks, read per_slab at a time
+            for i in range(0, len(run), per_slab):
+                last = int(run[min(i + per_slab, len(run)) - 1])
+                start, stop = int(run[i]) * chunk, min((last + 1) * chunk, n_rows)
+                slab = (_cached_slab(arr, self, start, stop) if per_slab == 1 and self.cache
+                        else arr[start:stop].reshape(stop - start, n_features))
+                lo, hi = np.searchsorted(ranked, [start, stop])
+                out[order[lo:hi]] = slab[ranked[lo:hi] - start]
+        return out
+
+
+# Decoded chunks kept by ZarrRows(cache=True), per process: the trees of one forest read their scattered rows from
+# the same chunks again and again; decoding them once per worker instead of once per tree is what makes the
+# per-tree fit cheaper than the in-memory one. Only arrays that fit whole are cached (no thrashing).
+CACHE_BYTES = 768 * 2**20
+_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+
+def _cached_slab(arr: zarr.Array, reader: ZarrRows, start: int, stop: int) -> np.ndarray:
+    # identity of the stored contents: the path, and the array's zarr.json (rewritten with every new array)
+    meta = Path(reader.path) / reader.array / "zarr.json"
+    key = (reader.path, reader.array, meta.stat().st_mtime_ns, start)
+    slab = _CACHE.get(key)
+    if slab is None:
+        slab = arr[start:stop].reshape(stop - start, -1)
+        _CACHE[key] = slab
+        while sum(v.nbytes for v in _CACHE.values()) > CACHE_BYTES:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    return slab
 
 
 @dataclass(frozen=True)
@@ -182,14 +273,16 @@ class Dataset:
         ok = np.logical_and.reduce([group[f].get_orthogonal_selection(rows) for f in flags])
         return table.filter(pa.array(ok))
 
-    def matrix(self, rows: np.ndarray, arrays: Sequence[str] = (PIXELS,)) -> np.ndarray:
-        """The given rows of the named arrays side by side, one flattened row each; a single array keeps its own
-        dtype (uint8 pixels stay uint8), several are joined as float32."""
-        parts = []
+    def matrix(self, rows: np.ndarray, arrays: Sequence[str] = (PIXELS,), dtype: Any = None,
+               cache: bool = False) -> np.ndarray:
+        """The given rows (any order, repeats allowed) of the named arrays side by side, one flattened row each;
+        a single array keeps its own dtype unless `dtype` is given (uint8 pixels stay uint8), several are joined
+        as float32."""
         for name in arrays:
-            a = self._array(name)
-            parts.append(a.get_orthogonal_selection((rows, *(slice(None),) * (a.ndim - 1))).reshape(len(rows), -1))
-        return parts[0] if len(parts) == 1 else np.hstack([p.astype(np.float32) for p in parts])
+            self._array(name)  # a clear error for an array the dataset does not have
+        if len(arrays) == 1:
+            return ZarrRows(str(self.zarr), arrays[0], cache=cache)(rows, dtype)
+        return np.hstack([ZarrRows(str(self.zarr), name, cache=cache)(rows, np.float32) for name in arrays])
 
     def columns(self, arrays: Sequence[str]) -> list[str]:
         """Names of the matrix columns of `arrays` (feature arrays carry theirs; others are name[i])."""
