@@ -35,7 +35,12 @@ def test_job_errors_name_the_file_and_key(tmp_path, change, message):
 def test_shipped_jobs_load(tmp_path):
     demo = load_experiment(PROJECT / "jobs" / "demo.yaml")
     assert set(demo.corpora) == {"fcbr", "tubr"}
-    assert [c.name for c in demo.settings["train"].configs] == ["baseline", "crystal"]
+    configs = {c.name: c for c in demo.settings["train"].configs}
+    assert list(configs)[:2] == ["baseline", "crystal"] and configs["crystal_by_label"].balance == "label"
+    assert configs["crystal_features"].features == ("stain", "texture", "calcification")
+    assert demo.settings["features"].families == ("stain", "texture", "calcification")
+    features = load_experiment(PROJECT / "jobs" / "features.yaml")
+    assert features.settings["features"].pca == 32 and features.settings["features"].arrays()[-1] == "pca"
     for name in ("crystal_vs_baseline.yaml", "tubr_full_eval.yaml"):
         text = (PROJECT / "jobs" / name).read_text()
         for placeholder in ("/data/nedc/fcbr/v1.0.0", "/data/nedc/tubr/v3.0.0"):
@@ -89,3 +94,16 @@ def test_output_folder_reads_out_without_checking_the_rest(tmp_path):
     path = write_job(tmp_path, {"out": str(tmp_path / "o"), "corpora": "not checked here"})
     assert output_folder(path) == (tmp_path / "o").resolve()
     assert output_folder(write_job(tmp_path, {"name": "n"}, "j.yaml")) == (PROJECT.cwd() / "runs" / "n").resolve()
+
+
+def test_a_configuration_may_only_name_arrays_the_job_makes(tmp_path):
+    cfg = {**TINY, "train": {"corpus": "fcbr", "configs": {"c": {"features": ["texture"]}}}}
+    with pytest.raises(ExperimentError, match=r"train.configs.c.features: 'texture' is not made by this job"):
+        load_experiment(write_job(tmp_path, cfg))
+    ok = load_experiment(write_job(tmp_path, {**cfg, "features": {"families": ["texture"]}}, "ok.yaml"))
+    assert ok.settings["train"].configs[0].features == ("texture",)
+    with pytest.raises(ExperimentError, match=r"features.families: 'colour' is not one of"):
+        load_experiment(write_job(tmp_path, {**cfg, "features": {"families": ["colour"]}}, "bad.yaml"))
+    with pytest.raises(ExperimentError, match=r"train.configs.c.balance: must be one of class, label; got 'raw'"):
+        load_experiment(write_job(tmp_path, {**TINY, "train": {"corpus": "fcbr", "configs": {
+            "c": {"balance": "raw"}}}}, "bal.yaml"))
