@@ -117,6 +117,12 @@ def _show(text: str) -> str:
     return repr(text) if len(text) <= _SHOW else repr(text[:_SHOW]) + f"... ({len(text)} characters)"
 
 
+def _brief(message: object) -> str:
+    """A library's error message as one line of reasonable length (parsers quote the offending text)."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= 2 * _SHOW else text[: 2 * _SHOW] + "..."
+
+
 def parse_int64(text: str) -> int | None:
     """A decimal integer that fits int64 (the type ids and sizes are stored in); None for anything else."""
     text = text.strip()
@@ -142,7 +148,7 @@ def _read_text(path: Path, issue) -> str | None:
     try:
         return decode_text(path.read_bytes())
     except OSError as exc:
-        issue("", f"cannot read the file: {exc.strerror or exc}")
+        issue("", f"cannot read the file: {_brief(exc.strerror or exc)}")
     except UnicodeDecodeError as exc:
         issue("", f"cannot read the file: not {exc.encoding.upper()} text: byte {exc.object[exc.start]:#04x} at "
                   f"offset {exc.start} ({exc.reason})")
@@ -391,7 +397,7 @@ def _parse_xml(path: Path, issue) -> ET.Element | None:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        issue("", f"cannot read the file: {exc.strerror or exc}")
+        issue("", f"cannot read the file: {_brief(exc.strerror or exc)}")
         return None
     first = expat.ParserCreate()
     first.NotStandaloneHandler = lambda: 0  # 0: make "not standalone" (external subset or %entity;) an error
@@ -403,9 +409,9 @@ def _parse_xml(path: Path, issue) -> ET.Element | None:
             issue("", f"refers to an external DTD or parameter entity (line {exc.lineno}), which is not read: "
                       "entities declared there cannot be expanded")
         else:
-            issue("", f"not a readable ImageScope xml: {exc}")
+            issue("", f"not a readable ImageScope xml: {_brief(exc)}")
     except (ET.ParseError, ValueError, LookupError) as exc:  # ValueError/LookupError: an encoding expat lacks
-        issue("", f"not a readable ImageScope xml: {exc}")
+        issue("", f"not a readable ImageScope xml: {_brief(exc)}")
     return None
 
 
