@@ -403,7 +403,7 @@ def test_the_fuzz_mutations_reach_the_faults_they_are_meant_to(tmp_path):
     rng = np.random.default_rng(0)
     for suffix, base in ((".csv", CSV_TEXT.encode()), (".xml", XML_TEXT.encode())):
         path = tmp_path / f"m{suffix}"
-        for _ in range(150):
+        for _ in range(100):
             ops = []
             for _ in range(int(rng.integers(1, 4))):
                 op = ("flip", "truncate", "insert", "duplicate", "delete")[int(rng.integers(5))]
