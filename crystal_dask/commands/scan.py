@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     write_table(result.regions, args.out / "regions.parquet", REGIONS)
     write_table(result.rejects, args.out / "rejects.parquet", REJECTS)
     print(json.dumps(result.summary(), indent=2))
+    for n in result.notes[:20]:
+        print(f"note: {n}", file=sys.stderr)
     for row in result.rejects.to_pylist()[:20]:
         print(f"rejected: {row['source']}: {row['location']}: {row['reason']}", file=sys.stderr)
     if result.rejects.num_rows > 20:

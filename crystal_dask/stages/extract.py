@@ -26,7 +26,7 @@ from crystal_dask.stages import scan
 from crystal_dask.stages.base import Context, Step, fingerprint
 from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, Dataset
 from crystal_dask.store.files import write_json
-from crystal_dask.store.schema import PATCHES, REGIONS, REJECTS, conform, make_table
+from crystal_dask.store.schema import PATCHES, REGIONS, REJECTS, conform, make_table, reject_row
 from crystal_dask.vocab import CLASSES, SPLITS
 from crystal_dask.wsi.patches import PatchSettings, plan_windows, render_patch
 from crystal_dask.wsi.slides import Slide, SlideError
@@ -48,15 +48,10 @@ def plan(regions: pa.Table, s: PatchSettings) -> tuple[list[dict], list[dict]]:
             continue
         windows, reason = plan_windows(r, s)
         if not windows:
-            rejects.append(_reject(r["annotation"], r["region_id"], reason))
+            rejects.append(reject_row(NAME, r["annotation"], f"region {r['region_id']}", reason, r["region_id"]))
         for wx0, wy0, wx1, wy1, overlap in windows:
             rows.append(base | {"wx0": wx0, "wy0": wy0, "wx1": wx1, "wy1": wy1, "overlap": overlap})
     return rows, rejects
-
-
-def _reject(source: str, region_id: int | None, reason: str) -> dict:
-    loc = f"region {region_id}" if region_id is not None else ""
-    return {"stage": "extract", "source": source, "location": loc, "region_id": region_id, "reason": reason}
 
 
 def plan_hash(rows: list[dict], s: PatchSettings) -> str:
@@ -156,7 +151,8 @@ def extract(
         done = json.loads(Path(t["marker"]).read_text())
         for r, o in zip(t["rows"], done["rows"], strict=True):
             if "reject" in o:
-                rejects.append(_reject(r["annotation"], r["region_id"], o["reject"]))
+                rejects.append(reject_row(NAME, r["annotation"], f"region {r['region_id']}", o["reject"],
+                                          r["region_id"]))
             else:
                 patches.append({k: r[k] for k in _PLAN_KEYS} | o)
     all_rejects = make_table(REJECTS, rejects)

@@ -12,7 +12,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,9 +20,9 @@ import pyarrow as pa
 from crystal_dask.experiment import CorpusSpec, Experiment
 from crystal_dask.stages import synth
 from crystal_dask.stages.base import Context, Step, fingerprint
-from crystal_dask.store.schema import REGIONS, REJECTS, make_table, read_table, write_table
+from crystal_dask.store.schema import REGIONS, REJECTS, make_table, read_table, reject_row, write_table
 from crystal_dask.vocab import DEFAULT_LABELS, SPLIT_FRACTIONS, LabelMap
-from crystal_dask.wsi.annotations import check_bounds, read_annotations
+from crystal_dask.wsi.annotations import AnnotationFile, Issue, check_bounds, read_annotations
 from crystal_dask.wsi.layout import SlideEntry, discover
 from crystal_dask.wsi.slides import Slide, SlideError
 from crystal_dask.wsi.split import split_patients
@@ -39,6 +39,7 @@ _UNCLOSED = re.compile(r" \([^)]*$")  # "unknown label 'x' (known" once the list
 class ScanResult:
     regions: pa.Table  # REGIONS
     rejects: pa.Table  # REJECTS
+    notes: list[Issue] = field(default_factory=list)  # facts worth telling that are not faults (MPP unknown)
 
     def summary(self) -> dict:
         t = self.regions
@@ -51,6 +52,7 @@ class ScanResult:
             "slides": len(set(t.column("slide").to_pylist())),
             "patients": len(set(t.column("patient").to_pylist())),
             "rejects": self.rejects.num_rows,
+            "notes": len(self.notes),
             "by_split": dict(by_split),
             "reject_reasons": dict(Counter(map(reason_kind, self.rejects.column("reason").to_pylist()))),
         }
@@ -65,37 +67,53 @@ def reason_kind(reason: str) -> str:
     return _UNCLOSED.sub("", _NUMBER.sub("N", kind))
 
 
-def _reject(source: Path | str, location: str, reason: str, region_id: int | None = None) -> dict:
-    return {"stage": "scan", "source": str(source), "location": location, "region_id": region_id, "reason": reason}
+def _read(entry: SlideEntry, labels: LabelMap) -> AnnotationFile:
+    """The annotation file of `entry`; whatever its content, a fault of it never ends the scan of the others.
+
+    The readers turn every fault they know into an Issue; one they do not know becomes a whole-file reject here
+    (logged with its traceback), so that the other files are still scanned.
+    """
+    try:
+        return read_annotations(entry.annotation, labels)
+    except Exception as exc:  # noqa: BLE001 - the boundary that keeps one file's fault to that file
+        log.warning("scan: reading %s failed", entry.annotation, exc_info=True)
+        reason = f"cannot read the file: {type(exc).__name__}: {exc}".splitlines()[0]
+        return AnnotationFile(entry.annotation, None, errors=[Issue(str(entry.annotation), "", reason)])
 
 
-def _scan_entry(entry: SlideEntry, corpus: str, labels: LabelMap) -> tuple[list[dict], list[dict]]:
-    """Regions and rejects of one slide + annotation pair; the split is filled in later when the path has none."""
-    ann = read_annotations(entry.annotation, labels)
-    rejects = [_reject(i.source, i.location, i.reason, i.region_id) for i in ann.errors]
+def _scan_entry(entry: SlideEntry, corpus: str, labels: LabelMap) -> tuple[list[dict], list[dict], list[Issue]]:
+    """Regions, rejects and notes of one slide + annotation pair; the split is filled in later when the path has
+    none."""
+    ann = _read(entry, labels)
+    rejects = [reject_row(NAME, i.source, i.location, i.reason, i.region_id) for i in ann.errors]
+    notes = ann.notes
     try:
         with Slide(entry.slide) as slide:
             width, height, mpp = slide.width, slide.height, slide.mpp
     except SlideError as exc:
-        rejects += [_reject(entry.slide, f"region {r.region_id}", f"slide unreadable: {exc}", r.region_id)
+        rejects += [reject_row(NAME, entry.slide, f"region {r.region_id}", f"slide unreadable: {exc}", r.region_id)
                     for r in ann.regions]
         if not ann.regions:
-            rejects.append(_reject(entry.slide, "", f"slide unreadable: {exc}"))
-        return [], rejects
+            rejects.append(reject_row(NAME, entry.slide, "", f"slide unreadable: {exc}"))
+        return [], rejects, notes
 
+    if not ann.regions and not any(i.region_id is not None or i.location == "" for i in ann.errors):
+        # nothing named a region (nor was the whole file refused): the slide would vanish without a word
+        rejects.append(reject_row(NAME, entry.annotation, "", f"no regions: {entry.annotation.name} names none, "
+                                                              f"so slide {entry.slide.name} contributes nothing"))
     header = ann.header
     if header is not None and (header.width, header.height) != (width, height):
         reason = (f"header disagrees with the slide: {header.width}x{header.height} pixels in "
                   f"{entry.annotation.name}, {width}x{height} in {entry.slide.name}")
-        return [], rejects + [_reject(entry.annotation, f"region {r.region_id}", reason, r.region_id)
-                              for r in ann.regions]
+        return [], rejects + [reject_row(NAME, entry.annotation, f"region {r.region_id}", reason, r.region_id)
+                              for r in ann.regions], notes
     if mpp is None and header is not None:
         mpp = header.mpp  # the slide records none: the annotation's header is the best we have
     rows = []
     for r in ann.regions:
         reason = check_bounds(r, width, height)
         if reason:
-            rejects.append(_reject(entry.annotation, f"region {r.region_id}", reason, r.region_id))
+            rejects.append(reject_row(NAME, entry.annotation, f"region {r.region_id}", reason, r.region_id))
             continue
         cls, crystal = labels.resolve(r.label)
         x0, y0, x1, y1 = r.bbox
@@ -106,7 +124,7 @@ def _scan_entry(entry: SlideEntry, corpus: str, labels: LabelMap) -> tuple[list[
             "x0": x0, "y0": y0, "x1": x1, "y1": y1, "polygon_x": list(r.x), "polygon_y": list(r.y),
             "mpp": mpp, "slide_width": width, "slide_height": height,
         })
-    return rows, rejects
+    return rows, rejects, notes
 
 
 def scan(
@@ -124,8 +142,10 @@ def scan(
     corpus = corpus or root.name
     with ThreadPoolExecutor(threads) as pool:  # slide headers and csv parsing: I/O-bound
         results = list(pool.map(lambda e: _scan_entry(e, corpus, labels), layout.entries))
-    rows = [r for rs, _ in results for r in rs]
-    rejects = [_reject(p, "", reason) for p, reason in layout.skipped] + [x for _, rj in results for x in rj]
+    rows = [r for rs, _, _ in results for r in rs]
+    rejects = [reject_row(NAME, p, "", reason) for p, reason in layout.skipped] + [x for _, rj, _ in results
+                                                                                   for x in rj]
+    notes = [n for _, _, ns in results for n in ns]
 
     # A patient whose slides carry no split folder gets a patient-level split (spreading crystalline rows apart
     # from the others of their class); a patient found in two split folders is an error for its later slides
@@ -143,13 +163,13 @@ def scan(
     for r in rows:
         split = assigned[r["patient"]]
         if r["split"] is not None and r["split"] != split:
-            rejects.append(_reject(r["slide"], f"region {r['region_id']}",
+            rejects.append(reject_row(NAME, r["slide"], f"region {r['region_id']}",
                                    f"patient in two splits: {r['patient']} is also in {split!r}",
                                    r["region_id"]))
             continue
         kept.append({**r, "split": split})
     kept.sort(key=lambda r: (r["split"], r["patient"], r["slide"], r["region_id"]))
-    return ScanResult(make_table(REGIONS, kept), make_table(REJECTS, rejects))
+    return ScanResult(make_table(REGIONS, kept), make_table(REJECTS, rejects), notes)
 
 
 # ----------------------------------------------------------------------------------------------- the stage
@@ -185,3 +205,5 @@ def _run(exp: Experiment, c: CorpusSpec) -> None:
     write_table(result.regions, folder / "regions.parquet", REGIONS)
     write_table(result.rejects, folder / "rejects.parquet", REJECTS)
     log.info("scan %s: %s", c.name, json.dumps(result.summary()))
+    for n in result.notes:
+        log.info("scan note: %s", n)

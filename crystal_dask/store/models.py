@@ -4,11 +4,16 @@ A model file is `<name>.skops` beside its manifest `<name>.json` (the caller's m
 the skops version and the versions of the packages that made it). Loading re-hashes the bytes, checks every
 type the file would instantiate against an explicit allow-list, and only then deserializes the same bytes.
 pickle/joblib are never used to load: a model file must not be able to run code.
+
+The allow-list is exactly TRUSTED_TYPES (plus what a caller passes): skops's own check trusts every
+scikit-learn estimator and many builtins by default, and `skops.io.load(..., trusted=...)` only adds to those
+defaults, so the types are read from the file's schema here and compared with the list before skops sees it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import zipfile
 from collections.abc import Sequence
@@ -22,12 +27,22 @@ import crystal_dask
 from crystal_dask.store.files import write_atomic
 
 # Derived, not guessed: fit imblearn.ensemble.BalancedRandomForestClassifier(random_state=42) with default
-# parameters on uint8 X (90 x 64) and int y (9 classes), then skops.io.get_untrusted_types(data=dumps(model))
-# (skops 0.16, scikit-learn 1.9.1, imbalanced-learn 0.14.2). tests/test_models.py re-derives it.
+# parameters on uint8 or float32 X (90 x 64) and int8..int64 y (9 classes), then every type named in the skops
+# file's schema (model_types; skops 0.16, scikit-learn 1.9.1, imbalanced-learn 0.14.2): the same 13 types for
+# every one of those dtypes. tests/store/test_models.py re-derives it.
 TRUSTED_TYPES: tuple[str, ...] = (
+    "builtins.dict",
+    "builtins.list",
+    "builtins.str",
+    "builtins.tuple",
+    "collections.OrderedDict",
     "imblearn.ensemble._forest.BalancedRandomForestClassifier",
     "imblearn.pipeline.Pipeline",
     "imblearn.under_sampling._prototype_selection._random_under_sampler.RandomUnderSampler",
+    "numpy.float64",
+    "numpy.int64",
+    "numpy.ndarray",
+    "sklearn.tree._classes.DecisionTreeClassifier",
     "sklearn.tree._tree.Tree",
 )
 
@@ -38,6 +53,51 @@ _RESERVED = ("sha256", "skops_version", "packages")
 
 class UntrustedModelError(ValueError):
     """A model file would instantiate types outside the allow-list."""
+
+
+_MAGIC = (
+    (b"\x1f\x8b", "a gzip file (a compressed joblib pickle?)"),
+    (b"\x78", "zlib-compressed data (a compressed joblib pickle?)"),
+    (b"\x89HDF", "an HDF5 file"),
+    (b"\x93NUMPY", "a numpy .npy array"),
+    (b"PK", "a zip archive that is not a skops file"),
+    (b"{", "a JSON text"),
+)
+
+
+def _looks_like(data: bytes) -> str:
+    """What a file that is not a skops zip probably is, from its first bytes (for the error message)."""
+    if not data:
+        return "an empty file"
+    if data[0] == 0x80 and len(data) > 1 and 2 <= data[1] <= 5:
+        return (f"a Python pickle (protocol {data[1]}), as pickle and joblib write; "
+                "pickles can run code when loaded and are never loaded")
+    return next((what for magic, what in _MAGIC if data.startswith(magic)),
+                f"unknown content starting with {data[:8]!r}")
+
+
+def model_types(data: bytes) -> set[str]:
+    """Every type ("module.Class", functions too) named in a skops file's schema: what loading would create.
+
+    Raises ValueError when the bytes are not a skops file (no zip, no readable schema.json).
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            schema = json.loads(z.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        what = _looks_like(data) if not zipfile.is_zipfile(io.BytesIO(data)) else f"a zip without a valid schema: {exc}"
+        raise ValueError(f"not a skops model file: {what}") from exc
+    types: set[str] = set()
+    stack: list[Any] = [schema]
+    while stack:  # every node of the schema is a dict naming its __module__ and __class__
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node or "__module__" in node:
+                types.add(f"{node.get('__module__')}.{node.get('__class__')}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return types
 
 
 def manifest_path(path: Path) -> Path:
@@ -107,10 +167,18 @@ def load_model(path: Path, trusted: Sequence[str] | None = None) -> Any:
     if actual != expected:
         raise ValueError(f"{path}: sha256 {actual} differs from the manifest's {expected}; file changed or corrupt")
     allowed = sorted({*TRUSTED_TYPES, *(trusted or ())})
-    refused = sorted(set(sio.get_untrusted_types(data=data)) - set(allowed))
+    try:
+        # skops's own list of what it does not trust is added in case a future schema hides a type from the walk
+        found = model_types(data) | set(sio.get_untrusted_types(data=data))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    refused = sorted(found - set(allowed))
     if refused:
         raise UntrustedModelError(
-            f"{path}: refusing to load untrusted type(s) {refused}; pass them in `trusted` only if you trust "
-            "the file's author"
+            f"{path}: refusing to load type(s) outside the trusted list {refused}; pass them in `trusted` only if "
+            "you trust the file's author"
         )
-    return sio.loads(data, trusted=allowed)
+    try:
+        return sio.loads(data, trusted=allowed)
+    except Exception as exc:  # every type is trusted by now: what is left is a damaged file
+        raise ValueError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}".splitlines()[0]) from exc

@@ -48,6 +48,13 @@ REJECTS = pa.schema(
     ]
 )
 
+
+
+def reject_row(stage: str, source: str | Path, location: str, reason: str, region_id: int | None = None) -> dict:
+    """One row of REJECTS: `stage` refused `source` at `location` ("line 12", "region 7", "" for the whole file)."""
+    return {"stage": stage, "source": str(source), "location": location, "region_id": region_id, "reason": reason}
+
+
 # extract -> train/evaluate: one row per patch in patches.zarr, same order as the zarr rows.
 PATCHES = pa.schema(
     [

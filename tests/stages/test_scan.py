@@ -153,7 +153,7 @@ def test_summary_counts(nedc_corpus):
     root, _ = nedc_corpus
     summary = scan(root, corpus="TUBR").summary()
     assert summary == {
-        "regions": 10, "slides": 4, "patients": 3, "rejects": 1,
+        "regions": 10, "slides": 4, "patients": 3, "rejects": 1, "notes": 0,
         "by_split": {"dev": {"cidc": 1, "dcis": 1}, "eval": {"infl": 1, "susp": 1},
                      "train": {"bckg": 1, "cdcs": 1, "cnno": 1, "indc": 1, "norm": 1, "null": 1}},
         "reject_reasons": {"another annotation file is used for this slide": 1},

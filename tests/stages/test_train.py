@@ -9,7 +9,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from crystal_dask.stages.extract import extract
-from crystal_dask.stages.train import LEAKAGE_WARNING, TrainConfig, fit, select_rows, train
+from crystal_dask.stages.train import LEAKAGE_WARNING, TrainConfig, select_rows, train
 from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model
 from crystal_dask.wsi.patches import PatchSettings
@@ -54,15 +54,39 @@ def test_stratified_sample_keeps_class_shares(dataset):
     assert not np.array_equal(picked, other)
 
 
-def test_training_is_the_same_on_one_and_two_workers(dataset, client):
+def test_training_is_the_same_on_one_and_two_workers(dataset, client, tmp_path):
     ds = Dataset(dataset)
-    rows = select_rows(Dataset(dataset).rows(), TrainConfig("crystal", crystal=True))
-    X, y = (ds.matrix(rows), ds.labels(rows))
-    two = fit(X, y, client)
+    rows = select_rows(ds.rows(), TrainConfig("crystal", crystal=True))
+    X = ds.matrix(rows)
+    train(dataset, TrainConfig("crystal", crystal=True), tmp_path / "two.skops", client)
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as c, Client(c) as one_c:
-        one = fit(X, y, one_c)
+        train(dataset, TrainConfig("crystal", crystal=True), tmp_path / "one.skops", one_c)
+    one, two = load_model(tmp_path / "one.skops"), load_model(tmp_path / "two.skops")
     assert np.array_equal(one.predict_proba(X), two.predict_proba(X))
-    assert len(two.estimators_) == 100 and two.random_state == 42 and two.n_jobs == 1
+    for a, b in zip(one.estimators_, two.estimators_, strict=True):  # the same trees, not just the same answers
+        assert np.array_equal(a.tree_.feature, b.tree_.feature) and np.array_equal(a.tree_.threshold, b.tree_.threshold)
+        assert np.array_equal(a.tree_.value, b.tree_.value)
+    assert len(two.estimators_) == 100 and two.random_state == 42
+
+
+def test_balance_by_label_draws_each_raw_label_equally(dataset, client, tmp_path):
+    """Each tree's sample holds as many cdcs as dcis rows (12 raw labels balanced); the trees learn the 9 classes."""
+    ds = Dataset(dataset)
+    cfg = TrainConfig("crystal", crystal=True, balance="label")
+    manifest = train(dataset, cfg, tmp_path / "label.skops", client)
+    model = load_model(tmp_path / "label.skops")
+    table = ds.rows()
+    rows = select_rows(table, cfg)
+    raw = dict(zip(table["row"].to_pylist(), table["label"].to_pylist(), strict=True))
+    labels = np.array([raw[int(r)] for r in rows])
+    for sampler in model.samplers_[:5]:
+        drawn = np.unique(labels[sampler.sample_indices_], return_counts=True)[1]
+        assert len(set(drawn.tolist())) == 1 and len(drawn) == len(set(labels))  # every raw label, equally
+    assert set(model.classes_.tolist()) <= set(range(9)) and manifest["config"]["balance"] == "label"
+    train(dataset, TrainConfig("crystal", crystal=True), tmp_path / "c.skops", client)
+    plain = load_model(tmp_path / "c.skops")
+    X = ds.matrix(rows)
+    assert not np.array_equal(model.predict_proba(X), plain.predict_proba(X))
 
 
 def test_train_writes_a_safe_model_with_manifest(dataset, client, tmp_path, capsys):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +13,20 @@ import pytest
 import skops
 import skops.io as sio
 from imblearn.ensemble import BalancedRandomForestClassifier
+from sklearn.dummy import DummyClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.tree import DecisionTreeClassifier
 
 import crystal_dask
-from crystal_dask.store.models import TRUSTED_TYPES, UntrustedModelError, load_model, manifest_path, save_model
+from crystal_dask.store.models import (
+    TRUSTED_TYPES,
+    UntrustedModelError,
+    load_model,
+    manifest_path,
+    model_types,
+    save_model,
+)
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +47,83 @@ def forest() -> BalancedRandomForestClassifier:
 
 
 def test_trusted_types_are_exactly_a_fitted_forests(forest: BalancedRandomForestClassifier) -> None:
-    assert TRUSTED_TYPES == tuple(sorted(sio.get_untrusted_types(data=sio.dumps(forest))))
+    data = sio.dumps(forest)
+    assert TRUSTED_TYPES == tuple(sorted(model_types(data)))
+    assert set(sio.get_untrusted_types(data=data)) < set(TRUSTED_TYPES)  # skops's own check sees only a part
+
+
+@pytest.mark.parametrize(("x_dtype", "y_dtype"), [(np.float32, np.int64), (np.uint8, np.int8)])
+def test_trained_as_the_train_stage_does_the_forest_holds_only_trusted_types(tmp_path, x_dtype, y_dtype) -> None:
+    X, y = _data()
+    model = BalancedRandomForestClassifier(random_state=0, n_jobs=-1, n_estimators=5).fit(X.astype(x_dtype),
+                                                                                         y.astype(y_dtype))
+    model.n_jobs = 1  # as stages/train.py leaves it
+    save_model(model, tmp_path / "m.skops", {})
+    np.testing.assert_array_equal(load_model(tmp_path / "m.skops").predict(X), model.predict(X))
+
+
+@pytest.fixture(scope="module")
+def small_forest() -> BalancedRandomForestClassifier:
+    """Three trees: the same types as the published forest, a fraction of the time to write."""
+    return BalancedRandomForestClassifier(n_estimators=3, random_state=0).fit(*_data())
+
+
+def _rewrite_manifest(path: Path) -> None:
+    """What an attacker who can write the folder does: make the manifest's sha256 match the file."""
+    manifest = json.loads(manifest_path(path).read_text())
+    manifest["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path(path).write_text(json.dumps(manifest))
+
+
+def test_default_trusted_sklearn_type_is_refused(small_forest: BalancedRandomForestClassifier, tmp_path: Path) -> None:
+    # skops trusts every scikit-learn estimator by default: a DummyClassifier passes its own check
+    X, y = _data()
+    dummy = DummyClassifier(strategy="constant", constant=3).fit(X, y)
+    assert sio.get_untrusted_types(data=sio.dumps(dummy)) == []
+    path = tmp_path / "baseline.skops"
+    save_model(small_forest, path, {"config": "baseline"})
+    path.write_bytes(sio.dumps(dummy))  # swapped in for the forest, manifest made to match
+    _rewrite_manifest(path)
+    with pytest.raises(UntrustedModelError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: refusing to load type(s) outside the trusted list")
+    assert "'sklearn.dummy.DummyClassifier'" in message and "\n" not in message
+
+
+def test_pickle_renamed_skops_says_what_it_is_and_which_file(small_forest: BalancedRandomForestClassifier,
+                                                              tmp_path: Path) -> None:
+    path = tmp_path / "baseline.skops"
+    save_model(small_forest, path, {"config": "baseline"})
+    path.write_bytes(pickle.dumps(small_forest, protocol=5))
+    _rewrite_manifest(path)
+    with pytest.raises(ValueError) as info:
+        load_model(path)
+    assert not isinstance(info.value, zipfile.BadZipFile)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a skops model file: a Python pickle (protocol 5)")
+    assert "never loaded" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("content", "says"), [(b"", "an empty file"), (b"\x1f\x8b\x08\x00rest", "a gzip file"),
+                                               (b"PK\x03\x04not really a zip", "a zip archive that is not a skops"),
+                                               (b"hello", "unknown content starting with b'hello'")])
+def test_other_non_skops_content_is_named(tmp_path: Path, content: bytes, says: str) -> None:
+    path = tmp_path / "m.skops"
+    path.write_bytes(content)
+    manifest_path(path).write_text(json.dumps({"sha256": hashlib.sha256(content).hexdigest()}))
+    with pytest.raises(ValueError, match=rf"^{path}: not a skops model file: ") as info:
+        load_model(path)
+    assert says in str(info.value)
+
+
+def test_zip_without_a_schema_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "m.skops"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("other.txt", "x")
+    manifest_path(path).write_text(json.dumps({"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+    with pytest.raises(ValueError, match=rf"^{path}: not a skops model file: a zip without a valid schema"):
+        load_model(path)
 
 
 def test_round_trip_identical_predictions(forest: BalancedRandomForestClassifier, tmp_path: Path) -> None:
@@ -96,5 +183,10 @@ def test_untrusted_type_refused_then_trusted(tmp_path: Path) -> None:
     with pytest.raises(UntrustedModelError, match=r"pipe\.skops") as info:
         load_model(path)
     assert name in str(info.value)
-    loaded = load_model(path, trusted=[name])
+    # the project's list is exact: sklearn's Pipeline and FunctionTransformer, trusted by skops by default, are not
+    assert "'sklearn.pipeline.Pipeline'" in str(info.value)
+    with pytest.raises(UntrustedModelError, match="FunctionTransformer"):
+        load_model(path, trusted=[name])
+    extra = [name, "sklearn.pipeline.Pipeline", "sklearn.preprocessing._function_transformer.FunctionTransformer"]
+    loaded = load_model(path, trusted=extra)
     np.testing.assert_array_equal(loaded.predict(X), pipe.predict(X))

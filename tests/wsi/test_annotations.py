@@ -346,14 +346,24 @@ def test_csv_garbled_size_line_names_its_line(tmp_path):
     assert [r.region_id for r in ann.regions] == [1]
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-0.5"])
+@pytest.mark.parametrize("value", ["abc", "-0.5", "inf"])
 def test_csv_bad_mpp_names_its_line_and_keeps_the_size(tmp_path, value):
     header = HEADER_LINES.replace("0.502700", value)
     ann = read_nedc_csv(csv_file(tmp_path, square_rows(1), header=header))
     issue = only_issue(ann.errors)
-    assert issue.location == "line 2" and f"MicronsPerPixel is not a positive number: {value!r}" in issue.reason
+    assert issue.location == "line 2"
+    assert f"MicronsPerPixel is not a positive number (or 0 for unknown): {value!r}" in issue.reason
     assert ann.header is not None and ann.header.mpp is None and ann.header.width == 50000
     assert len(ann.regions) == 1
+
+
+@pytest.mark.parametrize("value", ["0.000000", "0"])
+def test_csv_zero_mpp_means_unknown_and_is_a_note(tmp_path, value):
+    # what files from slides without a pixel size carry: not a fault, so `scan --strict` passes on them
+    ann = read_nedc_csv(csv_file(tmp_path, square_rows(1), header=HEADER_LINES.replace("0.502700", value)))
+    assert ann.errors == [] and ann.header.mpp is None and len(ann.regions) == 1
+    (note,) = ann.notes
+    assert (note.location, note.reason) == ("line 2", f"MicronsPerPixel is {value}: pixel size unknown")
 
 
 def test_csv_wrong_version_and_unknown_header_line(tmp_path):
@@ -462,6 +472,7 @@ def test_xml_zero_mpp_means_unknown(tmp_path):
     ann = read_imagescope_xml(write(tmp_path, "a.xml", imagescope_xml(xml_region("1", "norm", square_pts()),
                                                                         mpp="0")))
     assert ann.errors == [] and ann.header.mpp is None
+    assert [(n.location, n.reason) for n in ann.notes] == [("header", "MicronsPerPixel is 0: pixel size unknown")]
 
 
 @pytest.mark.parametrize("content", [b"", b"index,region_id\n0,1\n", b"\xff\xd8\xff\xe0 binary \x00\x01",
