@@ -84,11 +84,6 @@ PREDICTIONS = pa.schema(
 )
 
 
-def reject_row(stage: str, source: str | Path, location: str, reason: str, region_id: int | None = None) -> dict:
-    """One REJECTS row: which stage refused what (file; line, region or tile), and why."""
-    return {"stage": stage, "source": str(source), "location": location, "region_id": region_id, "reason": reason}
-
-
 def make_table(schema: pa.Schema, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Build a table of exactly `schema` from row dicts; a missing or extra key, or a value of the wrong type
     (a float for an integer column included: pyarrow would truncate it), is an error naming row or column."""
