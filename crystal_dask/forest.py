@@ -15,6 +15,7 @@ warm_start, sampling_strategy="all", replacement=True); `fit_forest` does not ta
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from distributed import Client
+from distributed import Client, KilledWorker
+from distributed.client import FutureCancelledError
 from imblearn.ensemble import BalancedRandomForestClassifier
 from imblearn.pipeline import make_pipeline
 from imblearn.under_sampling import RandomUnderSampler
@@ -40,6 +42,8 @@ __all__ = ["IMBLEARN_CHECKED", "MAX_INT", "TrainingRows", "fit_forest", "fit_tre
 MAX_INT = int(np.iinfo(np.int32).max)
 # The imbalanced-learn release whose fit this module was checked against (tests/test_forest.py re-checks it).
 IMBLEARN_CHECKED = "0.14.2"
+_ATTEMPTS = 3  # fits of the whole forest when workers are lost mid-fit
+log = logging.getLogger("crystal_dask.forest")
 
 
 def tree_seeds(n_estimators: int, random_state: int) -> list[tuple[int, int]]:
@@ -164,12 +168,21 @@ def fit_forest(
     if strata is not None:  # balancing groups other than the classes (fit_tree); None: the published forest
         groups = np.ascontiguousarray(np.unique(np.asarray(strata), return_inverse=True)[1].reshape(-1, 1),
                                       dtype=np.float64)
-    with parallel_config(backend="dask", client=client,
-                         scatter=[rows, y_encoded] + ([groups] if groups is not None else [])):
-        fitted = Parallel(n_jobs=-1, batch_size=trees_per_task)(
-            delayed(fit_tree)(reader, rows, y_encoded, tree_seed, sampler_seed, groups)
-            for tree_seed, sampler_seed in seeds
-        )
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            with parallel_config(backend="dask", client=client,
+                                 scatter=[rows, y_encoded] + ([groups] if groups is not None else [])):
+                fitted = Parallel(n_jobs=-1, batch_size=trees_per_task)(
+                    delayed(fit_tree)(reader, rows, y_encoded, tree_seed, sampler_seed, groups)
+                    for tree_seed, sampler_seed in seeds
+                )
+            break
+        except (FutureCancelledError, KilledWorker) as exc:
+            # A worker lost mid-fit can take joblib's scattered inputs with it ("already forgotten"): every tree is
+            # seeded, so fitting again gives the same forest.
+            if attempt == _ATTEMPTS:
+                raise
+            log.warning("forest: %s; fitting again (attempt %d of %d)", exc, attempt + 1, _ATTEMPTS)
     samplers, trees = (list(t) for t in zip(*fitted, strict=True))
     return _assemble(model, samplers, trees, classes, n_features)
 

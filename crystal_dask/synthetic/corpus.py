@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crystal_dask.store.files import write_atomic
 from crystal_dask.synthetic.slide_writer import downsample, write_slide
 from crystal_dask.synthetic.tissue import FLAVOURS, paint_slide, warm_textures
 from crystal_dask.vocab import CLASSES, CRYSTALLINE, SPLIT_FRACTIONS, SPLITS
@@ -50,7 +51,7 @@ def label_weights(flavour: str) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class SlideJob:
+class SlidePlan:
     """Everything one worker needs to paint and write one slide."""
 
     index: int
@@ -145,8 +146,8 @@ def _split_patients(rng: np.random.Generator, patients: list[str], splits: Seque
 
 def plan_corpus(root: Path, *, flavour: str, patients: int, slides_per_patient: int | tuple[int, int],
                 regions_per_slide: int, crystalline: int, slide_size: tuple[int, int], mpp: float, seed: int,
-                xml_fraction: float, splits: Sequence[float] | None, quality: int = 80) -> list[SlideJob]:
-    """The corpus as a list of slide jobs; cheap, deterministic in the arguments."""
+                xml_fraction: float, splits: Sequence[float] | None, quality: int = 80) -> list[SlidePlan]:
+    """The corpus as a list of slide plans; cheap, deterministic in the arguments."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r} (known: {', '.join(FLAVOURS)})")
     if patients < 1 or regions_per_slide < 1 or crystalline < 0:
@@ -196,13 +197,13 @@ def plan_corpus(root: Path, *, flavour: str, patients: int, slides_per_patient: 
 
     n_xml = round(xml_fraction * len(slides))
     xml = set(rng.permutation(len(slides))[:n_xml].tolist())
-    jobs = []
+    plans = []
     for i, s in enumerate(slides):
         suffix = ".xml" if i in xml else ".csv"
-        jobs.append(SlideJob(i, seed, str(root), f"{s['base']}/{s['stem']}.svs", f"{s['base']}/{s['stem']}{suffix}",
+        plans.append(SlidePlan(i, seed, str(root), f"{s['base']}/{s['stem']}.svs", f"{s['base']}/{s['stem']}{suffix}",
                              s["stem"], s["patient"], s["split"], s["width"], s["height"], s["mpp"],
                              tuple(labels[i]), flavour, quality, 1))
-    return jobs
+    return plans
 
 
 # ------------------------------------------------------------------------------------------- rendering
@@ -269,24 +270,24 @@ def _macro(image: np.ndarray) -> np.ndarray:
     return macro
 
 
-def render(job: SlideJob) -> dict:
+def render(plan: SlidePlan) -> dict:
     """Paint one slide, write its .svs and its annotation file; return what was written and the timings."""
-    rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(1, job.index)))
-    regions = place_regions(job.labels, job.width, job.height, rng)
+    rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(1, plan.index)))
+    regions = place_regions(plan.labels, plan.width, plan.height, rng)
     start = time.perf_counter()
-    image = paint_slide(job.width, job.height, [(r.label, r.x, r.y) for r in regions], job.flavour, rng)
+    image = paint_slide(plan.width, plan.height, [(r.label, r.x, r.y) for r in regions], plan.flavour, rng)
     painted = time.perf_counter()
-    slide = Path(job.root) / job.slide
+    slide = Path(plan.root) / plan.slide
     slide.parent.mkdir(parents=True, exist_ok=True)
     date = f"{int(rng.integers(1, 13)):02d}/{int(rng.integers(1, 29)):02d}/{int(rng.integers(10, 21))}"
-    written = write_slide(slide, image, job.mpp, quality=job.quality, workers=job.encode_threads,
+    written = write_slide(slide, image, plan.mpp, quality=plan.quality, workers=plan.encode_threads,
                           label=_label_image(rng), macro=_macro(image),
-                          metadata={"StripeWidth": "2040", "ScanScope ID": "SS1302", "Filename": job.bname,
+                          metadata={"StripeWidth": "2040", "ScanScope ID": "SS1302", "Filename": plan.bname,
                                     "Date": date, "Time": "10:00:00"})
-    header = Header(job.bname, job.mpp, job.width, job.height, "breast")
-    annotation = Path(job.root) / job.annotation
+    header = Header(plan.bname, plan.mpp, plan.width, plan.height, "breast")
+    annotation = Path(plan.root) / plan.annotation
     (write_imagescope_xml if annotation.suffix == ".xml" else write_nedc_csv)(annotation, header, regions)
-    return {"slide": job.slide, "annotation": job.annotation, "bytes": written.nbytes,
+    return {"slide": plan.slide, "annotation": plan.annotation, "bytes": written.nbytes,
             "raw_bytes": written.raw_bytes, "encode_seconds": written.encode_seconds,
             "paint_seconds": painted - start, "write_seconds": time.perf_counter() - painted}
 
@@ -321,20 +322,20 @@ def generate_corpus(
             "mpp": mpp, "seed": seed, "xml_fraction": xml_fraction, "splits": list(splits) if splits else None,
             "quality": quality}
     start = time.perf_counter()
-    jobs = plan_corpus(root, flavour=flavour, patients=patients, slides_per_patient=slides_per_patient,
+    plans = plan_corpus(root, flavour=flavour, patients=patients, slides_per_patient=slides_per_patient,
                        regions_per_slide=regions_per_slide, crystalline=crystalline, slide_size=slide_size,
                        mpp=mpp, seed=seed, xml_fraction=xml_fraction, splits=splits, quality=quality)
     root.mkdir(parents=True, exist_ok=True)
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1 and len(plans) > 1:
         warm_textures()  # forked workers inherit the texture fields instead of each computing them
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-            results = list(pool.map(render, jobs))
+        with ProcessPoolExecutor(min(workers, len(plans))) as pool:
+            results = list(pool.map(render, plans))
     else:  # one process: let the tile encoder use the threads instead
-        results = [render(SlideJob(**{**asdict(j), "encode_threads": max(1, workers)})) for j in jobs]
+        results = [render(SlidePlan(**{**asdict(j), "encode_threads": max(1, workers)})) for j in plans]
 
-    by_label = Counter(label for j in jobs for label in j.labels)
+    by_label = Counter(label for j in plans for label in j.labels)
     by_split: dict[str, Counter] = {}
-    for j in jobs:
+    for j in plans:
         by_split.setdefault(j.split or "all", Counter()).update(j.labels)
     manifest = {
         "flavour": flavour,
@@ -343,17 +344,18 @@ def generate_corpus(
         "args": args,
         "counts": {
             "patients": patients,
-            "slides": len(jobs),
+            "slides": len(plans),
             "regions": sum(by_label.values()),
             "crystalline": sum(by_label[c] for c in CRYSTALLINE),
             "by_label": {c: by_label[c] for c in (*CLASSES, *CRYSTALLINE)},
             "by_split": {s: {c: n[c] for c in (*CLASSES, *CRYSTALLINE)} for s, n in sorted(by_split.items())},
-            "slides_by_split": dict(sorted(Counter(j.split or "all" for j in jobs).items())),
+            "slides_by_split": dict(sorted(Counter(j.split or "all" for j in plans).items())),
         },
         "slides": [{"slide": j.slide, "annotation": j.annotation, "patient": j.patient, "split": j.split,
-                    "width": j.width, "height": j.height, "mpp": j.mpp, "labels": list(j.labels)} for j in jobs],
+                    "width": j.width, "height": j.height, "mpp": j.mpp, "labels": list(j.labels)} for j in plans],
     }
-    (root / "corpus.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    # written last and whole: a corpus with its manifest is complete (the synth stage's output)
+    write_atomic(root / "corpus.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     seconds = time.perf_counter() - start
     raw = sum(r["raw_bytes"] for r in results)
     encode = sum(r["encode_seconds"] for r in results)

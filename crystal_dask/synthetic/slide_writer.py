@@ -37,10 +37,6 @@ class WrittenSlide:
     encode_seconds: float
     raw_bytes: int  # uncompressed RGB bytes of all tiled levels
 
-    @property
-    def encode_mb_per_s(self) -> float:
-        return self.raw_bytes / 1e6 / max(self.encode_seconds, 1e-9)
-
 
 def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     """Mean of factor x factor blocks (the trailing partial blocks are dropped, as Aperio's level sizes are)."""

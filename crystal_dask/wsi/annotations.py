@@ -104,14 +104,6 @@ class AnnotationFile:
         self.notes.append(Issue(str(self.path), location, text))
 
 
-class AnnotationError(ValueError):
-    """Raised only by callers that ask for strictness; carries the issues."""
-
-    def __init__(self, issues: Sequence[Issue]):
-        self.issues = list(issues)
-        super().__init__("\n".join(map(str, self.issues)))
-
-
 def _show(text: str) -> str:
     """A value quoted in a reason: repr (one line, control characters escaped), cut to _SHOW characters."""
     return repr(text) if len(text) <= _SHOW else repr(text[:_SHOW]) + f"... ({len(text)} characters)"
