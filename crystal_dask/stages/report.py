@@ -314,17 +314,29 @@ CRYSTAL_RGB = (230, 0, 126)  # the frame's colour (magenta): no grey patch pixel
 _GAP, _CAPTION, _LEFT, _HEADER, _DPI = 8, 28, 96, 26, 100
 
 
+_PIXEL_COLUMN = re.compile(r"pixels\[(\d+)\]")  # how Dataset.columns names the pixels beside feature arrays
+
+
+def _pixel_names(n: int) -> list[str] | None:
+    """`pixel (y, x)` for the n raw pixels of a square patch (row-major, as Dataset.matrix flattens it)."""
+    side = int(np.sqrt(n))
+    return [f"pixel ({i // side}, {i % side})" for i in range(n)] if side * side == n else None
+
+
 def feature_names(n_features: int, columns: Sequence[str] | None) -> list[str]:
-    """Names of a model's matrix columns: the manifest's `columns`, else `pixel (y, x)` for a square patch of
-    raw pixels (row-major, as Dataset.matrix flattens it), else `column i`."""
+    """Names of a model's matrix columns: the manifest's `columns` (its `pixels[i]` shown as `pixel (y, x)`),
+    else `pixel (y, x)` for a square patch of raw pixels, else `column i`."""
     if columns is not None:
         if len(columns) != n_features:
             raise ValueError(f"the manifest names {len(columns)} columns but the model has {n_features} features")
-        return [str(c) for c in columns]
-    side = int(np.sqrt(n_features))
-    if side * side == n_features:
-        return [f"pixel ({i // side}, {i % side})" for i in range(n_features)]
-    return [f"column {i}" for i in range(n_features)]
+        names = [str(c) for c in columns]
+        pixels = [i for i, c in enumerate(names) if _PIXEL_COLUMN.fullmatch(c)]
+        as_yx = _pixel_names(len(pixels))
+        if pixels and as_yx:
+            for i in pixels:
+                names[i] = as_yx[int(_PIXEL_COLUMN.fullmatch(names[i]).group(1))]
+        return names
+    return _pixel_names(n_features) or [f"column {i}" for i in range(n_features)]
 
 
 def importances(model_path: str | Path, columns: Sequence[str] | None, top: int = TOP_FEATURES) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from imblearn.ensemble import BalancedRandomForestClassifier
 
 from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import compare, confusion, summarize
@@ -29,7 +30,7 @@ from crystal_dask.stages.report import (
     thumbnail,
     write_report,
 )
-from crystal_dask.stages.train import TrainConfig, TrainSettings, fit, train
+from crystal_dask.stages.train import TrainConfig, TrainSettings, train
 from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model, save_model
 from crystal_dask.store.schema import PREDICTIONS, make_table, read_table, write_table
@@ -320,13 +321,13 @@ def test_old_results_without_the_new_keys_still_report(full, tmp_path: Path) -> 
     assert "## Feature importances" not in written["report.md"].read_text()
 
 
-def test_named_feature_columns(job: Experiment, client, tmp_path: Path) -> None:
+def test_named_feature_columns(job: Experiment, tmp_path: Path) -> None:
     """A forest on named feature columns (band means of the real patches): importances carry those names."""
     ds = Dataset(job.out / "ds")
     rows = ds.rows()["row"].to_numpy()
     bands = ds.matrix(rows).reshape(len(rows), 32, -1).mean(axis=2)  # 32 horizontal bands of 8 lines
     names = [f"band {i} mean" for i in range(32)]
-    model = fit(bands, ds.labels(rows), client)
+    model = BalancedRandomForestClassifier(random_state=42).fit(bands, ds.labels(rows))
     save_model(model, tmp_path / "bands.skops", {"config": {"features": ["bands"]}, "columns": names})
     got = importances(tmp_path / "bands.skops", names)
     assert got["n_features"] == 32 and [t["name"] for t in got["top"]] == [names[t["column"]] for t in got["top"]]
@@ -335,6 +336,9 @@ def test_named_feature_columns(job: Experiment, client, tmp_path: Path) -> None:
         importances(tmp_path / "bands.skops", names[:31])
     assert feature_names(6, None) == [f"column {i}" for i in range(6)]
     assert feature_names(4, None) == ["pixel (0, 0)", "pixel (0, 1)", "pixel (1, 0)", "pixel (1, 1)"]
+    # pixels beside a feature array, as Dataset.columns names them
+    mixed = [f"pixels[{i}]" for i in range(9)] + ["stain_h_mean"]
+    assert feature_names(10, mixed) == [f"pixel ({i // 3}, {i % 3})" for i in range(9)] + ["stain_h_mean"]
 
 
 def test_gallery_choice_and_thumbnails() -> None:
