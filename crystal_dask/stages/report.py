@@ -3,9 +3,13 @@
 The stage gathers the models' manifests and every evaluation into <out>/results.json, then writes <out>/report/.
 Input of write_report is that results dict:
     {"job": str, "classes": [codes], "configs": [baseline, other, ...],
-     "sets": {set: {config: {"confusion": [[int]], "n": int, "predictions": path | None}}},
-     "models": {config: {"train_rows": int, "class_counts": {code: int}, "manifest": path}},
+     "sets": {set: {config: {"confusion": [[int]], "n": int, "predictions": path | None, "dataset": root}}},
+     "models": {config: {"train_rows": int, "class_counts": {code: int}, "manifest": path,
+                         "model": path, "features": [family], "columns": [name] | None}},
      "notes": [str]}
+`dataset`, `model`, `features` and `columns` are optional (results written before them still report): a model
+file adds importances_<config>.png (top features by mean decrease in impurity), a dataset root with the last
+configuration's predictions adds gallery_<set>.png (example patches per class, the most confident errors).
 The first config is the baseline; every other config is compared with it on every set. Paired statistics
 (McNemar, patient bootstrap) need per-patch correctness: pass `paired`, or let write_report read the
 predictions tables named in the results. Figures are drawn on bare matplotlib Figures (Agg), never through
@@ -29,7 +33,9 @@ from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import compare, summarize
 from crystal_dask.stages import evaluate, train
 from crystal_dask.stages.base import Context, Step, fingerprint
+from crystal_dask.store.dataset import PIXELS, Dataset
 from crystal_dask.store.files import write_atomic, write_json
+from crystal_dask.store.models import load_model
 from crystal_dask.store.schema import PREDICTIONS, read_table
 
 NA = "n/a"
@@ -139,9 +145,22 @@ def _crystalline_markdown(split: dict[str, Any], configs: Sequence[str]) -> list
             *_table(["rows", *configs], rows), ""]
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, dpi: int = 110) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return write_atomic(path, buf.getvalue())
+
+
+def _save_rgb(fig: Figure, path: Path, dpi: int) -> Path:
+    """Like _save, without the alpha channel (a photographic montage is a quarter smaller as RGB)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    fig.dpi = dpi
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buf, format="png", optimize=True)
     return write_atomic(path, buf.getvalue())
 
 
@@ -285,8 +304,239 @@ def _models_markdown(models: dict[str, Any], classes: Sequence[str]) -> list[str
     return ["## Models", "", *_table(header, rows, text=(0, len(header) - 1))]
 
 
+# ------------------------------------------------------------------------------- feature importances, gallery
+TOP_FEATURES = 20  # bars in importances_<config>.png
+GALLERY_PER_CLASS = 6  # example patches per class in gallery_<set>.png (9 classes: 54 + the errors, < 1 MB)
+GALLERY_ERRORS = 6  # most confident errors shown (one row, as wide as the class rows)
+THUMB = 96  # side of a gallery thumbnail, px (a 256 px patch is area-averaged down to it)
+BORDER = 4  # px of the frame around a crystalline thumbnail
+CRYSTAL_RGB = (230, 0, 126)  # the frame's colour (magenta): no grey patch pixel and no text has it
+_GAP, _CAPTION, _LEFT, _HEADER, _DPI = 8, 28, 96, 26, 100
+
+
+_PIXEL_COLUMN = re.compile(r"pixels\[(\d+)\]")  # how Dataset.columns names the pixels beside feature arrays
+
+
+def _pixel_names(n: int) -> list[str] | None:
+    """`pixel (y, x)` for the n raw pixels of a square patch (row-major, as Dataset.matrix flattens it)."""
+    side = int(np.sqrt(n))
+    return [f"pixel ({i // side}, {i % side})" for i in range(n)] if side * side == n else None
+
+
+def feature_names(n_features: int, columns: Sequence[str] | None) -> list[str]:
+    """Names of a model's matrix columns: the manifest's `columns` (its `pixels[i]` shown as `pixel (y, x)`),
+    else `pixel (y, x)` for a square patch of raw pixels, else `column i`."""
+    if columns is not None:
+        if len(columns) != n_features:
+            raise ValueError(f"the manifest names {len(columns)} columns but the model has {n_features} features")
+        names = [str(c) for c in columns]
+        pixels = [i for i, c in enumerate(names) if _PIXEL_COLUMN.fullmatch(c)]
+        as_yx = _pixel_names(len(pixels))
+        if pixels and as_yx:
+            for i in pixels:
+                names[i] = as_yx[int(_PIXEL_COLUMN.fullmatch(names[i]).group(1))]
+        return names
+    return _pixel_names(n_features) or [f"column {i}" for i in range(n_features)]
+
+
+def importances(model_path: str | Path, columns: Sequence[str] | None, top: int = TOP_FEATURES) -> dict[str, Any]:
+    """The `top` largest feature_importances_ (mean decrease in impurity) of a saved forest, largest first.
+
+    The model is loaded with store.models.load_model (hash and type checked). Ties keep the column order.
+    Returns {"n_features", "top": [{"rank", "column", "name", "importance"}]}.
+    """
+    model = load_model(Path(model_path))
+    imp = np.asarray(model.feature_importances_, dtype=np.float64)
+    names = feature_names(len(imp), columns)
+    order = np.argsort(-imp, kind="stable")[:top]
+    return {"n_features": len(imp),
+            "top": [{"rank": r + 1, "column": int(i), "name": names[i], "importance": float(imp[i])}
+                    for r, i in enumerate(order)]}
+
+
+def _importances_png(entry: dict[str, Any], title: str, path: Path) -> Path:
+    top = entry["top"]
+    k = len(top)
+    fig = Figure(figsize=(7.0, 1.3 + 0.27 * k), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(k)
+    bars = ax.barh(y, [t["importance"] for t in top], color="tab:blue")
+    ax.bar_label(bars, labels=[f"{t['importance']:.4f}" for t in top], fontsize=7, padding=2)
+    ax.set_yticks(y, [t["name"] for t in top], fontsize=8)
+    ax.invert_yaxis()  # the largest on top
+    ax.set_xlabel("importance (mean decrease in impurity, normalised over all features)")
+    ax.set_title(f"{title}\ntop {k} of {entry['n_features']:,} features", fontsize=10)
+    ax.margins(x=0.18)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    return _save(fig, path)
+
+
+def _importances_markdown(imps: dict[str, Any]) -> list[str]:
+    out = ["## Feature importances", "",
+           "Mean decrease in impurity over the forest's trees (sums to 1 over all features); the top "
+           f"{TOP_FEATURES} per configuration. Pixel columns are named by their (y, x) in the patch.", ""]
+    for config, e in imps.items():
+        feats = ", ".join(e["features"]) if e.get("features") else NA
+        out += [f"### {config} (features: {feats}; {e['n_features']:,} columns)", ""]
+        out += _table(["rank", "feature", "importance"],
+                      [[str(t["rank"]), t["name"], f"{t['importance']:.5f}"] for t in e["top"]], text=(1,))
+        out += [f"![{config}: feature importances]({e['figure']})", ""]
+    return out
+
+
+def _spread(idx: np.ndarray, k: int) -> np.ndarray:
+    """k entries of idx, evenly spaced from first to last (distinct: the spacing is at least 1)."""
+    if k <= 0:
+        return idx[:0]
+    return idx[np.linspace(0, len(idx) - 1, k).round().astype(int)]
+
+
+def choose_examples(cls: np.ndarray, crystal: np.ndarray, rows: np.ndarray, order: Sequence[str],
+                    per_class: int = GALLERY_PER_CLASS) -> dict[str, list[int]]:
+    """Up to `per_class` rows of each class present, in `order` (others after, sorted); deterministic.
+
+    Half the places go to crystalline rows when the class has any (more when plain rows run short), so a
+    pathologist sees both kinds; within each kind the rows are spread evenly over the row order, which spreads
+    them over slides and patients instead of taking the first slide's.
+    """
+    present = set(cls.tolist())
+    codes = [c for c in order if c in present] + sorted(present - set(order))
+    out: dict[str, list[int]] = {}
+    for code in codes:
+        idx = np.flatnonzero(cls == code)
+        idx = idx[np.argsort(rows[idx], kind="stable")]
+        cry, plain = idx[crystal[idx]], idx[~crystal[idx]]
+        n_cry = min(len(cry), max(per_class // 2, per_class - len(plain)))
+        n_plain = min(len(plain), per_class - n_cry)
+        out[code] = sorted(int(rows[i]) for i in np.concatenate([_spread(cry, n_cry), _spread(plain, n_plain)]))
+    return out
+
+
+def confident_errors(rows: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray,
+                     k: int = GALLERY_ERRORS) -> np.ndarray:
+    """Indices of the k wrong predictions with the highest top probability (ties: lower row first)."""
+    wrong = np.flatnonzero(y_true != y_pred)
+    conf = proba[wrong].max(axis=1)
+    return wrong[np.lexsort((rows[wrong], -conf))][:k]
+
+
+def thumbnail(patch: np.ndarray, side: int = THUMB) -> np.ndarray:
+    """A uint8 grey patch area-averaged to at most side x side (each output pixel the mean of its input box)."""
+    h, w = patch.shape
+    ey, ex = (np.arange(min(side, h)) * h) // min(side, h), (np.arange(min(side, w)) * w) // min(side, w)
+    sums = np.add.reduceat(np.add.reduceat(patch.astype(np.float64), ey, axis=0), ex, axis=1)
+    counts = np.outer(np.diff(ey, append=h), np.diff(ex, append=w))
+    return np.round(sums / counts).astype(np.uint8)
+
+
+def _read_patches(dataset_root: str | Path, rows: Sequence[int]) -> dict[int, np.ndarray]:
+    """row -> its grey patch (2-D uint8) from the dataset's `pixels` array."""
+    ds = Dataset(Path(dataset_root))
+    if not ds.zarr.is_dir():
+        raise ValueError(f"gallery: dataset {ds.root} has no {ds.zarr.name}")
+    wanted = np.unique(np.asarray(rows, dtype=np.int64))
+    if len(wanted) == 0:
+        return {}
+    shape = ds.group()[PIXELS].shape[1:]
+    values = ds.matrix(wanted, PIXELS).reshape(len(wanted), *shape)
+    return {int(r): v for r, v in zip(wanted, values, strict=True)}
+
+
+def _gallery_png(title: str, sections: list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]],
+                 patches: dict[int, np.ndarray], path: Path) -> Path:
+    """Compose the montage as one RGB image (exact pixels: frames are solid CRYSTAL_RGB), drawn 1:1 on a Figure.
+
+    `sections`: [(heading, [(row label, [example])])], example = {"row", "crystal", "caption"}.
+    Each shown example gets "marked" set to whether its frame was painted.
+    """
+    ncols = max((len(ex) for _, lines in sections for _, ex in lines), default=1)
+    cell_w, cell_h = THUMB + 2 * BORDER + _GAP, THUMB + 2 * BORDER + _CAPTION
+    width = _LEFT + max(ncols, 1) * cell_w
+    height = _HEADER + sum(_HEADER + len(lines) * cell_h for _, lines in sections)
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    texts: list[tuple[float, float, str, dict[str, Any]]] = [(width / 2, _HEADER / 2, title,
+                                                              {"fontsize": 10, "ha": "center", "va": "center"})]
+    y = _HEADER
+    for heading, lines in sections:
+        texts.append((6, y + _HEADER / 2, heading, {"fontsize": 9, "ha": "left", "va": "center", "weight": "bold"}))
+        y += _HEADER
+        for label, examples in lines:
+            texts.append((_LEFT - 8, y + BORDER + THUMB / 2, label, {"fontsize": 8, "ha": "right", "va": "center"}))
+            for j, ex in enumerate(examples):
+                x0 = _LEFT + j * cell_w
+                thumb = thumbnail(patches[ex["row"]])
+                th, tw = thumb.shape
+                ex["marked"] = bool(ex["crystal"])
+                if ex["marked"]:  # the frame: exactly the (th + 2B) x (tw + 2B) box minus the thumbnail
+                    canvas[y:y + th + 2 * BORDER, x0:x0 + tw + 2 * BORDER] = CRYSTAL_RGB
+                canvas[y + BORDER:y + BORDER + th, x0 + BORDER:x0 + BORDER + tw] = thumb[..., None]
+                texts.append((x0 + BORDER + tw / 2, y + th + 2 * BORDER + 2, ex["caption"],
+                              {"fontsize": 6.5, "ha": "center", "va": "top", "linespacing": 1.1}))
+            y += cell_h
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest", resample=False)  # 1 canvas pixel = 1 PNG pixel
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_axis_off()
+    for x, yy, s, kw in texts:
+        ax.text(x, yy, s, color="black", **kw)
+    return _save_rgb(fig, path, _DPI)
+
+
+def gallery(set_name: str, entry: dict[str, Any], config: str, classes: Sequence[str], path: Path) -> dict[str, Any]:
+    """gallery_<set>.png from one configuration's predictions table and the set's dataset; returns its record:
+    {"figure", "config", "dataset", "examples": {class: [{"row", "crystal", "marked"}]},
+     "errors": [{"row", "crystal", "marked", "true", "predicted", "proba"}], "wrong": int}."""
+    table = read_table(entry["predictions"], PREDICTIONS).sort_by("row")
+    rows = table["row"].to_numpy()
+    cls = np.asarray(table["cls"].to_pylist(), dtype=object)
+    crystal = table["crystal"].to_numpy(zero_copy_only=False).astype(bool)
+    y_true, y_pred = table["y_true"].to_numpy(), table["y_pred"].to_numpy()
+    proba = np.asarray(table["proba"].to_pylist(), dtype=np.float64).reshape(len(rows), -1)
+    at = {int(r): i for i, r in enumerate(rows)}
+
+    def code(k: int) -> str:
+        return classes[k] if 0 <= k < len(classes) else str(k)
+
+    chosen = choose_examples(cls, crystal, rows, classes)
+    examples = {c: [{"row": r, "crystal": bool(crystal[at[r]]),
+                     "caption": f"#{r}" + (" crystalline" if crystal[at[r]] else "")} for r in rs]
+                for c, rs in chosen.items()}
+    counts = {c: int((cls == c).sum()) for c in chosen}
+    crystal_counts = {c: int(crystal[cls == c].sum()) for c in chosen}
+    errors = [{"row": int(rows[i]), "crystal": bool(crystal[i]), "true": code(int(y_true[i])),
+               "predicted": code(int(y_pred[i])), "proba": round(float(proba[i].max()), 4),
+               "caption": f"{code(int(y_true[i]))} -> {code(int(y_pred[i]))}\np {proba[i].max():.2f}  #{rows[i]}"}
+              for i in confident_errors(rows, y_true, y_pred, proba)]
+    patches = _read_patches(entry["dataset"], [e["row"] for ex in examples.values() for e in ex]
+                            + [e["row"] for e in errors])
+    lines = [(f"{c}\n{counts[c]:,} rows\n{crystal_counts[c]:,} cryst.", ex) for c, ex in examples.items()]
+    sections = [("Examples per class (magenta frame: crystalline row)", lines)]
+    n_wrong = int((y_true != y_pred).sum())
+    if errors:
+        sections.append((f"Most confident errors of {config} ({len(errors)} of {n_wrong:,} wrong; true -> predicted)",
+                         [("errors", errors)]))
+    _gallery_png(f"{set_name}: example patches", sections, patches, path)
+    for e in [*errors, *(e for ex in examples.values() for e in ex)]:
+        del e["caption"]
+    return {"figure": path.name, "config": config, "dataset": str(entry["dataset"]), "examples": examples,
+            "errors": errors, "wrong": n_wrong}
+
+
+def _gallery_markdown(set_name: str, g: dict[str, Any]) -> list[str]:
+    return ["### Gallery", "",
+            f"Up to {GALLERY_PER_CLASS} patches per class (crystalline rows framed in magenta, about half the "
+            f"places when the class has any) and the {len(g['errors'])} most confident errors of {g['config']} "
+            f"(of {g['wrong']:,} wrong). Rows are listed in report.json.", "",
+            f"![{set_name}: gallery]({g['figure']})", ""]
+
+
 def write_report(results: dict[str, Any], out_dir: Path, paired: dict | None = None) -> dict[str, Path]:
-    """Write report.json, report.md, confusion_<set>_<config>.png and per_class_<set>.png into `out_dir`.
+    """Write report.json, report.md, confusion_<set>_<config>.png and per_class_<set>.png into `out_dir`, plus
+    importances_<config>.png for every model that names its file (`models.<config>.model`) and gallery_<set>.png
+    for every set whose last configuration names its dataset and predictions (`sets.<set>.<config>.dataset`).
 
     `paired[set][config] = {"correct": bool array, "patients": str array}` (same patches, same order for every
     config of a set) enables McNemar and the patient bootstrap; when None, it is read from the predictions
@@ -335,12 +585,33 @@ def write_report(results: dict[str, Any], out_dir: Path, paired: dict | None = N
         if split:
             sets_out[set_name]["crystalline"] = split
             md += _crystalline_markdown(split, configs)
+        last = by_config[configs[-1]]
+        if last.get("dataset") and last.get("predictions"):  # results.json written before the gallery: none
+            name = f"gallery_{slug}.png"
+            g = gallery(set_name, last, configs[-1], classes, out_dir / name)
+            written[name] = out_dir / name
+            figures["gallery"] = name
+            sets_out[set_name]["gallery"] = g
+            md += _gallery_markdown(set_name, g)
 
     md += _models_markdown(results["models"], classes)
+    imps: dict[str, Any] = {}
+    for config, m in results["models"].items():
+        if not m.get("model"):  # results.json written before the importances: none
+            continue
+        name = f"importances_{_slug(config)}.png"
+        imps[config] = {"model": m["model"], "features": m.get("features"),
+                        **importances(m["model"], m.get("columns")), "figure": name}
+        feats = ", ".join(m.get("features") or []) or "?"
+        written[name] = _importances_png(imps[config], f"{config} ({feats}): feature importances", out_dir / name)
+    if imps:
+        md += _importances_markdown(imps)
     if results["notes"]:
         md += ["## Notes", "", *(f"- {n}" for n in results["notes"]), ""]
     report = {"job": results["job"], "classes": classes, "configs": configs, "baseline": base, "sets": sets_out,
               "models": results["models"], "notes": list(results["notes"])}
+    if imps:
+        report["importances"] = imps
     written["report.json"] = write_atomic(
         out_dir / "report.json", (json.dumps(report, indent=2, allow_nan=False) + "\n").encode()
     )
@@ -361,11 +632,19 @@ def collect(exp: Experiment) -> dict[str, Any]:
     from crystal_dask.vocab import CLASSES
 
     models = {name: {"train_rows": m["train_rows"], "class_counts": m["class_counts"],
-                     "manifest": str(train.model_path(exp, name).with_suffix(".json")), "leakage": m.get("leakage")}
+                     "manifest": str(train.model_path(exp, name).with_suffix(".json")), "leakage": m.get("leakage"),
+                     "model": str(train.model_path(exp, name)),
+                     # a manifest from before feature sets trained on pixels and named no columns
+                     "features": list(m["config"].get("features") or [PIXELS]), "columns": m.get("columns")}
               for name, m in train.trained(exp).items()}
     notes = list(exp.notes) + [f"{n}: {m['leakage']}" for n, m in models.items() if m.get("leakage")]
+    sets = evaluate.results(exp)
+    for set_name, by_config in sets.items():
+        for config, entry in by_config.items():
+            confusion_json = evaluate.output_dir(exp, set_name, config) / "confusion.json"
+            entry["dataset"] = json.loads(confusion_json.read_text())["dataset"]
     return {"job": exp.name, "classes": list(CLASSES), "configs": [c.name for c in exp.settings[train.SECTION].configs],
-            "sets": evaluate.results(exp), "models": models, "notes": notes}
+            "sets": sets, "models": models, "notes": notes}
 
 
 def steps(ctx: Context) -> Iterator[Step]:

@@ -1,4 +1,5 @@
-"""Report: files written, JSON numbers equal to the metrics, Markdown tables, determinism, paired data."""
+"""Report: files written, JSON numbers equal to the metrics, Markdown tables, determinism, paired data; feature
+importances and the gallery on a tiny experiment made by the real stages (extract, train, evaluate)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from imblearn.ensemble import BalancedRandomForestClassifier
 
+from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import compare, confusion, summarize
-from crystal_dask.stages.report import load_paired, write_report
-from crystal_dask.store.schema import PREDICTIONS, make_table, write_table
+from crystal_dask.stages import evaluate as evaluate_stage
+from crystal_dask.stages import train as train_stage
+from crystal_dask.stages.evaluate import EvalSet, evaluate
+from crystal_dask.stages.extract import extract
+from crystal_dask.stages.report import (
+    BORDER,
+    CRYSTAL_RGB,
+    GALLERY_ERRORS,
+    GALLERY_PER_CLASS,
+    THUMB,
+    choose_examples,
+    collect,
+    feature_names,
+    importances,
+    load_paired,
+    thumbnail,
+    write_report,
+)
+from crystal_dask.stages.train import TrainConfig, TrainSettings, train
+from crystal_dask.store.dataset import Dataset
+from crystal_dask.store.models import load_model, save_model
+from crystal_dask.store.schema import PREDICTIONS, make_table, read_table, write_table
+from crystal_dask.vocab import CLASSES as CLASSES_9
+from crystal_dask.vocab import LabelMap
+from crystal_dask.wsi.patches import PatchSettings
 
 CLASSES = ["c0", "c1", "c2"]
 Y = np.array([0] * 5 + [1] * 6 + [2] * 4)
@@ -166,3 +192,169 @@ def test_rejects_inconsistent_results(tmp_path: Path) -> None:
     shifted["toy-eval"]["crystal"]["patients"] = PATIENTS[::-1]
     with pytest.raises(ValueError, match="not aligned"):
         write_report(_results(), tmp_path, shifted)
+
+
+# ---------------------------------------------------------------- importances and gallery, on real stages' outputs
+def _magenta_pixels(png: Path) -> int:
+    from matplotlib.image import imread
+
+    rgb = np.round(imread(png)[..., :3] * 255).astype(int)
+    return int((rgb == np.array(CRYSTAL_RGB)).all(axis=-1).sum())
+
+
+@pytest.fixture(scope="module")
+def job(small_scan, client, tmp_path_factory: pytest.TempPathFactory) -> Experiment:
+    """A tiny experiment made by the real stages: extract, train baseline and crystal, evaluate on one set."""
+    out = tmp_path_factory.mktemp("job")
+    configs = (TrainConfig("baseline"), TrainConfig("crystal", crystal=True))
+    eval_set = EvalSet("FCBR dev+eval", "fcbr", ("dev", "eval"))
+    exp = Experiment(name="tiny", source=out / "job.yaml", out=out, corpora={}, labels=LabelMap(),
+                     settings={"train": TrainSettings("fcbr", configs), "evaluate": (eval_set,)})
+    extract(small_scan.regions, out / "ds", PatchSettings(chunk_rows=16), client)
+    for cfg in configs:
+        train(out / "ds", cfg, train_stage.model_path(exp, cfg.name), client)
+        evaluate(out / "ds", train_stage.model_path(exp, cfg.name), evaluate_stage.output_dir(exp, eval_set.name,
+                 cfg.name), client, splits=eval_set.splits)
+    return exp
+
+
+@pytest.fixture(scope="module")
+def full(job: Experiment) -> tuple[dict, dict[str, Path], dict]:
+    results = collect(job)
+    written = write_report(results, job.out / "report")
+    return results, written, json.loads(written["report.json"].read_text())
+
+
+def test_collect_carries_model_files_and_dataset_roots(job: Experiment, full) -> None:
+    results, _, doc = full
+    for config in ("baseline", "crystal"):
+        m = results["models"][config]
+        assert m["model"] == str(job.out / "models" / f"{config}.skops") and Path(m["model"]).is_file()
+        assert m["features"] == ["pixels"] and m["columns"] is None  # main's manifests: pixels, unnamed
+        entry = results["sets"]["FCBR dev+eval"][config]
+        assert entry["dataset"] == str((job.out / "ds").resolve())
+        assert set(entry) == {"confusion", "n", "predictions", "dataset"}  # the documented shape, one key more
+    assert doc["models"] == results["models"]
+
+
+def test_importances_top20_match_the_forest(job: Experiment, full) -> None:
+    results, written, doc = full
+    md = written["report.md"].read_text().splitlines()
+    for config in ("baseline", "crystal"):
+        imp = load_model(Path(results["models"][config]["model"])).feature_importances_
+        e = doc["importances"][config]
+        top = e["top"]
+        assert e["n_features"] == 256 * 256 and len(top) == 20
+        values = [t["importance"] for t in top]
+        assert values == sorted(values, reverse=True) and values[0] > 0
+        assert values == [float(v) for v in np.sort(imp)[::-1][:20]]
+        for t in top:
+            assert t["importance"] == float(imp[t["column"]])
+            assert t["name"] == f"pixel ({t['column'] // 256}, {t['column'] % 256})"
+        # the Markdown table lists the same 20 names in the same order
+        start = md.index(f"### {config} (features: pixels; 65,536 columns)") + 4
+        assert [line.split(" | ")[1] for line in md[start:start + 20]] == [t["name"] for t in top]
+        assert md[start + 20] == ""
+        png = written[f"importances_{config}.png"]
+        assert png == job.out / "report" / e["figure"] and 10_000 < png.stat().st_size < 1_000_000
+
+
+def test_gallery_shows_each_class_and_marks_exactly_the_crystalline_rows(job: Experiment, full) -> None:
+    _, written, doc = full
+    g = doc["sets"]["FCBR dev+eval"]["gallery"]
+    assert g["config"] == "crystal" and g["figure"] == "gallery_FCBR_dev_eval.png"
+    ds = Dataset(job.out / "ds")
+    crystal = ds.group()["crystal"][:]
+    label = ds.group()["label"][:]
+    preds = read_table(evaluate_stage.output_dir(job, "FCBR dev+eval", "crystal") / "predictions.parquet",
+                       PREDICTIONS)
+    present = [c for c in CLASSES_9 if c in set(preds["cls"].to_pylist())]
+    assert list(g["examples"]) == present
+    shown = [e for ex in g["examples"].values() for e in ex] + g["errors"]
+    for code, ex in g["examples"].items():
+        rows = [e["row"] for e in ex]
+        assert rows == sorted(set(rows)) and 0 < len(rows) <= GALLERY_PER_CLASS
+        assert all(CLASSES_9[label[r]] == code for r in rows)
+    for e in shown:  # marked <=> crystalline in the dataset itself
+        assert e["marked"] == e["crystal"] == bool(crystal[e["row"]])
+    assert any(e["marked"] for e in shown) and not all(e["marked"] for e in shown)
+    # a class with both kinds shows both
+    both = [c for c, ex in g["examples"].items() if len({e["crystal"] for e in ex}) == 2]
+    assert both, "the small corpus has classes with crystalline and plain evaluation rows"
+    # the errors: really wrong, most confident first, each with its top probability
+    proba = {r: max(p) for r, p in zip(preds["row"].to_pylist(), preds["proba"].to_pylist(), strict=True)}
+    wrong = {r for r, t, p in zip(preds["row"].to_pylist(), preds["y_true"].to_pylist(), preds["y_pred"].to_pylist(),
+                                  strict=True) if t != p}
+    assert g["wrong"] == len(wrong) and len(g["errors"]) == min(GALLERY_ERRORS, len(wrong))
+    assert all(e["row"] in wrong and e["true"] != e["predicted"] for e in g["errors"])
+    assert [e["proba"] for e in g["errors"]] == sorted((e["proba"] for e in g["errors"]), reverse=True)
+    assert min(e["proba"] for e in g["errors"]) >= sorted(proba[r] for r in wrong)[-len(g["errors"])] - 1e-4
+    # the PNG: every marked thumbnail has its full frame, nothing else has the frame's colour
+    png = written[g["figure"]]
+    assert 20_000 < png.stat().st_size < 1_000_000
+    frame = (THUMB + 2 * BORDER) ** 2 - THUMB ** 2
+    assert _magenta_pixels(png) == frame * sum(e["marked"] for e in shown)
+    assert f"![FCBR dev+eval: gallery]({g['figure']})" in written["report.md"].read_text().splitlines()
+
+
+def test_report_deterministic_with_gallery_and_importances(job: Experiment, full, tmp_path: Path) -> None:
+    results, written, _ = full
+    again = write_report(results, tmp_path)
+    assert set(again) == set(written)
+    for name in ("report.json", "report.md", "gallery_FCBR_dev_eval.png", "importances_crystal.png"):
+        assert again[name].read_bytes() == written[name].read_bytes(), name
+
+
+def test_old_results_without_the_new_keys_still_report(full, tmp_path: Path) -> None:
+    results, _, _ = full
+    old = json.loads(json.dumps(results))
+    for m in old["models"].values():
+        for key in ("model", "features", "columns"):
+            del m[key]
+    for by_config in old["sets"].values():
+        for entry in by_config.values():
+            del entry["dataset"]
+    written = write_report(old, tmp_path)
+    assert not any(n.startswith(("gallery_", "importances_")) for n in written)
+    doc = json.loads(written["report.json"].read_text())
+    assert "importances" not in doc and "gallery" not in doc["sets"]["FCBR dev+eval"]
+    assert "## Feature importances" not in written["report.md"].read_text()
+
+
+def test_named_feature_columns(job: Experiment, tmp_path: Path) -> None:
+    """A forest on named feature columns (band means of the real patches): importances carry those names."""
+    ds = Dataset(job.out / "ds")
+    rows = ds.rows()["row"].to_numpy()
+    bands = ds.matrix(rows).reshape(len(rows), 32, -1).mean(axis=2)  # 32 horizontal bands of 8 lines
+    names = [f"band {i} mean" for i in range(32)]
+    model = BalancedRandomForestClassifier(random_state=42).fit(bands, ds.labels(rows))
+    save_model(model, tmp_path / "bands.skops", {"config": {"features": ["bands"]}, "columns": names})
+    got = importances(tmp_path / "bands.skops", names)
+    assert got["n_features"] == 32 and [t["name"] for t in got["top"]] == [names[t["column"]] for t in got["top"]]
+    assert [t["column"] for t in got["top"]] == np.argsort(-model.feature_importances_, kind="stable")[:20].tolist()
+    with pytest.raises(ValueError, match="names 31 columns but the model has 32"):
+        importances(tmp_path / "bands.skops", names[:31])
+    assert feature_names(6, None) == [f"column {i}" for i in range(6)]
+    assert feature_names(4, None) == ["pixel (0, 0)", "pixel (0, 1)", "pixel (1, 0)", "pixel (1, 1)"]
+    # pixels beside a feature array, as Dataset.columns names them
+    mixed = [f"pixels[{i}]" for i in range(9)] + ["stain_h_mean"]
+    assert feature_names(10, mixed) == [f"pixel ({i // 3}, {i % 3})" for i in range(9)] + ["stain_h_mean"]
+
+
+def test_gallery_choice_and_thumbnails() -> None:
+    """Half the places to crystalline rows when there are enough; spread over the rows; area-averaged thumbnails."""
+    cls = np.array(["a"] * 20 + ["b"] * 3)
+    crystal = np.array([i % 5 == 0 for i in range(20)] + [True, False, False])
+    rows = np.arange(23)[::-1].copy()  # table order need not be row order
+    got = choose_examples(cls, crystal, rows, ["b", "a"], per_class=6)
+    assert list(got) == ["b", "a"] and got["b"] == [0, 1, 2]
+    a_rows = got["a"]
+    a_cry = [r for r in a_rows if crystal[np.flatnonzero(rows == r)[0]]]
+    assert len(a_rows) == 6 and len(a_cry) == 3 and a_rows == sorted(a_rows)
+    patch = np.arange(256 * 256, dtype=np.int64).reshape(256, 256) % 251
+    t = thumbnail(patch.astype(np.uint8))
+    assert t.shape == (96, 96) and t.dtype == np.uint8
+    edges = [*((np.arange(96) * 256) // 96), 256]  # boxes of 2 or 3 input pixels a side
+    for i, j in ((0, 0), (1, 40), (95, 95), (50, 7)):
+        assert t[i, j] == round(patch[edges[i]:edges[i + 1], edges[j]:edges[j + 1]].mean())
+    assert thumbnail(np.full((256, 256), 77, np.uint8)).tolist() == np.full((96, 96), 77).tolist()
