@@ -12,7 +12,7 @@ import numpy as np
 
 from crystal_dask.metrics import confusion, summarize
 from crystal_dask.vocab import CLASSES
-from crystal_dask.wsi.patches import polygon_mask
+from crystal_dask.wsi.patches import cell_mask
 
 
 def label_windows(boxes: np.ndarray, polygons: Sequence[tuple[Sequence[float], Sequence[float]]],
@@ -23,7 +23,7 @@ def label_windows(boxes: np.ndarray, polygons: Sequence[tuple[Sequence[float], S
 
     `boxes` (N, 4: x0, y0, x1, y1) are square level-0 windows of one size on a grid; `polygons` are (xs, ys)
     level-0 vertices with `labels` their class indices. Overlap is measured as extract's window mode measures
-    it: the polygon rasterised (patches.polygon_mask) on cells of side / cells_per_side, each window covering
+    it: the polygon rasterised (patches.cell_mask) on cells of side / cells_per_side, each window covering
     cells_per_side^2 cells from its rounded cell offset, counted through an integral image.
     """
     boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
@@ -50,7 +50,7 @@ def label_windows(boxes: np.ndarray, polygons: Sequence[tuple[Sequence[float], S
         near = (bx + n > gx0) & (bx < gx1) & (by + n > gy0) & (by < gy1)
         if not near.any():
             continue
-        covered = polygon_mask(xs, ys, ox + gx0 * cell, oy + gy0 * cell, cell, (gy1 - gy0, gx1 - gx0))
+        covered = cell_mask(xs, ys, ox + gx0 * cell, oy + gy0 * cell, cell, (gy1 - gy0, gx1 - gx0))
         integral = np.pad(covered.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         w, h = gx1 - gx0, gy1 - gy0
         x0, x1 = np.clip(bx[near] - gx0, 0, w), np.clip(bx[near] + n - gx0, 0, w)

@@ -21,6 +21,8 @@ from functools import cache
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from crystal_dask.wsi.polygon import polygon_mask
+
 CMAX = 1.6  # stain concentration held by a uint8 canvas value of 255
 _TEX = 512  # side of the periodic noise fields
 _FIELD = 1024  # side of the periodic nucleus fields
@@ -149,31 +151,6 @@ def _window(tex: np.ndarray, h: int, w: int, rng: np.random.Generator, turn: boo
             x += nx
         y += ny
     return out
-
-
-def polygon_mask(x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels (row, col) whose centre (col, row) lies inside the polygon (even-odd rule), by scanlines.
-
-    Costs one pass over the box instead of skimage.draw.polygon's test of every pixel against every edge.
-    """
-    h, w = shape
-    x0, y0 = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    rows = np.arange(h, dtype=np.float64)[:, None]
-    crosses = (y0 <= rows) != (y1 <= rows)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xi = np.where(crosses, x0 + (rows - y0) / (y1 - y0) * (x1 - x0), np.inf)
-    xi.sort(axis=1)
-    xi = xi[:, : xi.shape[1] // 2 * 2]
-    start, end = xi[:, 0::2], xi[:, 1::2]
-    ok = np.isfinite(end)
-    r = np.broadcast_to(np.arange(h)[:, None], start.shape)[ok]
-    c0 = np.clip(np.ceil(start[ok]), 0, w).astype(np.intp)
-    c1 = np.clip(np.floor(end[ok]) + 1, 0, w).astype(np.intp)
-    edges = np.zeros((h, w + 1), np.int16)
-    np.add.at(edges, (r, c0), 1)
-    np.add.at(edges, (r, c1), -1)
-    return np.cumsum(edges[:, :w], axis=1, dtype=np.int16) > 0
 
 
 def _stroma_fibres(h: int, w: int, rng: np.random.Generator) -> np.ndarray:

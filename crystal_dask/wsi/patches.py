@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from skimage.draw import polygon as fill_polygon
 
 from crystal_dask.checks import is_integer, is_number, reject_unknown_keys
+from crystal_dask.wsi.polygon import polygon_mask
 from crystal_dask.wsi.slides import Slide
 
 MODES = ("region", "window")
@@ -97,14 +97,11 @@ def window_px(row: Mapping[str, Any], s: PatchSettings) -> tuple[float, float] |
     return s.window_size, step
 
 
-def polygon_mask(xs, ys, x0: float, y0: float, cell: float, shape: tuple[int, int]) -> np.ndarray:
+def cell_mask(xs, ys, x0: float, y0: float, cell: float, shape: tuple[int, int]) -> np.ndarray:
     """Boolean grid of the cells (each `cell` level-0 pixels wide, origin at x0, y0) whose centre lies inside a
-    polygon. skimage tests integer points, so the polygon moves half a cell: cell (r, c) spans [c, c + 1)."""
-    mask = np.zeros(shape, dtype=bool)
-    rr, cc = fill_polygon((np.asarray(ys) - y0) / cell - 0.5, (np.asarray(xs) - x0) / cell - 0.5, shape)
-    mask[rr, cc] = True
-    return mask
-
+    polygon: cell (r, c) spans [c, c + 1) cells, so its centre is half a cell in."""
+    return polygon_mask((np.asarray(xs, np.float64) - x0) / cell - 0.5, (np.asarray(ys, np.float64) - y0) / cell - 0.5,
+                        shape)
 
 def plan_windows(row: Mapping[str, Any], s: PatchSettings) -> tuple[list[tuple[int, int, int, int, float]], str]:
     """Windows (x0, y0, x1, y1, overlap) stepping across a region's bbox that overlap it by >= min_overlap.
@@ -122,7 +119,7 @@ def plan_windows(row: Mapping[str, Any], s: PatchSettings) -> tuple[list[tuple[i
     nx = max(1, math.ceil((bx1 - bx0 - size) / step) + 1)
     ny = max(1, math.ceil((by1 - by0 - size) / step) + 1)
     grid = (math.ceil(((ny - 1) * step + size) / cell) + 1, math.ceil(((nx - 1) * step + size) / cell) + 1)
-    covered = polygon_mask(row["polygon_x"], row["polygon_y"], bx0, by0, cell, grid)
+    covered = cell_mask(row["polygon_x"], row["polygon_y"], bx0, by0, cell, grid)
     integral = np.pad(covered.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     out, past_edge = [], 0
     for j in range(ny):
@@ -192,7 +189,7 @@ def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: Patch
 
 
 def _mask_outside(rgb: np.ndarray, polygon, lx0: int, ly0: int, ds: float, background: int) -> np.ndarray:
-    inside = polygon_mask(polygon[0], polygon[1], lx0 * ds, ly0 * ds, ds, rgb.shape[:2])
+    inside = cell_mask(polygon[0], polygon[1], lx0 * ds, ly0 * ds, ds, rgb.shape[:2])
     out = np.full_like(rgb, background)
     out[inside] = rgb[inside]
     return out

@@ -21,7 +21,7 @@ from crystal_dask.synthetic.tissue import paint_slide
 from crystal_dask.vocab import CLASSES
 from crystal_dask.window_scoring import dice_per_class, label_windows, score_windows
 from crystal_dask.wsi.annotations import Header, read_nedc_csv
-from crystal_dask.wsi.patches import plan_windows, polygon_mask
+from crystal_dask.wsi.patches import cell_mask, plan_windows
 from crystal_dask.wsi.slides import Slide
 from crystal_dask.wsi.tissue_mask import thumbnail, tissue_fraction, tissue_mask, window_boxes, window_grid
 
@@ -57,7 +57,7 @@ def test_traced_polygons_are_exact(seed):
             assert ring[0] == ring[-1] and len(set(ring[:-1])) == len(ring) - 1  # closed, never touches itself
         one = bridge_holes(outer, holes)  # the single-ring form: same area, same inside (even-odd)
         assert signed_area(one) == cells.sum()
-        inside = polygon_mask([p[0] for p in one[:-1]], [p[1] for p in one[:-1]], 0, 0, 1.0, mask.shape)
+        inside = cell_mask([p[0] for p in one[:-1]], [p[1] for p in one[:-1]], 0, 0, 1.0, mask.shape)
         np.testing.assert_array_equal(inside, cells)
         total += cells.sum()
     assert total == mask.sum()

@@ -14,10 +14,10 @@ import tifffile
 
 from crystal_dask.cli import main
 from crystal_dask.synthetic.corpus import generate_corpus, label_weights, place_regions
-from crystal_dask.synthetic.tissue import polygon_mask
 from crystal_dask.vocab import CLASSES, CRYSTALLINE
 from crystal_dask.wsi.annotations import read_annotations
 from crystal_dask.wsi.layout import discover
+from crystal_dask.wsi.polygon import polygon_mask
 from crystal_dask.wsi.slides import Slide
 
 NEDC = re.compile(

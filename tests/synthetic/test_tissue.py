@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from skimage.draw import polygon as skimage_polygon
 
-from crystal_dask.synthetic.tissue import PAINTERS, paint_slide, polygon_mask
+from crystal_dask.synthetic.tissue import PAINTERS, paint_slide
 from crystal_dask.vocab import CLASSES, CRYSTALLINE
+from crystal_dask.wsi.polygon import polygon_mask
 
 SIZE = 900
 ANGLES = np.linspace(0, 2 * np.pi, 20, endpoint=False)
