@@ -100,3 +100,22 @@ def test_a_known_verb_imports_only_its_own_module(tmp_path: Path):
             "print(rc, sorted(m for m in sys.modules if m.startswith('crystal_dask.commands.')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split(" ", 1) == ["2", "['crystal_dask.commands.scan']\n"], done.stderr
+
+
+HEAVY = ("zarr", "dask.bag", "sklearn", "imblearn")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status", "{out}"], ["status", "{out}", "--json"]])
+def test_status_and_help_stay_light(tmp_path: Path, argv):
+    """`crystal-dask status` and `--help` answer without loading the pipeline's heavy packages."""
+    from crystal_dask.status import Status
+
+    Status(tmp_path / "run", "demo", tmp_path / "demo.yaml").stage("scan:fcbr", state="done")
+    args = [a.format(out=tmp_path / "run") for a in argv]
+    code = ("import sys\nfrom crystal_dask.cli import main\ntry:\n    main(" + repr(args) + ")\n"
+            "except SystemExit:\n    pass\n"
+            f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []", done.stdout + done.stderr
+    if argv[0] == "status" and len(argv) == 2:
+        assert "scan:fcbr" in done.stdout and "running" in done.stdout
