@@ -207,3 +207,20 @@ def test_parse_checks_the_section(tmp_path):
 
 def test_summary_schema_is_declared(inferred):
     assert pq.read_schema(inferred / "summary.parquet").names == INFER_SUMMARY.names
+
+
+@pytest.mark.slow
+def test_a_40000_by_30000_slide_stays_under_1_5_gib_per_process(window_model, tmp_path):
+    """A realistic-size pyramid (written from a tile iterator, never held): every process, the client and both
+    workers, peaks under 1.5 GiB while inferring it whole."""
+    from crystal_dask.bench.common import peaks
+    from crystal_dask.bench.infer import big_slide
+    from crystal_dask.runtime.cluster import local_client
+    from crystal_dask.stages.infer import SlideInput
+
+    slide = big_slide(tmp_path / "big.svs", 40_000, 30_000, tissue=0.3)
+    with local_client(2, "4GiB") as client, peaks(client) as pk:
+        m = infer_slides([SlideInput(str(slide), "big")], window_model, tmp_path / "out", client,
+                         InferSettings(window_size=1024))
+    assert m["slides_done"] == 1 and m["windows"] > 200
+    assert max(pk.values()) < 1.5 * 1024**3, pk
