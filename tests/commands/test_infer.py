@@ -36,11 +36,10 @@ def test_every_real_file_is_inferred_or_rejected(realdata, window_model, no_mpp_
     files = sorted(p for p in realdata.iterdir() if p.suffix in (".svs", ".tif", ".tiff"))
     m, rejects = _run(window_model, [*files, no_mpp_slide], tmp_path / "px")
     reasons = {Path(r["source"]).name: r["reason"] for r in rejects}
-    assert m["slides_in"] == 6  # planned (header read) slides are listed; unopenable and small fail the plan
-    assert set(m["slides"]) == {"CMU-1-Small-Region", "OS-1-detail", "nompp", "unreadable"}
-    assert "Bogus marker length" in reasons["unreadable.svs"]  # opens, fails on its tile: a per-slide reject
-    assert "unopenable.tiff" in reasons["unopenable.tiff"] or "compression" in reasons["unopenable.tiff"]
-    assert "smaller than one 256 px window" in reasons["small.svs"]
+    assert "compression 52479" in reasons["unopenable.tiff"]
+    for tiny in ("small.svs", "unreadable.svs"):  # 16 x 16 px: no 256 px window fits
+        assert "(16x16 px) is smaller than one 256 px window" in reasons[tiny]
+    assert m["slides_in"] == 6 and set(m["slides"]) == {"CMU-1-Small-Region", "OS-1-detail", "nompp"}
     assert m["slides_done"] == 3 and set(reasons) == {"unreadable.svs", "unopenable.tiff", "small.svs"}
     summary = read_table(tmp_path / "px" / "summary.parquet", INFER_SUMMARY)
     nompp = summary.filter(pc.equal(summary["bname"], "nompp"))
@@ -49,6 +48,11 @@ def test_every_real_file_is_inferred_or_rejected(realdata, window_model, no_mpp_
     assert (tmp_path / "px" / "slides" / "OS-1-detail" / "OS-1-detail_overlay.png").exists()
     printed = capsys.readouterr().out
     assert '"done": 3' in printed and "summary.parquet" in printed
+    # 8 px windows fit the tiny slides: small.svs is inferred, unreadable.svs opens but its tile fails to decode
+    m, rejects = _run(window_model, [realdata / "small.svs", realdata / "unreadable.svs"], tmp_path / "tiny",
+                      "--window-size", "8")
+    assert m["slides_done"] == 1 and len(rejects) == 1 and rejects[0]["source"].endswith("unreadable.svs")
+    assert "Bogus marker length" in rejects[0]["reason"]
 
 
 def test_micron_windows_reject_slides_without_mpp(realdata, window_model, no_mpp_slide, tmp_path):
