@@ -59,3 +59,20 @@ def client():
 
     with local_client(2, "4GiB") as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def window_model(small_corpus, tmp_path_factory) -> Path:
+    """A forest trained on 256 px windows (step 256) of small_corpus's train split: for whole-slide inference."""
+    from crystal_dask.runtime.cluster import local_client
+    from crystal_dask.stages.extract import extract
+    from crystal_dask.stages.scan import scan
+    from crystal_dask.stages.train import TrainConfig, train
+    from crystal_dask.wsi.patches import PatchSettings
+
+    root = tmp_path_factory.mktemp("window_model")
+    settings = PatchSettings(mode="window", window_size=256.0, window_step=256.0, chunk_rows=64)
+    with local_client(2, "4GiB") as client:
+        ds = extract(scan(small_corpus).regions, root / "ds", settings, client)
+        train(ds.root, TrainConfig("baseline"), root / "baseline.skops", client)
+    return root / "baseline.skops"

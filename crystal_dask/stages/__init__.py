@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-ORDER: tuple[str, ...] = ("synth", "scan", "extract", "features", "train", "evaluate", "report")
+ORDER: tuple[str, ...] = ("synth", "scan", "extract", "features", "train", "evaluate", "infer", "report")
 
 
 def ordered() -> tuple[ModuleType, ...]:

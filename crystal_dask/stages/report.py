@@ -606,17 +606,44 @@ def write_report(results: dict[str, Any], out_dir: Path, paired: dict | None = N
         written[name] = _importances_png(imps[config], f"{config} ({feats}): feature importances", out_dir / name)
     if imps:
         md += _importances_markdown(imps)
+    if results.get("infer"):
+        md += _infer_markdown(results["infer"], classes)
     if results["notes"]:
         md += ["## Notes", "", *(f"- {n}" for n in results["notes"]), ""]
     report = {"job": results["job"], "classes": classes, "configs": configs, "baseline": base, "sets": sets_out,
               "models": results["models"], "notes": list(results["notes"])}
     if imps:
         report["importances"] = imps
+    if results.get("infer"):
+        report["infer"] = results["infer"]  # a key of its own: the keys above stay as they were
     written["report.json"] = write_atomic(
         out_dir / "report.json", (json.dumps(report, indent=2, allow_nan=False) + "\n").encode()
     )
     written["report.md"] = write_atomic(out_dir / "report.md", "\n".join(md).encode())
     return written
+
+
+def _infer_markdown(infer: dict[str, Any], classes: Sequence[str]) -> list[str]:
+    """Whole-slide inference (stages/infer.py): per set and model, slides, windows, and where the slides have
+    annotations the per-window accuracy, macro F1 and per-class Dice of predicted against annotated area."""
+    md = ["## Whole-slide inference", "",
+          "Every tissue window of every slide predicted; scored windows are those an annotated region covers by at "
+          "least `min_overlap` (NEDC's frame rule). Dice compares predicted and annotated window areas over the "
+          "whole grid.", ""]
+    rows, dice_rows = [], []
+    for set_name, by_config in infer.items():
+        for config, r in by_config.items():
+            score = r.get("score") or {}
+            summary = score.get("summary") or {}
+            rows.append([set_name, config, f"{r['slides_done']}/{r['slides_in']}", f"{r['windows']:,}",
+                         f"{score.get('windows_scored', 0):,}", _pct(summary.get("accuracy")),
+                         _num((summary.get("macro") or {}).get("f1")), str(r["rejects"])])
+            dice = score.get("dice") or {}
+            dice_rows.append([f"{set_name} · {config}", *(_num(dice.get(c)) for c in classes)])
+    md += _table(["set", "model", "slides", "windows", "scored", "accuracy", "macro F1", "rejects"], rows,
+                 text=(0, 1))
+    md += ["Per-class Dice:", "", *_table(["set · model", *classes], dice_rows)]
+    return md
 
 
 # ----------------------------------------------------------------------------------------------- the stage
@@ -643,8 +670,15 @@ def collect(exp: Experiment) -> dict[str, Any]:
         for config, entry in by_config.items():
             confusion_json = evaluate.output_dir(exp, set_name, config) / "confusion.json"
             entry["dataset"] = json.loads(confusion_json.read_text())["dataset"]
-    return {"job": exp.name, "classes": list(CLASSES), "configs": [c.name for c in exp.settings[train.SECTION].configs],
-            "sets": sets, "models": models, "notes": notes}
+    results = {"job": exp.name, "classes": list(CLASSES),
+               "configs": [c.name for c in exp.settings[train.SECTION].configs],
+               "sets": sets, "models": models, "notes": notes}
+    from crystal_dask.stages import infer
+
+    inferred = infer.results(exp)
+    if inferred:  # only when an infer stage ran: results.json of other jobs is unchanged
+        results["infer"] = inferred
+    return results
 
 
 def steps(ctx: Context) -> Iterator[Step]:

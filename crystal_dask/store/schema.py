@@ -84,6 +84,21 @@ PREDICTIONS = pa.schema(
 )
 
 
+# infer -> users and report: one row per (slide, predicted class) of a whole-slide inference run.
+INFER_SUMMARY = pa.schema(
+    [
+        ("corpus", pa.string()),
+        ("slide", pa.string()),  # the slide's path
+        ("bname", pa.string()),  # its output name
+        ("cls", pa.string()),  # the predicted class
+        ("windows", pa.int64()),  # scored windows predicted as this class
+        ("area_mm2", pa.float64()),  # the area those windows stand for; null when the slide has no MPP
+        ("mean_probability", pa.float64()),  # of this class over those windows
+        ("max_probability", pa.float64()),
+    ]
+)
+
+
 def make_table(schema: pa.Schema, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Build a table of exactly `schema` from row dicts; a missing or extra key, or a value of the wrong type
     (a float for an integer column included: pyarrow would truncate it), is an error naming row or column."""
