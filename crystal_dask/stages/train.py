@@ -129,7 +129,7 @@ def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: C
     model = fit_forest(TrainingRows(str(dataset.root), cfg.features), rows, y, client, random_state=RANDOM_STATE,
                        strata=strata)
     manifest = {
-        "config": {**asdict(cfg), "splits": list(cfg.splits)},  # as JSON has it
+        "config": {**asdict(cfg), "splits": list(cfg.splits), "features": list(cfg.features)},  # as JSON has it
         "dataset": str(dataset.root),
         "dataset_hash": dataset_hash(dataset, rows, cfg.features),
         "columns": dataset.columns(cfg.features) if cfg.features != (PIXELS,) else None,
