@@ -316,3 +316,16 @@ def test_render_patch_masks_only_when_asked(uniform):
         plain, _ = render_patch(slide, box, PatchSettings(background=255), polygon)
     assert (plain == 131).all()
     assert (masked[:, :120] == 131).all() and (masked[:, 136:] == 255).all()
+
+
+def test_equal_settings_hash_equal_however_written():
+    """Issue 9 class 8: `--window-size 160` on the command line (a float) and `window_size: 160` in a job file (an
+    int) are one setting: the same dict, so the same plan hash and no re-extraction."""
+    import json
+
+    from crystal_dask.stages.extract import plan_hash
+
+    a = PatchSettings.from_config({"mode": "window", "window_size": 160, "window_step": 80, "min_overlap": 1})
+    b = PatchSettings.from_config({"mode": "window", "window_size": 160.0, "window_step": 80.0, "min_overlap": 1.0})
+    assert json.dumps(a.as_dict(), sort_keys=True) == json.dumps(b.as_dict(), sort_keys=True)
+    assert plan_hash([], a) == plan_hash([], b)
