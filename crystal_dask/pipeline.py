@@ -42,9 +42,13 @@ class Runner:
         record = self.out / "stages" / f"{_file_name(step.name)}.json"
         if (record.exists() and json.loads(record.read_text()).get("key") == step.key
                 and all(p.exists() for p in step.outputs)):
-            log.info("stage %s: up to date, skipped", step.name)
-            self.status.stage(step.name, state="skipped")
-            return False
+            damage = step.damage() if step.damage is not None else []
+            if not damage:
+                log.info("stage %s: up to date, skipped", step.name)
+                self.status.stage(step.name, state="skipped")
+                return False
+            log.warning("stage %s: outputs damaged, redoing: %s%s", step.name, "; ".join(map(str, damage[:5])),
+                        f"; and {len(damage) - 5} more" if len(damage) > 5 else "")
         log.info("stage %s: running", step.name)
         started = time.time()
         self.status.stage(step.name, state="running", started=started)
