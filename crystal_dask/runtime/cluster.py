@@ -23,6 +23,7 @@ from distributed import Client
 from distributed.security import Security
 
 from crystal_dask.checks import is_integer, is_number
+from crystal_dask.runtime.reach import check_scheduler
 
 KINDS: tuple[str, ...] = ("local", "address", "slurm", "pbs", "sge", "kubernetes")
 BATCH_KINDS: tuple[str, ...] = ("slurm", "pbs", "sge")
@@ -297,12 +298,14 @@ def connect(cfg: ClusterConfig) -> Iterator[Client]:
     with contextlib.ExitStack() as stack:
         if cfg.kind == "address":
             address = cfg.settings["address"]
+            # bounded by wait_for_workers, naming the file: a silent port or a web server never reaches Client
+            check_scheduler(address, cfg.wait_for_workers, cfg.source)
             try:
                 client = stack.enter_context(
                     Client(address, security=_security(cfg.settings["tls"]), timeout=cfg.wait_for_workers,
                            direct_to_workers=cfg.direct_to_workers)
                 )
-            except OSError as exc:
+            except (OSError, MemoryError) as exc:  # MemoryError: something else answered (see runtime/reach.py)
                 raise ConnectionError(f"{cfg.source}: address: cannot reach the scheduler at {address}: {exc}") from exc
             waited_for = f"the scheduler at {address}"
         else:
