@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
