@@ -52,9 +52,9 @@ def test_an_unknown_key_is_one_line_naming_file_and_key(tmp_path, capsys):
 def test_the_debug_environment_variable_shows_the_traceback(tmp_path):
     job = write_job(tmp_path, {**TINY, "colour": 1, "out": str(tmp_path / "out")})
     cmd = [sys.executable, "-m", "crystal_dask.cli", "run", str(job)]
-    plain = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=120)
+    plain = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=900)
     assert plain.returncode == 1 and one_error_line(plain.stderr)
-    debug = subprocess.run(cmd, capture_output=True, text=True, env=child_env(CRYSTAL_DASK_DEBUG="1"), timeout=120)
+    debug = subprocess.run(cmd, capture_output=True, text=True, env=child_env(CRYSTAL_DASK_DEBUG="1"), timeout=900)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ExperimentError" in debug.stderr
 
 
@@ -92,7 +92,7 @@ def test_a_full_disk_in_synth_names_the_path_and_the_status_says_failed(tmpfs, t
     job = write_job(tmp_path, {**TINY, "corpora": {"fcbr": {"synth": big}}, "out": str(out),
                                "evaluate": {"sets": {"e": {"corpus": "fcbr"}}}})
     done = subprocess.run([sys.executable, "-m", "crystal_dask.cli", "run", str(job), "--no-progress"],
-                          capture_output=True, text=True, env=child_env(), timeout=300)
+                          capture_output=True, text=True, env=child_env(), timeout=900)
     assert done.returncode == 1, done.stderr
     line = one_error_line(done.stderr)
     assert "no space left on device" in line and str(out / "corpora" / "fcbr") in line, line

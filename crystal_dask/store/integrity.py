@@ -59,9 +59,10 @@ def file_hash(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def chunk_key(array: zarr.Array, chunk: int) -> str:
-    """The chunk file of row-chunk `chunk`, relative to the zarr group (arrays are chunked along rows only)."""
-    return f"{array.path}/{array.metadata.encode_chunk_key((chunk, *(0,) * (array.ndim - 1)))}"
+def chunk_key(array: zarr.Array, chunk: int, name: str | None = None) -> str:
+    """The chunk file of row-chunk `chunk`, relative to the zarr group (arrays are chunked along rows only);
+    `name`: the array's name in the group, when it was opened alone."""
+    return f"{name or array.path}/{array.metadata.encode_chunk_key((chunk, *(0,) * (array.ndim - 1)))}"
 
 
 def record_chunks(group_path: Path, group: zarr.Group, names: Iterable[str], start: int,

@@ -73,27 +73,28 @@ def test_two_real_runs_on_one_folder_and_a_sigkilled_driver(tmp_path):
                              start_new_session=True)
     third = None
     try:
-        wait_for(lambda: (read_lock(out) or {}).get("pid") == first.pid, 60, "the first run's lock")
-        started = time.time()
-        second = subprocess.run(run_cmd(job), capture_output=True, text=True, env=child_env(), timeout=120)
+        wait_for(lambda: (read_lock(out) or {}).get("pid") == first.pid, 600, "the first run's lock")
+        second = subprocess.run(run_cmd(job), capture_output=True, text=True, env=child_env(), timeout=900)
         assert second.returncode == 1, second.stderr
         assert f"pid {first.pid} on host {socket.gethostname()}" in second.stderr
         assert second.stderr.startswith("crystal-dask: error:") and "Traceback" not in second.stderr
-        assert time.time() - started < 60 and first.poll() is None  # refused at once, the first untouched
+        # refused at once: before it started a cluster (no dashboard line), and the first run goes on
+        assert "dashboard:" not in second.stderr and first.poll() is None
 
-        wait_for(lambda: (out / "status.json").exists(), 120, "the first run's status.json")
+        wait_for(lambda: (out / "status.json").exists(), 600, "the first run's status.json")
         os.kill(first.pid, signal.SIGKILL)  # the driver only, as an OOM killer would
         first.wait(timeout=30)
         status = subprocess.run([sys.executable, "-m", "crystal_dask.cli", "status", str(out), "--json"],
-                                capture_output=True, text=True, env=child_env(), timeout=60)
+                                capture_output=True, text=True, env=child_env(), timeout=600)
         state = json.loads(status.stdout)
         assert state["state"].startswith("driver gone") and state["driver_gone"], state
         assert json.loads((out / "status.json").read_text())["state"] == "running"  # the file alone cannot say
 
         third = subprocess.Popen(run_cmd(job), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                  env=child_env(), start_new_session=True)
-        wait_for(lambda: (read_lock(out) or {}).get("pid") == third.pid, 60, "the third run taking the lock over")
-        assert f"took over the stale lock of pid {first.pid}" in third.stderr.readline()
+        wait_for(lambda: (read_lock(out) or {}).get("pid") == third.pid, 600, "the third run taking the lock over")
+        said = [third.stderr.readline() for _ in range(3)]  # the warning comes before the job starts its cluster
+        assert any(f"took over the stale lock of pid {first.pid}" in line for line in said), said
     finally:
         kill_group(first)
         if third is not None:
