@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
             bad += 1
         for d in damage:
             print(f"{root}: damaged: {d}")
+        for name in ds.unchecked():
+            print(f"{root}: not checked: array {name!r} has no recorded checksums (written before checksums, or by "
+                  f"a writer that records none)")
         print(f"{root}: {n - len(damage)} of {n} chunks ok" + (", sizes only" if args.quick else ""))
         bad += len(damage)
     return 1 if bad else 0

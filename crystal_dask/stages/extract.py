@@ -24,7 +24,7 @@ from crystal_dask.experiment import Experiment
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
 from crystal_dask.stages import scan
 from crystal_dask.stages.base import Context, Step, fingerprint
-from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, Dataset
+from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, ROW_ARRAYS, Dataset
 from crystal_dask.store.files import write_json
 from crystal_dask.store.integrity import check_chunk
 from crystal_dask.store.schema import PATCHES, REGIONS, REJECTS, conform, make_table
@@ -32,6 +32,7 @@ from crystal_dask.vocab import CLASSES, SPLITS
 from crystal_dask.wsi.patches import PatchSettings, plan_windows, render_patch
 from crystal_dask.wsi.slides import Slide, SlideError
 
+EXTRACT_ARRAYS = (PIXELS, *ROW_ARRAYS)  # the arrays this stage writes (and checks); later stages may add more
 _PLAN_KEYS = [f.name for f in PATCHES if f.name not in ("row", "level", "downsample")]
 NAME = "extract"
 log = logging.getLogger("crystal_dask.pipeline")
@@ -136,7 +137,7 @@ def extract(
     rows, rejects = plan(regions, settings)
     digest = plan_hash(rows, settings)
     if ds.complete() and ds.read_manifest().get("plan_hash") == digest:
-        damage = ds.verify()
+        damage = ds.verify(EXTRACT_ARRAYS) if ds.checksums.exists() else ["no checksums.json (an older dataset)"]
         if not damage:
             return ds
         log.warning("extract %s: %d damaged chunk(s), re-extracting them: %s", ds.root, len(damage),
@@ -212,4 +213,5 @@ def steps(ctx: Context) -> Iterator[Step]:
             log.info("extract %s: %s", c.name, json.dumps(ds.read_manifest()))
 
         # every chunk's hash, checked before the step may be skipped (xxh3: the cost of reading the files)
-        yield Step(f"{NAME}:{c.name}", key, (ds.manifest,), run, damage=lambda ds=ds: ds.verify())
+        yield Step(f"{NAME}:{c.name}", key, (ds.manifest, ds.checksums), run,
+                   damage=lambda ds=ds: ds.verify(EXTRACT_ARRAYS))

@@ -109,3 +109,16 @@ def test_the_runner_does_not_skip_a_step_whose_outputs_are_damaged(damaged, pris
     assert runner.step(Step("extract:x", "k", (good.manifest,), lambda: ran.append("good"), good.verify)) is False
     assert runner.step(Step("extract:x", "k", (damaged.manifest,), lambda: ran.append("bad"), damaged.verify))
     assert ran == ["bad"]
+
+
+def test_a_dataset_without_checksums_is_named_unchecked_and_a_rerun_records_them(pristine, small_scan, client,
+                                                                                 tmp_path, capsys):
+    root = tmp_path / "old"
+    shutil.copytree(pristine[0], root)
+    ds = Dataset(root)
+    ds.checksums.unlink()  # as a dataset written before checksums existed
+    assert main(["verify", str(root)]) == 0
+    assert "not checked: array 'pixels' has no recorded checksums" in capsys.readouterr().out
+    extract(small_scan.regions, root, SETTINGS, client)
+    assert ds.checksums.exists() and ds.unchecked() == [] and ds.verify() == []
+    assert zarr_digest(ds) == pristine[1]
