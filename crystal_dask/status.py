@@ -35,8 +35,11 @@ class Status:
 
     def failed(self, exc: BaseException) -> None:
         """Record why the job stopped. Written even on a full disk: the error may be exactly that."""
-        self.data.update(state="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                         error=f"{type(exc).__name__}: {exc}", ended=time.time())
+        state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        self.data.update(state=state, error=f"{type(exc).__name__}: {exc}", ended=time.time())
+        for entry in self.data["stages"]:  # the step that was running when it stopped
+            if entry.get("state") == "running":
+                entry.update(state=state, ended=self.data["ended"])
         try:
             self.write()
         except OSError:

@@ -98,4 +98,5 @@ def test_a_full_disk_in_synth_names_the_path_and_the_status_says_failed(tmpfs, t
     assert "no space left on device" in line and str(out / "corpora" / "fcbr") in line, line
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "failed" and "No space left on device" in status["error"], status
+    assert {s["name"]: s["state"] for s in status["stages"]}["synth:fcbr"] == "failed"
     assert Path(status["job_file"]) == job
