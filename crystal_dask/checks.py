@@ -8,6 +8,7 @@ integer is not a float or a bool, a list is not a string.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -98,3 +99,53 @@ def check_fields(cfg: Mapping[str, Any], checks: Mapping[str, Any], where: str) 
     """Check each present key with its checker (value, key) -> value; unknown keys are refused."""
     reject_unknown_keys(cfg, checks, where)
     return {k: checks[k](v, f"{where}.{k}") for k, v in cfg.items()}
+
+
+def seconds(value: Any, key: str) -> float:
+    """A positive number of seconds, as a float."""
+    if not is_number(value) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key}: must be a number of seconds > 0; got {value!r}")
+    return float(value)
+
+
+def byte_size(value: Any, key: str) -> str:
+    """A size dask understands ('4GiB', '2GB'), kept as written."""
+    from dask.utils import parse_bytes  # here, not at the top: checks stays light for `crystal-dask status`
+
+    try:
+        parse_bytes(text(value, key))
+    except (ValueError, ConfigError):
+        raise ConfigError(f"{key}: must be a size like '4GiB' or '2GB'; got {value!r}") from None
+    return value
+
+
+def byte_size_or_auto(value: Any, key: str) -> str:
+    return value if value == "auto" else byte_size(value, key)
+
+
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\s/]*):\d{1,5}$")
+
+
+def host_port(value: Any, key: str) -> str:
+    """'host:port' or ':port'."""
+    if not isinstance(value, str) or not _HOST_PORT.match(value):
+        raise ConfigError(f"{key}: must be 'host:port' or ':port' (port 0 picks a free one); got {value!r}")
+    return value
+
+
+_WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+
+
+def walltime(value: Any, key: str) -> str:
+    """A batch system's time limit: 'HH:MM:SS', 'MM:SS', 'D-HH:MM:SS' (quoted: YAML reads 01:30 as a number)."""
+    if not isinstance(value, str) or not _WALLTIME.match(value):
+        raise ConfigError(f"{key}: must be a quoted time like '01:30:00' or '1-00:00:00'; got {value!r}")
+    return value
+
+
+def at_least(low: int):
+    """An integer checker with a lower bound, for tables of (checker(value, key), default)."""
+    def check(value: Any, key: str) -> int:
+        return integer(value, key, low)
+
+    return check

@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 import sys
 
-from crystal_dask import commands
+from crystal_dask import commands, errors
 
 # verb -> module under crystal_dask.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
 VERBS: tuple[str, ...] = tuple(sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(commands.__path__)
@@ -20,6 +20,8 @@ def _module(verb: str):
 
 def build_parser(verbs: tuple[str, ...] = VERBS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crystal-dask", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also: CRYSTAL_DASK_DEBUG=1)")
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb in verbs:
         mod = _module(verb)
@@ -30,11 +32,25 @@ def build_parser(verbs: tuple[str, ...] = VERBS) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; an expected failure prints `crystal-dask: error: ...` and returns 1 (usage errors exit 2)."""
     argv = sys.argv[1:] if argv is None else argv
     # import only the verb's module when it is known, so one stage's imports never slow another's start
-    verbs = tuple(v for v in VERBS if argv and argv[0] == v) or VERBS
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    verbs = tuple(v for v in VERBS if v == verb) or VERBS
     args = build_parser(verbs).parse_args(argv)
-    return int(args._run(args) or 0)
+    debug = args.debug or errors.debug_wanted([])
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{errors.PROG}: interrupted", file=sys.stderr)
+        return errors.INTERRUPTED
+    except Exception as exc:
+        if debug or not errors.expected(exc):
+            raise
+        print(errors.message(exc), file=sys.stderr)
+        return errors.INPUT_ERROR
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ knows nothing of any stage's files: stages declare their steps (stages/base.py).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 from distributed import Client, performance_report
 
 from crystal_dask.experiment import Experiment
+from crystal_dask.runtime.lock import hold
 from crystal_dask.stages import ordered
 from crystal_dask.stages.base import Context, Step
 from crystal_dask.status import Status
@@ -42,14 +45,25 @@ class Runner:
         record = self.out / "stages" / f"{_file_name(step.name)}.json"
         if (record.exists() and json.loads(record.read_text()).get("key") == step.key
                 and all(p.exists() for p in step.outputs)):
-            log.info("stage %s: up to date, skipped", step.name)
-            self.status.stage(step.name, state="skipped")
-            return False
+            damage = step.damage() if step.damage is not None else []
+            if not damage:
+                log.info("stage %s: up to date, skipped", step.name)
+                self.status.stage(step.name, state="skipped")
+                return False
+            log.warning("stage %s: outputs damaged, redoing: %s%s", step.name, "; ".join(map(str, damage[:5])),
+                        f"; and {len(damage) - 5} more" if len(damage) > 5 else "")
         log.info("stage %s: running", step.name)
         started = time.time()
         self.status.stage(step.name, state="running", started=started)
-        with performance_report(filename=str(self.out / "reports" / f"{_file_name(step.name)}.html")):
-            step.run()
+        try:
+            with performance_report(filename=str(self.out / "reports" / f"{_file_name(step.name)}.html")):
+                step.run()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EROFS) and not exc.filename:
+                # writers deep inside a library (tifffile, zarr) often lose the path: name where the step writes
+                where = step.outputs[0].parent if step.outputs else self.out
+                raise OSError(exc.errno, f"{os.strerror(exc.errno)} (step {step.name})", str(where)) from exc
+            raise
         write_json(record, {"key": step.key, "seconds": round(time.time() - started, 3)})
         self.status.stage(step.name, state="done", ended=time.time())
         log.info("stage %s: done in %.1f s", step.name, time.time() - started)
@@ -79,15 +93,15 @@ def setup_logging(out: Path) -> list[logging.Handler]:
 
 def run_job(exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None) -> Path:
     """Run every stage of `exp` on `client`; return the Markdown report's path."""
-    handlers = setup_logging(exp.out)
-    runner = Runner(exp, client, show_progress)
-    try:
-        return runner.run()["report"]
-    except BaseException as exc:
-        runner.status.update(state="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                             error=f"{type(exc).__name__}: {exc}", ended=time.time())
-        raise
-    finally:
-        for h in handlers:
-            logging.getLogger("crystal_dask").removeHandler(h)
-            h.close()
+    with hold(exp.out):  # one run per output folder (re-entrant: `crystal-dask run` took it already)
+        handlers = setup_logging(exp.out)
+        runner = Runner(exp, client, show_progress)
+        try:
+            return runner.run()["report"]
+        except BaseException as exc:
+            runner.status.failed(exc)
+            raise
+        finally:
+            for h in handlers:
+                logging.getLogger("crystal_dask").removeHandler(h)
+                h.close()

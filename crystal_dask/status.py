@@ -5,6 +5,7 @@ Stages are listed in run order. Light on purpose (no Dask, zarr or scikit-learn)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -31,6 +32,27 @@ class Status:
 
     def write(self) -> None:
         write_json(self.path, self.data)
+
+    def failed(self, exc: BaseException) -> None:
+        """Record why the job stopped. Written even on a full disk: the error may be exactly that."""
+        state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        self.data.update(state=state, error=f"{type(exc).__name__}: {exc}", ended=time.time())
+        for entry in self.data["stages"]:  # the step that was running when it stopped
+            if entry.get("state") == "running":
+                entry.update(state=state, ended=self.data["ended"])
+        try:
+            self.write()
+        except OSError:
+            # no room for a temporary file: rewrite the old status in place, in the blocks it already has
+            # (status.json is far smaller than one block, so truncating and writing needs no new one)
+            data = json.dumps(self.data, sort_keys=True).encode()
+            with contextlib.suppress(OSError):
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT)
+                try:
+                    os.pwrite(fd, data, 0)
+                    os.ftruncate(fd, len(data))
+                finally:
+                    os.close(fd)
 
     def update(self, **kw: Any) -> None:
         self.data.update(kw)

@@ -63,9 +63,10 @@ def tile_dataset(source, out: Path, rows: int):
 
     c, p = settings["chunk_rows"], settings["patch_size"]
     ds.create(rows, settings, digest, c, {PIXELS: ((p, p), "uint8")})
+    checksums = {}
     for start in range(0, rows, c):  # whole chunks, as extract's tasks write them
         idx = np.arange(start, min(start + c, rows)) % len(src_rows)
-        ds.write_rows(start, {PIXELS: pixels[idx].reshape(len(idx), p, p), "label": labels[idx],
+        checksums |= ds.write_rows(start, {PIXELS: pixels[idx].reshape(len(idx), p, p), "label": labels[idx],
                               "crystal": crystal[idx], "split": np.full(len(idx), SPLITS.index("eval"), np.int8)})
     table_ = meta.take(pa.array(np.arange(rows) % len(src_rows)))
     table_ = table_.set_column(table_.schema.get_field_index("row"), "row", pa.array(np.arange(rows), pa.int64()))
@@ -74,7 +75,7 @@ def tile_dataset(source, out: Path, rows: int):
                 "patches": rows, "planned": rows, "regions_in": src_manifest["regions_in"],
                 "regions_written": src_manifest["regions_written"], "rejects_extract": 0, "rejects_total": 0,
                 "chunks": -(-rows // c), "chunks_run": -(-rows // c), "tiled_from": str(source.root)}
-    ds.finish(table_, make_table(REJECTS, []), manifest)
+    ds.finish(table_, make_table(REJECTS, []), manifest, checksums)
     return ds
 
 

@@ -19,10 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from crystal_dask.experiment import load_experiment
     from crystal_dask.pipeline import run_job
+    from crystal_dask.runtime.lock import hold
 
     job = load_experiment(args.job, args.out)  # checked before any cluster starts
-    print(f"job {job.name}: outputs in {job.out}")
-    with client_for(args) as client:
-        report = run_job(job, client, progress_bar(args))
+    with hold(job.out):  # a second run on this folder is refused before it starts a cluster
+        print(f"job {job.name}: outputs in {job.out}")
+        with client_for(args) as client:
+            report = run_job(job, client, progress_bar(args))
     print(f"report: {report}")
     return 0

@@ -11,18 +11,30 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask.config
 import yaml
-from dask.utils import parse_bytes
 from distributed import Client
 from distributed.security import Security
 
-from crystal_dask.checks import is_integer, is_number
+from crystal_dask.checks import (
+    ConfigError,
+    at_least,
+    byte_size,
+    byte_size_or_auto,
+    flag,
+    host_port,
+    seconds,
+    section,
+    text,
+    texts,
+    walltime,
+)
+from crystal_dask.runtime.reach import check_scheduler
 
 KINDS: tuple[str, ...] = ("local", "address", "slurm", "pbs", "sge", "kubernetes")
 BATCH_KINDS: tuple[str, ...] = ("slurm", "pbs", "sge")
@@ -33,12 +45,8 @@ WAIT_QUEUED, WAIT_DIRECT = 120.0, 60.0
 SCHEDULER_HERE: tuple[str, ...] = ("local", *BATCH_KINDS)
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(ConfigError):
     """A cluster.yaml value that crystal_dask cannot use; the message names the file and the key."""
-
-
-class _Bad(ValueError):
-    """A checker's complaint about one value; the loader adds the file and key."""
 
 
 @dataclass(frozen=True)
@@ -60,98 +68,38 @@ class ClusterConfig:
 
 
 # ------------------------------------------------------------------------------------------------ checkers
-def _int_at_least(low: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if not is_integer(value) or value < low:
-            raise _Bad(f"must be an integer >= {low}; got {value!r}")
-        return value
-
-    return check
-
-
-def _seconds(value: Any) -> float:
-    if not is_number(value) or value <= 0:
-        raise _Bad(f"must be a number of seconds > 0; got {value!r}")
-    return float(value)
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"must be true or false; got {value!r}")
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"must be a non-empty string; got {value!r}")
-    return value
-
-
-def _byte_size(value: Any) -> str:
-    try:
-        parse_bytes(_text(value))
-    except ValueError:
-        raise _Bad(f"must be a size like '4GiB' or '2GB'; got {value!r}") from None
-    return value
-
-
-def _byte_size_or_auto(value: Any) -> str:
-    return value if value == "auto" else _byte_size(value)
-
-
-_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\s/]*):\d{1,5}$")
-
-
-def _host_port(value: Any) -> str:
-    if not isinstance(value, str) or not _HOST_PORT.match(value):
-        raise _Bad(f"must be 'host:port' or ':port' (port 0 picks a free one); got {value!r}")
-    return value
-
-
-_WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
-
-
-def _walltime(value: Any) -> str:
-    if not isinstance(value, str) or not _WALLTIME.match(value):
-        raise _Bad(f"must be a quoted time like '01:30:00' or '1-00:00:00'; got {value!r}")
-    return value
-
-
-def _texts(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Bad(f"must be a list of strings; got {value!r}")
-    return list(value)
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise _Bad(f"must be a mapping with string keys; got {value!r}")
-    return dict(value)
+# crystal_dask.checks' checkers, (value, key) -> value, raising ConfigError "<key>: <problem>"; the loader adds
+# the file. Tables below are key -> (checker, default).
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    """A mapping with text keys; unlike a job file's sections, null is not an empty one here."""
+    if value is None:
+        raise ConfigError(f"{key}: must be a mapping with text keys; got None")
+    return section(value, key)
 
 
 _NO_DEFAULT = object()
 _LOCAL = {
-    "workers": (_int_at_least(1), 2),
-    "threads_per_worker": (_int_at_least(1), 1),
-    "memory_limit": (_byte_size_or_auto, "auto"),
-    "dashboard_address": (_host_port, "127.0.0.1:8787"),
-    "processes": (_flag, True),
+    "workers": (at_least(1), 2),
+    "threads_per_worker": (at_least(1), 1),
+    "memory_limit": (byte_size_or_auto, "auto"),
+    "dashboard_address": (host_port, "127.0.0.1:8787"),
+    "processes": (flag, True),
 }
 _BATCH = {  # names are dask-jobqueue's own keyword arguments; unset ones fall back to the user's jobqueue.yaml
-    "cores": (_int_at_least(1), _NO_DEFAULT),
-    "memory": (_byte_size, _NO_DEFAULT),
-    "walltime": (_walltime, _NO_DEFAULT),
-    "queue": (_text, _NO_DEFAULT),
-    "processes": (_int_at_least(1), _NO_DEFAULT),
-    "job_extra_directives": (_texts, _NO_DEFAULT),
-    "python": (_text, _NO_DEFAULT),
-    "local_directory": (_text, _NO_DEFAULT),
-    "log_directory": (_text, _NO_DEFAULT),
+    "cores": (at_least(1), _NO_DEFAULT),
+    "memory": (byte_size, _NO_DEFAULT),
+    "walltime": (walltime, _NO_DEFAULT),
+    "queue": (text, _NO_DEFAULT),
+    "processes": (at_least(1), _NO_DEFAULT),
+    "job_extra_directives": (lambda v, k: list(texts(v, k)), _NO_DEFAULT),
+    "python": (text, _NO_DEFAULT),
+    "local_directory": (text, _NO_DEFAULT),
+    "log_directory": (text, _NO_DEFAULT),
 }
 _KUBERNETES = {
-    "name": (_text, "crystal-dask"),
-    "image": (_text, _NO_DEFAULT),
-    "n_workers": (_int_at_least(1), 2),
+    "name": (text, "crystal-dask"),
+    "image": (text, _NO_DEFAULT),
+    "n_workers": (at_least(1), 2),
     "resources": (_mapping, _NO_DEFAULT),
 }
 _COMMON = ("kind", "wait_for_workers", "direct_to_workers")
@@ -192,44 +140,33 @@ def cluster_config_from_mapping(data: Any, source: str = "<mapping>", base: Path
     for key in data:
         if key not in (*_COMMON, *allowed):
             raise bad(str(key), f"not a key of kind {kind}; its keys are: {', '.join((*_COMMON, *allowed))}")
-    try:
-        wait = _seconds(data.get("wait_for_workers", WAIT_DIRECT if kind in ("local", "address") else WAIT_QUEUED))
-    except _Bad as exc:
-        raise bad("wait_for_workers", str(exc)) from None
-    try:
-        direct = _flag(data["direct_to_workers"]) if "direct_to_workers" in data else (
-            True if kind in SCHEDULER_HERE else None)
-    except _Bad as exc:
-        raise bad("direct_to_workers", str(exc)) from None
-
-    table = {"local": _LOCAL, "kubernetes": _KUBERNETES}.get(kind, _BATCH)
-    settings: dict[str, Any] = {}
-    for key, (check, default) in (table.items() if kind != "address" else ()):
-        if key not in data:
-            if default is _NO_DEFAULT:
-                continue
-            settings[key] = default
-        else:
-            try:
-                settings[key] = check(data[key])
-            except _Bad as exc:
-                raise bad(key, str(exc)) from None
-
     passthrough: dict[str, Any] = {}
-    try:
+    try:  # every ConfigError below starts with its (possibly nested) key
+        wait = seconds(data.get("wait_for_workers", WAIT_DIRECT if kind in ("local", "address") else WAIT_QUEUED),
+                       "wait_for_workers")
+        direct = flag(data["direct_to_workers"], "direct_to_workers") if "direct_to_workers" in data else (
+            True if kind in SCHEDULER_HERE else None)
+        table = {"local": _LOCAL, "kubernetes": _KUBERNETES}.get(kind, _BATCH)
+        settings: dict[str, Any] = {}
+        for key, (check, default) in (table.items() if kind != "address" else ()):
+            if key in data:
+                settings[key] = check(data[key], key)
+            elif default is not _NO_DEFAULT:
+                settings[key] = default
         if kind == "address":
             settings = _address_settings(data, base or Path.cwd())
         elif kind in BATCH_KINDS:
             settings["scale"] = _scale(data.get("scale", {"jobs": 1}))
             for key in ("cores", "memory"):  # dask-jobqueue cannot submit without them
                 if key not in settings and dask.config.get(f"jobqueue.{kind}.{key}", None) is None:
-                    raise _Bad(f"{key}: required for kind {kind} (not set here nor in dask config jobqueue.{kind})")
+                    raise ConfigError(f"{key}: required for kind {kind} (not set here nor in dask config "
+                                      f"jobqueue.{kind})")
             passthrough = _passthrough(data, "jobqueue", settings)
         elif kind == "kubernetes":
             if "image" not in settings:
-                raise _Bad("image: required for kind kubernetes (an image with crystal_dask installed)")
+                raise ConfigError("image: required for kind kubernetes (an image with crystal_dask installed)")
             passthrough = _passthrough(data, "kubernetes", settings)
-    except _Bad as exc:  # these messages start with their (possibly nested) key
+    except ConfigError as exc:
         raise ClusterConfigError(f"{source}: {exc}") from None
     return ClusterConfig(kind, settings, passthrough, wait, source, direct)
 
@@ -237,52 +174,46 @@ def cluster_config_from_mapping(data: Any, source: str = "<mapping>", base: Path
 def _address_settings(data: Mapping[str, Any], base: Path) -> dict[str, Any]:
     address = data.get("address")
     if not isinstance(address, str) or not re.match(r"^(tcp|tls)://[^\s/]+:\d{1,5}$", address):
-        raise _Bad(f"address: must be 'tcp://host:port' or 'tls://host:port'; got {address!r}")
+        raise ConfigError(f"address: must be 'tcp://host:port' or 'tls://host:port'; got {address!r}")
     if "tls" not in data:
         return {"address": address, "tls": None}
     if not address.startswith("tls://"):
-        raise _Bad(f"tls: given, but address {address!r} is not tls://")
+        raise ConfigError(f"tls: given, but address {address!r} is not tls://")
     tls = data["tls"]
     if not isinstance(tls, Mapping) or set(tls) != {"ca_file", "cert", "key"}:
-        raise _Bad(f"tls: must be a mapping with exactly ca_file, cert and key; got {tls!r}")
+        raise ConfigError(f"tls: must be a mapping with exactly ca_file, cert and key; got {tls!r}")
     files = {}
     for key in ("ca_file", "cert", "key"):
-        file = base / _checked(f"tls.{key}", _text, tls[key])
+        file = base / text(tls[key], f"tls.{key}")
         if not file.is_file():
-            raise _Bad(f"tls.{key}: no such file: {file}")
+            raise ConfigError(f"tls.{key}: no such file: {file}")
         files[key] = str(file)
     return {"address": address, "tls": files}
 
 
 def _scale(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping) or len(value) != 1 or not set(value) <= {"jobs", "adapt"}:
-        raise _Bad(f"scale: must be {{jobs: N}} or {{adapt: {{minimum_jobs: N, maximum_jobs: M}}}}; got {value!r}")
+        raise ConfigError("scale: must be {jobs: N} or {adapt: {minimum_jobs: N, maximum_jobs: M}}; "
+                          f"got {value!r}")
     if "jobs" in value:
-        return {"jobs": _checked("scale.jobs", _int_at_least(1), value["jobs"])}
+        return {"jobs": at_least(1)(value["jobs"], "scale.jobs")}
     adapt = value["adapt"]
     if not isinstance(adapt, Mapping) or "maximum_jobs" not in adapt or set(adapt) - {"minimum_jobs", "maximum_jobs"}:
-        raise _Bad(f"scale.adapt: must be {{minimum_jobs: N, maximum_jobs: M}}; got {adapt!r}")
+        raise ConfigError(f"scale.adapt: must be {{minimum_jobs: N, maximum_jobs: M}}; got {adapt!r}")
     # at least one job, because connect() waits for a worker before it returns
-    low = _checked("scale.adapt.minimum_jobs", _int_at_least(1), adapt.get("minimum_jobs", 1))
-    high = _checked("scale.adapt.maximum_jobs", _int_at_least(1), adapt["maximum_jobs"])
+    low = at_least(1)(adapt.get("minimum_jobs", 1), "scale.adapt.minimum_jobs")
+    high = at_least(1)(adapt["maximum_jobs"], "scale.adapt.maximum_jobs")
     if high < low:
-        raise _Bad(f"scale.adapt.maximum_jobs: {high} is below minimum_jobs {low}")
+        raise ConfigError(f"scale.adapt.maximum_jobs: {high} is below minimum_jobs {low}")
     return {"adapt": {"minimum_jobs": low, "maximum_jobs": high}}
 
 
 def _passthrough(data: Mapping[str, Any], key: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    extra = _checked(key, _mapping, data.get(key, {}))
+    extra = _mapping(data.get(key, {}), key)
     for name in extra:
         if name in settings or name in ("scale", "n_workers"):
-            raise _Bad(f"{key}.{name}: set by crystal_dask; write it as the top-level key instead")
+            raise ConfigError(f"{key}.{name}: set by crystal_dask; write it as the top-level key instead")
     return extra
-
-
-def _checked(key: str, check: Callable[[Any], Any], value: Any) -> Any:
-    try:
-        return check(value)
-    except _Bad as exc:
-        raise _Bad(f"{key}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ connecting
@@ -297,12 +228,14 @@ def connect(cfg: ClusterConfig) -> Iterator[Client]:
     with contextlib.ExitStack() as stack:
         if cfg.kind == "address":
             address = cfg.settings["address"]
+            # bounded by wait_for_workers, naming the file: a silent port or a web server never reaches Client
+            check_scheduler(address, cfg.wait_for_workers, cfg.source)
             try:
                 client = stack.enter_context(
                     Client(address, security=_security(cfg.settings["tls"]), timeout=cfg.wait_for_workers,
                            direct_to_workers=cfg.direct_to_workers)
                 )
-            except OSError as exc:
+            except (OSError, MemoryError) as exc:  # MemoryError: something else answered (see runtime/reach.py)
                 raise ConnectionError(f"{cfg.source}: address: cannot reach the scheduler at {address}: {exc}") from exc
             waited_for = f"the scheduler at {address}"
         else:

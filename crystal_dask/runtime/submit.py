@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -105,6 +106,10 @@ def status(out: Path) -> dict[str, Any]:
             state["slurm_state"] = q.stdout.strip() or "finished (not in the queue)"
     if "state" not in state:
         state["state"] = "submitted, not started yet" if "submission" in state else "unknown: nothing ran here"
+    elif state["state"] == "running" and state.get("host") == socket.gethostname() and not _pid_alive(state["pid"]):
+        # the driver died without a word (SIGKILL, out of memory, a reboot): nothing else would ever say so
+        state["state"] = f"driver gone: pid {state['pid']} on {state['host']} no longer runs (killed?); rerun to resume"
+        state["driver_gone"] = True
     return state
 
 

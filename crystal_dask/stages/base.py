@@ -6,7 +6,8 @@ A stage is a module with
     parse(cfg, experiment, where) -> settings   ... checked at load (errors name the key)
     steps(ctx: Context) -> Iterable[Step]       its units of work, asked for once every earlier stage is done
 
-A Step is skipped when the key recorded beside its outputs equals its key and every output exists; the key is
+A Step is skipped when the key recorded beside its outputs equals its key, every output exists and its `damage`
+check (if any) finds nothing; the key is
 everything its outputs depend on (inputs' identities and settings). Each stage alone knows where its files are:
 a later stage finds an earlier one's outputs through that stage's own path functions.
 """
@@ -39,6 +40,9 @@ class Step:
     key: str  # a fingerprint of the step's inputs and settings
     outputs: tuple[Path, ...]
     run: Callable[[], Any]
+    # what is wrong with the outputs, checked before skipping (e.g. damaged chunks): a step whose outputs are
+    # damaged is run again, however its key matches
+    damage: Callable[[], list[Any]] | None = None
 
 
 @dataclass

@@ -24,13 +24,15 @@ from crystal_dask.experiment import Experiment
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
 from crystal_dask.stages import scan
 from crystal_dask.stages.base import Context, Step, fingerprint
-from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, Dataset
+from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, ROW_ARRAYS, Dataset
 from crystal_dask.store.files import write_json
+from crystal_dask.store.integrity import check_chunk
 from crystal_dask.store.schema import PATCHES, REGIONS, REJECTS, conform, make_table, reject_row
 from crystal_dask.vocab import CLASSES, SPLITS
 from crystal_dask.wsi.patches import PatchSettings, plan_windows, render_patch
 from crystal_dask.wsi.slides import Slide, SlideError
 
+EXTRACT_ARRAYS = (PIXELS, *ROW_ARRAYS)  # the arrays this stage writes (and checks); later stages may add more
 _PLAN_KEYS = [f.name for f in PATCHES if f.name not in ("row", "level", "downsample")]
 NAME = "extract"
 log = logging.getLogger("crystal_dask.pipeline")
@@ -106,9 +108,10 @@ def extract_chunk(task: dict) -> dict:
     valid = label >= 0
     crystal = np.array([r["crystal"] for r in rows], dtype=bool) & valid
     split = np.array([SPLITS.index(r["split"]) for r in rows], dtype=np.int8)
-    Dataset(task["dataset"]).write_rows(task["start"], {PIXELS: pixels, "label": label, "crystal": crystal,
-                                                       "split": split})
-    result = {"chunk": task["chunk"], "rows": outcome}
+    written = Dataset(task["dataset"]).write_rows(task["start"], {PIXELS: pixels, "label": label, "crystal": crystal,
+                                                                 "split": split})
+    # the marker records each chunk file's size and hash: a rerun redoes a chunk whose files no longer match
+    result = {"chunk": task["chunk"], "rows": outcome, "files": written}
     write_json(marker, result, indent=None)
     return result
 
@@ -129,7 +132,12 @@ def extract(
     rows, rejects = plan(regions, settings)
     digest = plan_hash(rows, settings)
     if ds.complete() and ds.read_manifest().get("plan_hash") == digest:
-        return ds
+        damage = ds.verify(EXTRACT_ARRAYS) if ds.checksums.exists() else ["no checksums.json (an older dataset)"]
+        if not damage:
+            return ds
+        log.warning("extract %s: %d damaged chunk(s), re-extracting them: %s", ds.root, len(damage),
+                    "; ".join(map(str, damage[:5])))
+        ds.manifest.unlink(missing_ok=True)  # incomplete until the damaged chunks are written again
     c, p = settings.chunk_rows, settings.patch_size
     markers = ds.create(len(rows), settings.as_dict(), digest, c, {PIXELS: ((p, p), "uint8")})
     tasks = [
@@ -137,6 +145,9 @@ def extract(
          "dataset": str(ds.root), "marker": str(markers / f"chunk-{k:06d}.json")}
         for k, start in enumerate(range(0, len(rows), c))
     ]
+    for t in tasks:  # a chunk is done only while its files are as its marker recorded them
+        if Path(t["marker"]).exists() and _damaged(ds, json.loads(Path(t["marker"]).read_text())):
+            Path(t["marker"]).unlink()
     todo = [t for t in tasks if not Path(t["marker"]).exists()]
     if todo:
         with roomy_stage(client) as stage:
@@ -146,9 +157,10 @@ def extract(
                 show_progress(futures)
             client.gather(futures)
 
-    patches = []
+    patches, checksums = [], {}
     for t in tasks:
         done = json.loads(Path(t["marker"]).read_text())
+        checksums |= done["files"]
         for r, o in zip(t["rows"], done["rows"], strict=True):
             if "reject" in o:
                 rejects.append(reject_row(NAME, r["annotation"], f"region {r['region_id']}", o["reject"],
@@ -166,8 +178,15 @@ def extract(
         "rejects_extract": len(rejects), "rejects_total": all_rejects.num_rows, "chunks": len(tasks),
         "chunks_run": len(todo),
     }
-    ds.finish(make_table(PATCHES, patches), all_rejects, manifest)
+    ds.finish(make_table(PATCHES, patches), all_rejects, manifest, checksums)
     return ds
+
+
+def _damaged(ds: Dataset, done: dict) -> bool:
+    """Whether a done-marker's chunk files are missing or differ from what it recorded (or it recorded none)."""
+    if "files" not in done:
+        return True
+    return any(check_chunk(ds.zarr, key, rec, full=True) for key, rec in done["files"].items())
 
 
 # ----------------------------------------------------------------------------------------------- the stage
@@ -189,4 +208,6 @@ def steps(ctx: Context) -> Iterator[Step]:
                     show_progress=ctx.show_progress)
             log.info("extract %s: %s", c.name, json.dumps(ds.read_manifest()))
 
-        yield Step(f"{NAME}:{c.name}", key, (ds.manifest,), run)
+        # every chunk's hash, checked before the step may be skipped (xxh3: the cost of reading the files)
+        yield Step(f"{NAME}:{c.name}", key, (ds.manifest, ds.checksums), run,
+                   damage=lambda ds=ds: ds.verify(EXTRACT_ARRAYS))

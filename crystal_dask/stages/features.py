@@ -131,8 +131,8 @@ def feature_chunk(task: dict) -> dict:
                     why = str(exc) if isinstance(exc, FeatureError) else f"{type(exc).__name__}: {exc}"
                     outcome[i] = {"reject": why}
     ds = Dataset(task["dataset"])
-    ds.write_rows(task["start"], {**values, **{f"ok_{f}": ok for f in families}})
-    result = {"start": task["start"], "rows": outcome}
+    written = ds.write_rows(task["start"], {**values, **{f"ok_{f}": ok for f in families}})
+    result = {"start": task["start"], "rows": outcome, "checksums": written}  # recorded by the client, once
     write_json(marker, result, indent=None)
     return result
 
@@ -176,14 +176,16 @@ def compute(ds: Dataset, settings: FeatureSettings, client, show_progress=None) 
                 show_progress(futures)
             client.gather(futures)
     ds.sweep_partial_writes()
-    rejects = []
+    rejects, checksums = [], {}
     for t in tasks:
         done = json.loads(Path(t["marker"]).read_text())
+        checksums |= done["checksums"]
         for i, o in enumerate(done["rows"]):
             r = by_row.get(t["start"] + i)
             if r is not None and "reject" in o:
                 rejects.append(reject_row("features", r["annotation"], f"region {r['region_id']}", o["reject"],
                                           r["region_id"]))
+    ds.add_checksums(checksums)  # reads of these arrays are checked like the pixels
     write_table(make_table(REJECTS, rejects), ds.root / "features_rejects.parquet", REJECTS)
     reasons: dict[str, int] = defaultdict(int)
     for r in rejects:
@@ -222,7 +224,7 @@ def apply_pca(ds: Dataset, model: Any, client, key: str) -> None:
     with client.as_current():
         projected = ((data.astype(np.float32) - mean) @ components.T).compute()
     projected[~written] = 0
-    ds.write_rows(0, {PCA: projected, f"ok_{PCA}": written})
+    ds.add_checksums(ds.write_rows(0, {PCA: projected, f"ok_{PCA}": written}))
 
 
 # ---------------------------------------------------------------------------------------------- the stage

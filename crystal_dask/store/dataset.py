@@ -4,6 +4,8 @@
                             feature array), attributes: plan hash, classes, splits, settings, format version
     <root>/patches.parquet  one row per written patch (schema PATCHES)
     <root>/rejects.parquet  every region or window that was not written, with its reason (schema REJECTS)
+    <root>/checksums.json   size and xxh3-128 hash of every stored chunk file (store/integrity.py): checked
+                            before any chunk is read, so damaged chunks are refused, never read as zeros
     <root>/extract.json     the manifest: written last, so its presence means the dataset is complete
     <root>/.extract/<plan>/ done-markers of the chunks written so far (resume)
 
@@ -30,7 +32,9 @@ import pyarrow as pa
 import zarr
 from zarr.codecs import ZstdCodec
 
+from crystal_dask.store import integrity
 from crystal_dask.store.files import write_json
+from crystal_dask.store.integrity import Damage, DamagedDataError
 from crystal_dask.store.schema import PATCHES, REJECTS, read_table, write_table
 from crystal_dask.vocab import CLASSES, SPLITS
 
@@ -158,6 +162,10 @@ class Dataset:
     def manifest(self) -> Path:
         return self.root / "extract.json"
 
+    @property
+    def checksums(self) -> Path:
+        return self.root / integrity.CHECKSUMS
+
     def markers(self, digest: str) -> Path:
         return self.root / MARKERS / digest
 
@@ -177,7 +185,7 @@ class Dataset:
                 return markers
             shutil.rmtree(self.zarr)  # another plan's chunks are never mixed with this one's
         shutil.rmtree(self.root / MARKERS, ignore_errors=True)
-        for stale in (self.manifest, self.patches, self.rejects):
+        for stale in (self.manifest, self.patches, self.rejects, self.checksums):
             stale.unlink(missing_ok=True)
         markers.mkdir(parents=True)
         group = zarr.open_group(str(self.zarr), mode="w", zarr_format=3, attributes={
@@ -210,16 +218,22 @@ class Dataset:
             group.create_array(OK_PREFIX + name, shape=(n,), chunks=(chunk_rows,), dtype="bool", fill_value=False,
                                compressors=zstd, overwrite=True, dimension_names=("patch",))
 
-    def write_rows(self, start: int, values: Mapping[str, np.ndarray]) -> None:
-        """Write whole chunks of rows [start, start + n) of the named arrays (a task owns its chunks)."""
+    def write_rows(self, start: int, values: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
+        """Write whole chunks of rows [start, start + n) of the named arrays (a task owns its chunks); return the
+        written chunk files' checksums ({file under patches.zarr: [size, hash]}) for `finish`."""
         group = zarr.open_group(str(self.zarr), mode="r+")
         for name, v in values.items():
             # Whole chunks, always written: zarr's scan for all-fill chunks cost 9 ms per 2 MiB of pixels.
             group[name].with_config({"write_empty_chunks": True})[start:start + len(v)] = v
+        n = len(next(iter(values.values())))
+        return integrity.record_chunks(self.zarr, group, values, start, n)
 
-    def finish(self, patches: pa.Table, rejects: pa.Table, manifest: Mapping[str, Any]) -> None:
-        """Write the tables, then the manifest that marks the dataset complete."""
+    def finish(self, patches: pa.Table, rejects: pa.Table, manifest: Mapping[str, Any],
+               checksums: Mapping[str, list[Any]]) -> None:
+        """Write the tables and the chunks' checksums (as `write_rows` returned them), then the manifest that marks
+        the dataset complete."""
         self.sweep_partial_writes()
+        integrity.write_checksums(self.root, checksums)
         write_table(patches, self.patches, PATCHES)
         write_table(rejects, self.rejects, REJECTS)
         write_json(self.manifest, dict(manifest))
@@ -280,6 +294,7 @@ class Dataset:
         as float32."""
         for name in arrays:
             self._array(name)  # a clear error for an array the dataset does not have
+            self.check_rows(rows, name)  # damaged chunks are refused, naming the array, chunk and file
         if len(arrays) == 1:
             return ZarrRows(str(self.zarr), arrays[0], cache=cache)(rows, dtype)
         return np.hstack([ZarrRows(str(self.zarr), name, cache=cache)(rows, np.float32) for name in arrays])
@@ -293,8 +308,32 @@ class Dataset:
             out += list(names) if names else [f"{name}[{i}]" for i in range(int(np.prod(a.shape[1:])))]
         return out
 
+    def verify(self, arrays: Sequence[str] | None = None, chunks: Sequence[int] | None = None,
+               full: bool = True) -> list[Damage]:
+        """Damaged chunks of `arrays` (default: every array): missing, of another size than written, or (`full`)
+        with other bytes than written. Empty when all is well."""
+        return integrity.verify(self.root, self.zarr, self.group(), arrays, chunks, full)
+
+    def unchecked(self) -> list[str]:
+        """Arrays without any recorded checksum, which `verify` cannot check."""
+        return integrity.unchecked(self.root, self.group())
+
+    def add_checksums(self, chunks: Mapping[str, list[Any]]) -> None:
+        """Record the checksums of chunks written after `finish` (as `write_rows` returned them), e.g. a later
+        stage's arrays, so that reads of those arrays are checked too."""
+        integrity.write_checksums(self.root, {**integrity.load_checksums(self.root), **chunks})
+
+    def check_rows(self, rows: np.ndarray, array: str) -> None:
+        """Raise DamagedDataError unless every chunk of `array` holding `rows` is as it was written."""
+        c = self.group()[array].chunks[0]
+        damage = self.verify([array], np.unique(np.asarray(rows) // c).tolist())
+        if damage:
+            raise DamagedDataError(str(self.root), damage)
+
+
     def labels(self, rows: np.ndarray) -> np.ndarray:
         """Class indices (into CLASSES) of the given rows."""
+        self.check_rows(rows, "label")
         return self.group()["label"].get_orthogonal_selection(rows).astype(np.int64)
 
     def dask_view(self, rows: Sequence[int] | np.ndarray,
@@ -304,9 +343,30 @@ class Dataset:
         group = self.group()
         parts = []
         for name in arrays:
-            part = da.from_zarr(self._array(name))[rows]
+            part = self._verified(self._array(name))[rows]
             parts.append(part.reshape(part.shape[0], -1))  # whole rows per chunk: no rechunk
         data = parts[0] if len(parts) == 1 else da.concatenate([p.astype(np.float32) for p in parts],
                                                                axis=1).rechunk({1: -1})  # whole rows per block
-        labels = da.from_zarr(group["label"])[rows].rechunk((data.chunks[0],))
+        labels = self._verified(group["label"])[rows].rechunk((data.chunks[0],))
         return data, labels
+
+    def _verified(self, a: zarr.Array) -> da.Array:
+        """`a` as a dask array whose every block checks its chunk file's checksum before reading it."""
+        chunks = da.core.normalize_chunks(a.chunks, a.shape)
+        return da.map_blocks(_read_verified_chunk, str(self.root), a.path, dtype=a.dtype, chunks=chunks,
+                             meta=np.empty((0,) * a.ndim, a.dtype))
+
+
+def _read_verified_chunk(root: str, array: str, block_id: tuple[int, ...] | None = None) -> np.ndarray:
+    """One row-chunk of `array`, read (on a worker) only after its stored bytes matched their checksum."""
+    group_path = Path(root) / ZARR_NAME
+    a = zarr.open_array(str(group_path / array), mode="r")  # the array alone: opening the group costs more
+    k = block_id[0]
+    key = integrity.chunk_key(a, k, array)
+    recorded = integrity.load_checksums(Path(root))
+    problem = integrity.check_chunk(group_path, key, recorded.get(key), full=True) if integrity.unchecked(
+        Path(root), zarr.open_group(str(group_path), mode="r"), [array]) == [] else None
+    if problem is not None:
+        raise DamagedDataError(root, [Damage(array, k, str(group_path / key), problem)])
+    c = a.chunks[0]
+    return a[k * c:(k + 1) * c]

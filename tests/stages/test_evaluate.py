@@ -82,9 +82,15 @@ def test_memory_stays_bounded_on_a_set_larger_than_its_chunks(trained, tmp_path)
     for name in ("pixels", "label", "crystal", "split"):
         a = src[name]
         new = g.create_array(name, shape=(n0 * reps, *a.shape[1:]), chunks=a.chunks, dtype=a.dtype,
-                             fill_value=a.fill_value, compressors=a.compressors)
+                             fill_value=a.fill_value, compressors=a.compressors,
+                             config={"write_empty_chunks": True})  # every chunk a file, as extract writes them
         for k in range(reps):
             new[k * n0:(k + 1) * n0] = a[:]
+    # written by hand, so record the chunks' checksums as extract does: evaluation reads check them
+    from crystal_dask.store.integrity import record_chunks, write_checksums
+
+    write_checksums(big_root, record_chunks(big_root / "patches.zarr", g, ("pixels", "label", "crystal", "split"), 0,
+                                            n0 * reps))
     import pyarrow as pa
 
     from crystal_dask.store.schema import PATCHES, write_table

@@ -1,0 +1,101 @@
+"""One run per output folder (issue 9, class 3): a live holder's lock refuses a second run at once, naming its pid
+and host; a SIGKILLed run's lock is taken over; `status` says a SIGKILLed driver is gone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crystal_dask.runtime.lock import LOCK, LockedError, hold, read_lock
+from tests.helpers import child_env
+from tests.test_pipeline import tiny_job
+
+HOLDER = "import sys, time; from crystal_dask.runtime.lock import hold\nwith hold(sys.argv[1]):\n" \
+         "    print('held', flush=True); time.sleep(120)"
+
+
+def wait_for(predicate, seconds: float, what: str):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """End a process this test started and everything it started (its own session), by its id."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def test_a_live_holder_refuses_others_and_a_killed_ones_lock_is_taken_over(tmp_path, caplog):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True,
+                              env=child_env(), start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError, match=rf"pid {holder.pid} on host {socket.gethostname()}"):
+            with hold(out):
+                pass
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        kill_group(holder)
+    assert read_lock(out)["pid"] == holder.pid  # the dead run's lock file is still there ...
+    with hold(out), hold(out):  # ... and taken over (re-entrant within one process)
+        assert read_lock(out)["pid"] == os.getpid()
+    assert f"took over the stale lock of pid {holder.pid}" in caplog.text
+    assert not (out / LOCK).exists()  # released on exit
+
+
+def run_cmd(job: Path) -> list[str]:
+    return [sys.executable, "-m", "crystal_dask.cli", "run", str(job), "--no-progress"]
+
+
+@pytest.mark.slow
+def test_two_real_runs_on_one_folder_and_a_sigkilled_driver(tmp_path):
+    job = tiny_job(tmp_path)
+    out = tmp_path / "out"
+    first = subprocess.Popen(run_cmd(job), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(),
+                             start_new_session=True)
+    third = None
+    try:
+        wait_for(lambda: (read_lock(out) or {}).get("pid") == first.pid, 600, "the first run's lock")
+        second = subprocess.run(run_cmd(job), capture_output=True, text=True, env=child_env(), timeout=900)
+        assert second.returncode == 1, second.stderr
+        assert f"pid {first.pid} on host {socket.gethostname()}" in second.stderr
+        assert second.stderr.startswith("crystal-dask: error:") and "Traceback" not in second.stderr
+        # refused at once: before it started a cluster (no dashboard line), and the first run goes on
+        assert "dashboard:" not in second.stderr and first.poll() is None
+
+        wait_for(lambda: (out / "status.json").exists(), 600, "the first run's status.json")
+        os.kill(first.pid, signal.SIGKILL)  # the driver only, as an OOM killer would
+        first.wait(timeout=30)
+        status = subprocess.run([sys.executable, "-m", "crystal_dask.cli", "status", str(out), "--json"],
+                                capture_output=True, text=True, env=child_env(), timeout=600)
+        state = json.loads(status.stdout)
+        assert state["state"].startswith("driver gone") and state["driver_gone"], state
+        assert json.loads((out / "status.json").read_text())["state"] == "running"  # the file alone cannot say
+
+        third = subprocess.Popen(run_cmd(job), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 env=child_env(), start_new_session=True)
+        wait_for(lambda: (read_lock(out) or {}).get("pid") == third.pid, 600, "the third run taking the lock over")
+        said = [third.stderr.readline() for _ in range(3)]  # the warning comes before the job starts its cluster
+        assert any(f"took over the stale lock of pid {first.pid}" in line for line in said), said
+    finally:
+        kill_group(first)
+        if third is not None:
+            kill_group(third)
