@@ -30,7 +30,7 @@ from crystal_dask.store.files import write_json
 from crystal_dask.store.schema import PATCHES, REJECTS, read_table, write_table
 from crystal_dask.vocab import CLASSES, SPLITS
 
-FORMAT_VERSION = 3  # bump when the pixels (or their stored bytes) a plan produces change for the same settings
+FORMAT_VERSION = 4  # bump when the pixels (or their stored bytes) a plan produces change for the same settings
 ZARR_NAME = "patches.zarr"
 MARKERS = ".extract"
 PIXELS = "pixels"
