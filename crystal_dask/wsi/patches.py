@@ -176,14 +176,25 @@ def to_grey(rgb: np.ndarray, weights: str = "bt601") -> np.ndarray:
 BAND_PIXELS = 16 * 1024 * 1024
 
 
+def level_scale(slide: Slide, level: int) -> tuple[float, float]:
+    """Level-0 pixels per pixel of `level` along x and y. A level whose size is level 0's divided by a whole
+    number n and rounded (as scanners make them: Aperio's 4x level of a 2967 px side has 741) has exactly n;
+    the mean of the two size ratios (`Level.downsample`) would shift its far side by up to half a pixel."""
+    lvl, w0, h0 = slide.levels[level], slide.width, slide.height
+    n = round(lvl.downsample)
+    if n >= 1 and lvl.width in (w0 // n, -(-w0 // n)) and lvl.height in (h0 // n, -(-h0 // n)):
+        return float(n), float(n)
+    return w0 / lvl.width, h0 / lvl.height
+
+
 def decode_scale(slide: Slide, level: int, box: tuple[int, int, int, int], s: PatchSettings) -> int:
     """How many times the JPEG decoder may reduce `level` for this box: the largest of 8, 4, 2 that still leaves
     at least twice the output resolution across the box's shorter side (as the block averaging does), 1 when
     none does, when `decode` is exact, or when the level is not JPEG-tiled."""
     if s.decode != "fast":
         return 1
-    ds = slide.levels[level].downsample
-    room = min(box[2] - box[0], box[3] - box[1]) / ds / (2 * s.patch_size)
+    sx, sy = level_scale(slide, level)
+    room = min((box[2] - box[0]) / sx, (box[3] - box[1]) / sy) / (2 * s.patch_size)
     return next((f for f in jpeg.SCALES if f <= room and slide.can_scale(level, f)), 1)
 
 
@@ -196,8 +207,9 @@ def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: Patch
     """
     f = decode_scale(slide, level, box, s)
     fast = s.decode == "fast" and slide.can_scale(level, f)
-    unit = slide.levels[level].downsample * f  # level-0 pixels per decoded pixel
-    gx0, gy0, gx1, gy1 = (v / unit for v in box)
+    sx, sy = level_scale(slide, level)
+    ux, uy = sx * f, sy * f  # level-0 pixels per decoded pixel
+    gx0, gy0, gx1, gy1 = box[0] / ux, box[1] / uy, box[2] / ux, box[3] / uy
     ix0, iy0 = math.floor(gx0), math.floor(gy0)
     w, h = max(1, math.ceil(gx1) - ix0), max(1, math.ceil(gy1) - iy0)
     k = max(1, min(w, h) // (2 * s.patch_size))  # integer pre-reduction keeps >= 2x the output resolution
@@ -208,6 +220,8 @@ def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: Patch
     rh = max(h, min(-(-h // k) * k, -(-lvl.height // f) - iy0))
     w, h = -(-w // k) * k, -(-h // k) * k
     band = max(k, (BAND_PIXELS // max(w, 1)) // k * k)
+    if polygon is not None:  # in x-units throughout, so that one cell size serves both axes
+        polygon = (polygon[0], [v * ux / uy for v in polygon[1]])
     parts = []
     for by in range(0, h, band):
         bh = min(band, h - by)
@@ -219,7 +233,7 @@ def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: Patch
                    else slide.read(level, ix0, iy0 + by, rw, n))
             grey = to_grey(rgb, s.grey)
         if polygon is not None:
-            grey = _mask_outside(grey, polygon, ix0, iy0 + by, unit, s.background)
+            grey = _mask_outside(grey, polygon, ix0, iy0 + by, ux, s.background)
         if grey.shape != (bh, w):
             grey = np.pad(grey, ((0, bh - n), (0, w - rw)), mode="edge")
         if k > 1:
