@@ -67,6 +67,7 @@ class SlideJob:
     flavour: str
     quality: int
     encode_threads: int
+    kind: str = "small"  # small: painted whole (slide_writer); realistic: glass-and-tissue mosaic (realistic.py)
 
 
 # -------------------------------------------------------------------------------------------- planning
@@ -281,6 +282,8 @@ def render(job: SlideJob) -> dict:
     """Paint one slide, write its .svs and its annotation file; return what was written and the timings."""
     rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(1, job.index)))
     regions = place_regions(job.labels, job.width, job.height, rng)
+    if job.kind == "realistic":
+        return _render_realistic(job, regions, rng)
     start = time.perf_counter()
     image = paint_slide(job.width, job.height, [(r.label, r.x, r.y) for r in regions], job.flavour, rng)
     painted = time.perf_counter()
@@ -299,6 +302,23 @@ def render(job: SlideJob) -> dict:
             "paint_seconds": painted - start, "write_seconds": time.perf_counter() - painted}
 
 
+def _render_realistic(job: SlideJob, regions: list[Region], rng: np.random.Generator) -> dict:
+    from crystal_dask.synthetic.realistic import write_realistic_slide
+
+    start = time.perf_counter()
+    slide = Path(job.root) / job.slide
+    slide.parent.mkdir(parents=True, exist_ok=True)
+    written = write_realistic_slide(slide, job.width, job.height, regions, job.mpp, job.flavour, rng,
+                                    quality=job.quality, threads=job.encode_threads,
+                                    metadata={"ScanScope ID": "SS1302", "Filename": job.bname})
+    header = Header(job.bname, job.mpp, job.width, job.height, "breast")
+    annotation = Path(job.root) / job.annotation
+    (write_imagescope_xml if annotation.suffix == ".xml" else write_nedc_csv)(annotation, header, regions)
+    return {"slide": job.slide, "annotation": job.annotation, "bytes": written.nbytes,
+            "raw_bytes": written.raw_bytes, "encode_seconds": written.encode_seconds, "paint_seconds": 0.0,
+            "write_seconds": time.perf_counter() - start, "tissue_fraction": written.tissue_fraction}
+
+
 def generate_corpus(
     root: str | Path,
     *,
@@ -314,13 +334,17 @@ def generate_corpus(
     splits: Sequence[float] | None = SPLIT_FRACTIONS,
     quality: int = 80,
     workers: int = 2,
+    kind: str = "small",
 ) -> dict:
     """Write a synthetic corpus under `root` and a deterministic `corpus.json` manifest; return a summary.
 
     `splits` None writes the Fox Chase layout (no split folders). Slide sizes vary between 85% and 100% of
     `slide_size`; each slide has about `regions_per_slide` regions (Poisson) plus its share of the
-    `crystalline` ones. The summary adds timings to the manifest's counts.
+    `crystalline` ones. The summary adds timings to the manifest's counts. `kind` "realistic" writes
+    glass-and-tissue mosaics (realistic.py), meant for slide sizes like real scans (40,000-60,000 px a side).
     """
+    if kind not in ("small", "realistic"):
+        raise ValueError(f"unknown corpus kind {kind!r} (small or realistic)")
     root = Path(root)
     if (root / "svs").is_dir() and any((root / "svs").iterdir()):
         raise ValueError(f"{root} already holds a corpus (svs/ is not empty); give an empty or new folder")
@@ -328,12 +352,17 @@ def generate_corpus(
             "regions_per_slide": regions_per_slide, "crystalline": crystalline, "slide_size": list(slide_size),
             "mpp": mpp, "seed": seed, "xml_fraction": xml_fraction, "splits": list(splits) if splits else None,
             "quality": quality}
+    if kind != "small":  # only then, so that the small corpus's manifest stays byte-identical
+        args["kind"] = kind
     start = time.perf_counter()
     jobs = plan_corpus(root, flavour=flavour, patients=patients, slides_per_patient=slides_per_patient,
                        regions_per_slide=regions_per_slide, crystalline=crystalline, slide_size=slide_size,
                        mpp=mpp, seed=seed, xml_fraction=xml_fraction, splits=splits, quality=quality)
+    jobs = [SlideJob(**{**asdict(j), "kind": kind}) for j in jobs]
     root.mkdir(parents=True, exist_ok=True)
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1 and len(jobs) > 1 and kind == "realistic":  # one slide at a time, its mosaics on threads
+        results = [render(SlideJob(**{**asdict(j), "encode_threads": workers})) for j in jobs]
+    elif workers > 1 and len(jobs) > 1:
         warm_textures()  # forked workers inherit the texture fields instead of each computing them
         with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
             results = list(pool.map(render, jobs))
@@ -370,4 +399,5 @@ def generate_corpus(
             "bytes": sum(r["bytes"] for r in results), "seconds": seconds,
             "paint_seconds": sum(r["paint_seconds"] for r in results),
             "write_seconds": sum(r["write_seconds"] for r in results),
-            "encode_mb_per_s_per_thread": raw / 1e6 / max(encode, 1e-9)}
+            "encode_mb_per_s_per_thread": raw / 1e6 / max(encode, 1e-9),
+            **({"tissue_fraction": [round(r["tissue_fraction"], 3) for r in results]} if kind != "small" else {})}
