@@ -221,9 +221,13 @@ class _LevelReader:
                 continue  # sparse file: a missing segment is background
             try:
                 stream = jpeg.splice(tables, data, self.rgb_coded)
-                if jpeg.scalable(stream):
+                try:
+                    if not jpeg.scalable(stream):
+                        raise ValueError("frame not scalable")
                     tile = jpeg.decode_scaled(stream, scale, grey, (self.seg_h, self.seg_w))
-                else:  # a frame libjpeg-turbo does not scale (12-bit, lossless): decode fully, average blocks
+                except ValueError:
+                    # a frame libjpeg-turbo does not scale (12-bit, lossless), or one it refuses: the full decoder
+                    # decodes it (block means) or says, in its own words, what is wrong with it
                     tile = self._reduced(self.decode(data, index, **self.decodeargs)[0][0], scale, grey)
             except Exception as exc:
                 raise SlideError(f"{self.path}: {self.kind} {index} of level {self.index}: "
