@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         if args.stage == "extract":
             from crystal_dask.bench import extract as bench
 
-            result = bench.run(work, corpus_kind=args.corpus, modes=args.modes, patients=args.patients, slides_per_patient=args.slides_per_patient,
+            result = bench.run(work, corpus_kind=args.corpus, modes=args.modes, patients=args.patients,
+                               slides_per_patient=args.slides_per_patient,
                                regions_per_slide=args.regions_per_slide,
                                slide_size=tuple(args.slide_size) if args.slide_size else None,
                                chunk_rows=args.chunk_rows, repeats=args.repeats, seed=args.seed,

@@ -255,7 +255,8 @@ def render_patch(slide: Slide, box: tuple[int, int, int, int], s: PatchSettings,
     """One patch: read the box at the chosen level, greyscale, anti-aliased resize to patch_size, uint8.
 
     The resize samples the exact box, fractional origin and size included, at the read level (format 4; before,
-    the box was widened to whole level pixels, which shifted coarser levels by a fraction of a pixel). The resize is Pillow's bilinear filter on float32, whose support widens with the reduction (anti-aliased):
+    the box was widened to whole level pixels, which shifted coarser levels by a fraction of a pixel). The resize
+    is Pillow's bilinear filter on float32, whose support widens with the reduction (anti-aliased):
     4x faster than scikit-image's Gaussian pre-filter plus zoom, within 0.6 grey levels of it on average.
     """
     level = choose_level(slide, box[2] - box[0], box[3] - box[1], s)

@@ -107,7 +107,8 @@ def test_touched_tiles_are_the_tiles_under_each_box(small_scan):
 # ------------------------------------------------------------------------------------------------ benches
 def test_bench_extract_cli_prints_ratios_and_writes_json(tmp_path, capsys):
     out = tmp_path / "extract.json"
-    code = main(["bench", "extract", "--corpus", "small", "--modes", "default", "--patients", "2", "--slides-per-patient", "1", "--regions-per-slide", "6",
+    code = main(["bench", "extract", "--corpus", "small", "--modes", "default", "--patients", "2",
+                 "--slides-per-patient", "1", "--regions-per-slide", "6",
                  "--slide-size", "2400", "1800", "--chunk-rows", "8", "--repeats", "1",
                  "--workdir", str(tmp_path / "work"), "--json", str(out)])
     assert code == 0
@@ -119,11 +120,13 @@ def test_bench_extract_cli_prints_ratios_and_writes_json(tmp_path, capsys):
     r = json.loads(out.read_text())
     n = r["patches"]
     assert n == r["corpus"]["regions"] > 0 and sum(r["corpus"]["levels_read"].values()) == n
-    for key in ("openslide", "openslide_pool", "decode_1proc", "decode_2proc", "render_1proc", "crystal_dask_1w", "crystal_dask_2w"):
+    for key in ("openslide", "openslide_pool", "decode_1proc", "decode_2proc", "render_1proc", "crystal_dask_1w",
+                "crystal_dask_2w"):
         s = r["seconds"][key]
         assert len(s["values"]) == 1 and s["median"] > 0
         assert r["patches_per_s"][key]["median"] == pytest.approx(n / s["median"])
-    assert set(r["ratios"]) == {"vs_openslide", "vs_openslide_pool", "vs_decode_limit", "vs_decode_limit_1proc", "scaling",
+    assert set(r["ratios"]) == {"vs_openslide", "vs_openslide_pool", "vs_decode_limit", "vs_decode_limit_1proc",
+                                "scaling",
                                 "decode_scaling", "worker_vs_plain_process"}
     assert all(math.isfinite(v) and v > 0 for v in r["ratios"].values())
     assert r["ratios"]["vs_openslide"] == pytest.approx(

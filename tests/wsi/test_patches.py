@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from skimage.color import rgb2gray
 from PIL import Image
+from skimage.color import rgb2gray
 from skimage.measure import block_reduce
 
 from crystal_dask.synthetic.slide_writer import downsample, write_slide
