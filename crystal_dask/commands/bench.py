@@ -22,11 +22,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="stage", required=True)
     e = sub.add_parser("extract", help="patches/s on 1 and 2 workers vs an OpenSlide script and the decode limit")
-    e.add_argument("--patients", type=int, default=18, help="patients of the generated corpus (default 18)")
+    e.add_argument("--corpus", choices=("realistic", "small"), default="realistic",
+                   help="realistic: 50,000x40,000 px slides as real AT2 scans (default); small: 6,000x4,000 px")
+    e.add_argument("--modes", nargs="+", choices=("default", "level0"), default=["default", "level0"],
+                   help="region mode at the default level and/or at level 0 (default both)")
+    e.add_argument("--patients", type=int, default=None,
+                   help="patients of the generated corpus (default 2 realistic, 18 small)")
     e.add_argument("--slides-per-patient", type=int, default=2, help="(default 2)")
     e.add_argument("--regions-per-slide", type=int, default=14, help="average, as FCBR's 13.7 (default 14)")
-    e.add_argument("--slide-size", type=int, nargs=2, default=(6000, 4000), metavar=("W", "H"),
-                   help="largest level-0 slide size in pixels (default 6000 4000)")
+    e.add_argument("--slide-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help="largest level-0 slide size in pixels (default 50000 40000 realistic, 6000 4000 small)")
     e.add_argument("--chunk-rows", type=int, default=32,
                    help="patches per zarr chunk and task (default 32: enough tasks for 2 workers on this corpus)")
     e.add_argument("--profile", action="store_true", help="also print a cProfile of rendering the patches")
@@ -70,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
         if args.stage == "extract":
             from crystal_dask.bench import extract as bench
 
-            result = bench.run(work, patients=args.patients, slides_per_patient=args.slides_per_patient,
-                               regions_per_slide=args.regions_per_slide, slide_size=tuple(args.slide_size),
+            result = bench.run(work, corpus_kind=args.corpus, modes=args.modes, patients=args.patients,
+                               slides_per_patient=args.slides_per_patient,
+                               regions_per_slide=args.regions_per_slide,
+                               slide_size=tuple(args.slide_size) if args.slide_size else None,
                                chunk_rows=args.chunk_rows, repeats=args.repeats, seed=args.seed,
                                profile=args.profile, log=log)
         elif args.stage == "train":

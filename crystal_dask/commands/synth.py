@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of slides annotated in ImageScope xml instead of NEDC csv (default 0.2)")
     parser.add_argument("--quality", type=int, default=80, help="JPEG quality of the tiles (default 80)")
     parser.add_argument("--workers", type=int, default=2, help="processes painting slides (default 2)")
+    parser.add_argument("--kind", choices=("small", "realistic"), default="small",
+                        help="small: each slide painted whole (default); realistic: glass-and-tissue mosaics that "
+                             "write slides of real scanners' size (e.g. --slide-size 50000x40000) in seconds")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             regions_per_slide=args.regions_per_slide, crystalline=args.crystalline, slide_size=args.slide_size,
             mpp=args.mpp, seed=args.seed, xml_fraction=args.xml_fraction,
             splits=None if args.layout == "foxchase" else (0.5, 0.25, 0.25), quality=args.quality,
-            workers=args.workers)
+            workers=args.workers, kind=args.kind)
     except ValueError as exc:
         print(f"synth: {exc}", file=sys.stderr)
         return 2

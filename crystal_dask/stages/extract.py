@@ -8,6 +8,7 @@ Outputs: <out>/datasets/<corpus>/ (the dataset format), complete once its manife
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +31,8 @@ from crystal_dask.store.integrity import check_chunk
 from crystal_dask.store.schema import PATCHES, REGIONS, REJECTS, conform, make_table, reject_row
 from crystal_dask.vocab import CLASSES, SPLITS
 from crystal_dask.wsi.patches import PatchSettings, plan_windows, render_patch
-from crystal_dask.wsi.slides import Slide, SlideError
+from crystal_dask.wsi.slide_cache import cached_slide, close_stage
+from crystal_dask.wsi.slides import SlideError
 
 EXTRACT_ARRAYS = (PIXELS, *ROW_ARRAYS)  # the arrays this stage writes (and checks); later stages may add more
 _PLAN_KEYS = [f.name for f in PATCHES if f.name not in ("row", "level", "downsample")]
@@ -88,12 +90,13 @@ def extract_chunk(task: dict) -> dict:
         by_slide[r["slide"]].append(i)
     results: dict[int, dict] = {}
     for path, idx in by_slide.items():
-        try:
-            slide = Slide(path)
+        held = contextlib.ExitStack()
+        try:  # open across the stage's tasks on this worker
+            slide = held.enter_context(cached_slide(path, task["stage"]))
         except SlideError as exc:
             results |= {i: {"reject": f"slide unreadable: {exc}"} for i in idx}
             continue
-        with slide:
+        with held:
             for i in idx:
                 r = rows[i]
                 try:
@@ -152,10 +155,13 @@ def extract(
     if todo:
         with roomy_stage(client) as stage:
             bag = db.from_sequence([t | {"stage": stage} for t in todo], npartitions=len(todo)).map(extract_chunk)
-            futures = client.compute(bag.to_delayed())
-            if show_progress is not None:
-                show_progress(futures)
-            client.gather(futures)
+            try:
+                futures = client.compute(bag.to_delayed())
+                if show_progress is not None:
+                    show_progress(futures)
+                client.gather(futures)
+            finally:  # the workers' cached slides are closed with the stage
+                client.run(close_stage, stage, on_error="ignore")
 
     patches, checksums = [], {}
     for t in tasks:

@@ -12,8 +12,8 @@ Per slide, three kinds of Dask task (named for the dashboard):
     infer-export   the slide's grid -> PNGs, GeoJSON, region decisions, summary rows and scores.
 Each task opens its own slide (tifffile handles cannot be pickled) and leaves a done-marker under
 <slide>/.infer/<digest>/, so a rerun resumes block by block; another model, settings or slide file discards the
-slide's old outputs. No process holds a whole slide: a block reads its windows band by band (BAND_PIXELS), the
-tissue view is bounded by the thumbnail's side, and the export works on the window grid only.
+slide's old outputs. No process holds a whole slide: a block renders its windows one by one as extract does
+(large boxes are read in bands, patches.BAND_PIXELS), the tissue view is bounded by the thumbnail's side, and the export works on the window grid only.
 
 Settings: the job file's `infer:` section (see `InferSettings` and `parse`). Outputs: <out>/infer/<set>/<config>/
 (see `infer_slides`).
@@ -43,14 +43,13 @@ from crystal_dask.store.dataset import PIXELS
 from crystal_dask.store.files import write_atomic, write_json
 from crystal_dask.store.schema import INFER_SUMMARY, REGIONS, REJECTS, conform, make_table, reject_row, write_table
 from crystal_dask.vocab import CLASSES, SPLITS
-from crystal_dask.wsi.patches import WINDOW_UNITS, PatchSettings, choose_level, render_patch, window_px
+from crystal_dask.wsi.patches import WINDOW_UNITS, PatchSettings, render_patch, window_px
 from crystal_dask.wsi.slides import Slide, SlideError
 
 NAME = "infer"
 SECTION = "infer"
 N_CLASSES = len(CLASSES)
 FORMAT_VERSION = 1  # bump when the bytes a slide's outputs hold change for the same inputs
-BAND_PIXELS = 16 * 1024 * 1024  # level pixels read at once for a band of windows (48 MiB of RGB)
 DEFAULT_WINDOW = {"window_size": 500.0, "window_step": 500.0, "window_unit": "px", "magnification": None}
 MARKERS = ".infer"
 log = logging.getLogger("crystal_dask.pipeline")
@@ -172,86 +171,14 @@ def render_settings(model_manifest: Mapping[str, Any], settings: InferSettings) 
     return replace(ds, mode="window", **window), source
 
 
-class _BandView:
-    """A Slide stand-in that answers `read` from one band already read at one level (falling back to the slide),
-    so render_patch runs its own code on pixels decoded once for many windows."""
-
-    def __init__(self, slide: Slide, level: int, x: int, y: int, pixels: np.ndarray) -> None:
-        self.slide, self.level, self.x, self.y, self.pixels = slide, level, x, y, pixels
-        self.levels, self.path = slide.levels, slide.path
-
-    def best_level(self, *args: Any, **kwargs: Any) -> int:
-        return self.slide.best_level(*args, **kwargs)
-
-    def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        h, w = self.pixels.shape[:2]
-        dx, dy = x - self.x, y - self.y
-        if level == self.level and dx >= 0 and dy >= 0 and dx + width <= w and dy + height <= h:
-            return self.pixels[dy:dy + height, dx:dx + width].copy()  # a fresh array, as Slide.read returns
-        return self.slide.read(level, x, y, width, height)
-
-
-def _level_rect(box: np.ndarray, ds: float) -> tuple[int, int, int, int]:
-    """The level pixels read_grey reads for a level-0 box (x0, y0, x1, y1)."""
-    lx0, ly0 = math.floor(box[0] / ds), math.floor(box[1] / ds)
-    return lx0, ly0, lx0 + max(1, math.ceil(box[2] / ds) - lx0), ly0 + max(1, math.ceil(box[3] / ds) - ly0)
-
-
 def render_windows(slide: Slide, boxes: np.ndarray, s: PatchSettings) -> np.ndarray:
-    """(n, p, p) uint8: each level-0 box rendered by wsi.patches.render_patch with settings `s`, byte for byte,
-    but with the pixels of neighbouring windows read together in bands of at most BAND_PIXELS (each tile
-    decoded about once, where one read per window decodes a shared tile once per window)."""
+    """(n, p, p) uint8: each level-0 box rendered by wsi.patches.render_patch with settings `s`, byte for byte as
+    extract renders it (the same decoder path, scaled JPEG decoding included)."""
     boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
-    p = s.patch_size
-    out = np.zeros((len(boxes), p, p), np.uint8)
-    if not len(boxes):
-        return out
-    side_w, side_h = int(boxes[0, 2] - boxes[0, 0]), int(boxes[0, 3] - boxes[0, 1])
-    level = choose_level(slide, side_w, side_h, s)
-    ds = slide.levels[level].downsample
-    rects = np.array([_level_rect(b, ds) for b in boxes], np.int64)
-    # bands: windows in order of their top edge, grouped while the union rect stays within the budget; a band
-    # is split further where its windows leave a gap in x (sparse tissue)
-    order = np.lexsort((rects[:, 0], rects[:, 1]))
-    i = 0
-    while i < len(order):
-        j = i + 1
-        x0, y0, x1, y1 = rects[order[i]]
-        while j < len(order):
-            r = rects[order[j]]
-            nx0, ny0, nx1, ny1 = min(x0, r[0]), min(y0, r[1]), max(x1, r[2]), max(y1, r[3])
-            if (nx1 - nx0) * (ny1 - ny0) > BAND_PIXELS:
-                break
-            x0, y0, x1, y1 = nx0, ny0, nx1, ny1
-            j += 1
-        band = order[i:j]
-        for run in _x_runs(rects[band]):
-            idx = band[run]
-            rx0, ry0 = int(rects[idx, 0].min()), int(rects[idx, 1].min())
-            rx1, ry1 = int(rects[idx, 2].max()), int(rects[idx, 3].max())
-            if (rx1 - rx0) * (ry1 - ry0) > BAND_PIXELS:  # one window larger than the budget: read_grey bands it
-                view: Any = slide
-            else:
-                view = _BandView(slide, level, rx0, ry0, slide.read(level, rx0, ry0, rx1 - rx0, ry1 - ry0))
-            for k in idx:
-                out[k], _ = render_patch(view, tuple(int(v) for v in boxes[k]), s)
-        i = j
+    out = np.zeros((len(boxes), s.patch_size, s.patch_size), np.uint8)
+    for k, box in enumerate(boxes):
+        out[k], _ = render_patch(slide, tuple(int(v) for v in box), s)
     return out
-
-
-def _x_runs(rects: np.ndarray) -> list[np.ndarray]:
-    """Indices of rects grouped into runs whose x extents overlap or touch (a gap in x splits a band)."""
-    order = np.argsort(rects[:, 0], kind="stable")
-    runs, current, end = [], [order[0]], rects[order[0], 2]
-    for k in order[1:]:
-        if rects[k, 0] > end:
-            runs.append(np.array(current))
-            current, end = [], rects[k, 2]
-        current.append(k)
-        end = max(end, rects[k, 2])
-    runs.append(np.array(current))
-    return runs
-
 
 def window_matrix(slide: Slide, boxes: np.ndarray, model_manifest: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The model's input rows for level-0 windows of one slide, made as its training rows were, and which windows

@@ -69,6 +69,7 @@ class SlidePlan:
     flavour: str
     quality: int
     encode_threads: int
+    kind: str = "small"  # small: painted whole (slide_writer); realistic: glass-and-tissue mosaic (realistic.py)
 
 
 # -------------------------------------------------------------------------------------------- planning
@@ -274,6 +275,8 @@ def render(plan: SlidePlan) -> dict:
     """Paint one slide, write its .svs and its annotation file; return what was written and the timings."""
     rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(1, plan.index)))
     regions = place_regions(plan.labels, plan.width, plan.height, rng)
+    if plan.kind == "realistic":
+        return _render_realistic(plan, regions, rng)
     start = time.perf_counter()
     image = paint_slide(plan.width, plan.height, [(r.label, r.x, r.y) for r in regions], plan.flavour, rng)
     painted = time.perf_counter()
@@ -292,6 +295,23 @@ def render(plan: SlidePlan) -> dict:
             "paint_seconds": painted - start, "write_seconds": time.perf_counter() - painted}
 
 
+def _render_realistic(plan: SlidePlan, regions: list[Region], rng: np.random.Generator) -> dict:
+    from crystal_dask.synthetic.realistic import write_realistic_slide
+
+    start = time.perf_counter()
+    slide = Path(plan.root) / plan.slide
+    slide.parent.mkdir(parents=True, exist_ok=True)
+    written = write_realistic_slide(slide, plan.width, plan.height, regions, plan.mpp, plan.flavour, rng,
+                                    quality=plan.quality, threads=plan.encode_threads,
+                                    metadata={"ScanScope ID": "SS1302", "Filename": plan.bname})
+    header = Header(plan.bname, plan.mpp, plan.width, plan.height, "breast")
+    annotation = Path(plan.root) / plan.annotation
+    (write_imagescope_xml if annotation.suffix == ".xml" else write_nedc_csv)(annotation, header, regions)
+    return {"slide": plan.slide, "annotation": plan.annotation, "bytes": written.nbytes,
+            "raw_bytes": written.raw_bytes, "encode_seconds": written.encode_seconds, "paint_seconds": 0.0,
+            "write_seconds": time.perf_counter() - start, "tissue_fraction": written.tissue_fraction}
+
+
 def generate_corpus(
     root: str | Path,
     *,
@@ -307,13 +327,17 @@ def generate_corpus(
     splits: Sequence[float] | None = SPLIT_FRACTIONS,
     quality: int = 80,
     workers: int = 2,
+    kind: str = "small",
 ) -> dict:
     """Write a synthetic corpus under `root` and a deterministic `corpus.json` manifest; return a summary.
 
     `splits` None writes the Fox Chase layout (no split folders). Slide sizes vary between 85% and 100% of
     `slide_size`; each slide has about `regions_per_slide` regions (Poisson) plus its share of the
-    `crystalline` ones. The summary adds timings to the manifest's counts.
+    `crystalline` ones. The summary adds timings to the manifest's counts. `kind` "realistic" writes
+    glass-and-tissue mosaics (realistic.py), meant for slide sizes like real scans (40,000-60,000 px a side).
     """
+    if kind not in ("small", "realistic"):
+        raise ValueError(f"unknown corpus kind {kind!r} (small or realistic)")
     root = Path(root)
     if (root / "svs").is_dir() and any((root / "svs").iterdir()):
         raise ValueError(f"{root} already holds a corpus (svs/ is not empty); give an empty or new folder")
@@ -321,12 +345,17 @@ def generate_corpus(
             "regions_per_slide": regions_per_slide, "crystalline": crystalline, "slide_size": list(slide_size),
             "mpp": mpp, "seed": seed, "xml_fraction": xml_fraction, "splits": list(splits) if splits else None,
             "quality": quality}
+    if kind != "small":  # only then, so that the small corpus's manifest stays byte-identical
+        args["kind"] = kind
     start = time.perf_counter()
     plans = plan_corpus(root, flavour=flavour, patients=patients, slides_per_patient=slides_per_patient,
                        regions_per_slide=regions_per_slide, crystalline=crystalline, slide_size=slide_size,
                        mpp=mpp, seed=seed, xml_fraction=xml_fraction, splits=splits, quality=quality)
+    plans = [SlidePlan(**{**asdict(j), "kind": kind}) for j in plans]
     root.mkdir(parents=True, exist_ok=True)
-    if workers > 1 and len(plans) > 1:
+    if workers > 1 and len(plans) > 1 and kind == "realistic":  # one slide at a time, its mosaics on threads
+        results = [render(SlidePlan(**{**asdict(j), "encode_threads": workers})) for j in plans]
+    elif workers > 1 and len(plans) > 1:
         warm_textures()  # forked workers inherit the texture fields instead of each computing them
         with ProcessPoolExecutor(min(workers, len(plans))) as pool:
             results = list(pool.map(render, plans))
@@ -364,4 +393,5 @@ def generate_corpus(
             "bytes": sum(r["bytes"] for r in results), "seconds": seconds,
             "paint_seconds": sum(r["paint_seconds"] for r in results),
             "write_seconds": sum(r["write_seconds"] for r in results),
-            "encode_mb_per_s_per_thread": raw / 1e6 / max(encode, 1e-9)}
+            "encode_mb_per_s_per_thread": raw / 1e6 / max(encode, 1e-9),
+            **({"tissue_fraction": [round(r["tissue_fraction"], 3) for r in results]} if kind != "small" else {})}

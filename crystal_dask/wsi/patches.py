@@ -15,11 +15,15 @@ import numpy as np
 from PIL import Image
 
 from crystal_dask.checks import is_integer, is_number, reject_unknown_keys
+from crystal_dask.wsi import jpeg
 from crystal_dask.wsi.polygon import polygon_mask
 from crystal_dask.wsi.slides import Slide
 
 MODES = ("region", "window")
 WINDOW_UNITS = ("px", "um")
+DECODES = ("fast", "exact")
+# luma weights: BT.601 is PIL's convert("L"), OpenCV's and a JPEG's own Y channel; BT.709 is skimage's rgb2gray
+GREY_WEIGHTS = {"bt601": (0.299, 0.587, 0.114), "bt709": (0.2125, 0.7154, 0.0721)}
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class PatchSettings:
     mask_outside: bool = False  # fill pixels outside the polygon with `background`
     background: int = 255  # fill value (RGB white glass)
     chunk_rows: int = 64  # patches per zarr chunk, and per task
+    decode: str = "fast"  # fast: JPEG tiles decoded reduced (1/2..1/8) and luma-only; exact: every tile in full
+    grey: str = "bt601"  # luma weights: bt601 (PIL, OpenCV, JPEG's Y) or bt709 (scikit-image, before format 4)
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ValueError:
@@ -45,6 +51,10 @@ class PatchSettings:
 
         if self.mode not in MODES:
             raise bad("mode", f"must be one of {', '.join(MODES)}")
+        if self.decode not in DECODES:
+            raise bad("decode", f"must be one of {', '.join(DECODES)}")
+        if self.grey not in GREY_WEIGHTS:
+            raise bad("grey", f"must be one of {', '.join(GREY_WEIGHTS)}")
         if self.window_unit not in WINDOW_UNITS:
             raise bad("window_unit", f"must be one of {', '.join(WINDOW_UNITS)}")
         def number(v: Any) -> bool:
@@ -153,9 +163,9 @@ def choose_level(slide: Slide, box_w: int, box_h: int, s: PatchSettings) -> int:
     return slide.best_level(box_w, box_h, s.min_side)
 
 
-def to_grey(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 709 luma (skimage's rgb2gray weights) as float32 in 0..255."""
-    return rgb.astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
+def to_grey(rgb: np.ndarray, weights: str = "bt601") -> np.ndarray:
+    """Luma of an RGB array as float32 in 0..255 with the weights named in GREY_WEIGHTS."""
+    return rgb.astype(np.float32) @ np.array(GREY_WEIGHTS[weights], dtype=np.float32)
 
 
 # Bound on the pixels decoded at once for one box: larger boxes are read in bands and block-averaged first,
@@ -163,35 +173,77 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
 BAND_PIXELS = 16 * 1024 * 1024
 
 
+def level_scale(slide: Slide, level: int) -> tuple[float, float]:
+    """Level-0 pixels per pixel of `level` along x and y. A level whose size is level 0's divided by a whole
+    number n and rounded (as scanners make them: Aperio's 4x level of a 2967 px side has 741) has exactly n;
+    the mean of the two size ratios (`Level.downsample`) would shift its far side by up to half a pixel."""
+    lvl, w0, h0 = slide.levels[level], slide.width, slide.height
+    n = round(lvl.downsample)
+    if n >= 1 and lvl.width in (w0 // n, -(-w0 // n)) and lvl.height in (h0 // n, -(-h0 // n)):
+        return float(n), float(n)
+    return w0 / lvl.width, h0 / lvl.height
+
+
+def decode_scale(slide: Slide, level: int, box: tuple[int, int, int, int], s: PatchSettings) -> int:
+    """How many times the JPEG decoder may reduce `level` for this box: the largest of 8, 4, 2 that still leaves
+    at least twice the output resolution across the box's shorter side (as the block averaging does), 1 when
+    none does, when `decode` is exact, or when the level is not JPEG-tiled."""
+    if s.decode != "fast":
+        return 1
+    sx, sy = level_scale(slide, level)
+    room = min((box[2] - box[0]) / sx, (box[3] - box[1]) / sy) / (2 * s.patch_size)
+    return next((f for f in jpeg.SCALES if f <= room and slide.can_scale(level, f)), 1)
+
+
 def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: PatchSettings,
-              polygon: tuple[list[float], list[float]] | None) -> np.ndarray:
-    """Greyscale float32 image of a level-0 box read at `level`, block-averaged in bands when it is large."""
-    ds = slide.levels[level].downsample
-    x0, y0, x1, y1 = box
-    lx0, ly0 = math.floor(x0 / ds), math.floor(y0 / ds)
-    w, h = max(1, math.ceil(x1 / ds) - lx0), max(1, math.ceil(y1 / ds) - ly0)
+              polygon: tuple[list[float], list[float]] | None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Greyscale float32 image covering a level-0 box read at `level`, block-averaged in bands when it is large,
+    and where the exact box lies in it: (image, (left, top, right, bottom)) in the image's fractional pixels.
+
+    The fast path decodes JPEG tiles reduced in the DCT domain (`decode_scale`) and, for BT.601, luma only.
+    """
+    f = decode_scale(slide, level, box, s)
+    fast = s.decode == "fast" and slide.can_scale(level, f)
+    sx, sy = level_scale(slide, level)
+    ux, uy = sx * f, sy * f  # level-0 pixels per decoded pixel
+    gx0, gy0, gx1, gy1 = box[0] / ux, box[1] / uy, box[2] / ux, box[3] / uy
+    ix0, iy0 = math.floor(gx0), math.floor(gy0)
+    w, h = max(1, math.ceil(gx1) - ix0), max(1, math.ceil(gy1) - iy0)
     k = max(1, min(w, h) // (2 * s.patch_size))  # integer pre-reduction keeps >= 2x the output resolution
+    # whole blocks that cover the exact box; their extra pixels come from the slide where it has them, else they
+    # repeat the edge (white from beyond the level's edge would bleed into the last block)
+    lvl = slide.levels[level]
+    rw = max(w, min(-(-w // k) * k, -(-lvl.width // f) - ix0))
+    rh = max(h, min(-(-h // k) * k, -(-lvl.height // f) - iy0))
+    w, h = -(-w // k) * k, -(-h // k) * k
     band = max(k, (BAND_PIXELS // max(w, 1)) // k * k)
+    if polygon is not None:  # in x-units throughout, so that one cell size serves both axes
+        polygon = (polygon[0], [v * ux / uy for v in polygon[1]])
     parts = []
     for by in range(0, h, band):
         bh = min(band, h - by)
-        rgb = slide.read(level, lx0, ly0 + by, w, bh)
+        n = min(bh, rh - by)
+        if fast and s.grey == "bt601":  # the decoder's own grey: a JPEG's Y channel, or BT.601 of RGB data
+            grey = slide.read_scaled(level, ix0, iy0 + by, rw, n, f, grey=True).astype(np.float32)
+        else:
+            rgb = (slide.read_scaled(level, ix0, iy0 + by, rw, n, f, grey=False) if fast
+                   else slide.read(level, ix0, iy0 + by, rw, n))
+            grey = to_grey(rgb, s.grey)
         if polygon is not None:
-            rgb = _mask_outside(rgb, polygon, lx0, ly0 + by, ds, s.background)
-        grey = to_grey(rgb)
+            grey = _mask_outside(grey, polygon, ix0, iy0 + by, ux, s.background)
+        if grey.shape != (bh, w):
+            grey = np.pad(grey, ((0, bh - n), (0, w - rw)), mode="edge")
         if k > 1:
-            hh, ww = (bh // k) * k, (w // k) * k
-            if hh == 0:
-                continue
-            grey = grey[:hh, :ww].reshape(hh // k, k, ww // k, k).mean(axis=(1, 3))
+            grey = grey.reshape(bh // k, k, w // k, k).mean(axis=(1, 3))
         parts.append(grey)
-    return np.concatenate(parts, axis=0)
+    where = ((gx0 - ix0) / k, (gy0 - iy0) / k, (gx1 - ix0) / k, (gy1 - iy0) / k)
+    return np.concatenate(parts, axis=0), where
 
 
-def _mask_outside(rgb: np.ndarray, polygon, lx0: int, ly0: int, ds: float, background: int) -> np.ndarray:
-    inside = cell_mask(polygon[0], polygon[1], lx0 * ds, ly0 * ds, ds, rgb.shape[:2])
-    out = np.full_like(rgb, background)
-    out[inside] = rgb[inside]
+def _mask_outside(grey: np.ndarray, polygon, lx0: int, ly0: int, unit: float, background: int) -> np.ndarray:
+    inside = cell_mask(polygon[0], polygon[1], lx0 * unit, ly0 * unit, unit, grey.shape[:2])
+    out = np.full_like(grey, background)
+    out[inside] = grey[inside]
     return out
 
 
@@ -199,11 +251,13 @@ def render_patch(slide: Slide, box: tuple[int, int, int, int], s: PatchSettings,
                  polygon: tuple[list[float], list[float]] | None = None) -> tuple[np.ndarray, int]:
     """One patch: read the box at the chosen level, greyscale, anti-aliased resize to patch_size, uint8.
 
-    The resize is Pillow's bilinear filter on float32, whose support widens with the reduction (anti-aliased):
+    The resize samples the exact box, fractional origin and size included, at the read level (format 4; before,
+    the box was widened to whole level pixels, which shifted coarser levels by a fraction of a pixel). The resize
+    is Pillow's bilinear filter on float32, whose support widens with the reduction (anti-aliased):
     4x faster than scikit-image's Gaussian pre-filter plus zoom, within 0.6 grey levels of it on average.
     """
     level = choose_level(slide, box[2] - box[0], box[3] - box[1], s)
-    grey = read_grey(slide, level, box, s, polygon if s.mask_outside else None)
+    grey, where = read_grey(slide, level, box, s, polygon if s.mask_outside else None)
     image = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32))  # mode "F"
-    out = np.asarray(image.resize((s.patch_size, s.patch_size), Image.Resampling.BILINEAR))
+    out = np.asarray(image.resize((s.patch_size, s.patch_size), Image.Resampling.BILINEAR, box=where))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), level

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from crystal_dask.wsi import jpeg
+
 __all__ = ["Level", "Slide", "SlideError", "slide_info"]
 
 # plausible pixel sizes for a microscope slide; outside this, resolution tags are scanner/encoder defaults
@@ -134,6 +136,10 @@ class _LevelReader:
             raise SlideError(f"{where} uses compression {_compression_name(self.compression)}, "
                              f"which cannot be decoded here: {exc}") from exc
         self.decodeargs = {"jpegtables": page.jpegtables, "jpegheader": key.jpegheader, "_fullsize": self.tiled}
+        # reduced decoding (jpeg.py): new-style JPEG tiles, interleaved, greyscale or 3 colour samples
+        self.scalable = (jpeg.available() and self.compression == 7 and self.tiled and not self.separate
+                         and samples in (1, 3))
+        self.rgb_coded = photometric == tifffile.PHOTOMETRIC.RGB
 
     @property
     def kind(self) -> str:
@@ -188,6 +194,57 @@ class _LevelReader:
                 dst[..., plane] = src[..., 0]
             else:
                 dst[...] = src[..., :3]
+
+
+    def paste_scaled(self, fh: Any, lock: threading.RLock, out: np.ndarray, x: int, y: int, scale: int,
+                     grey: bool) -> None:
+        """As `paste`, in pixels of this level reduced `scale` times (pixel (x, y) covers level pixels
+        [x * scale, (x + 1) * scale)): each JPEG tile is decoded at 1/scale in the DCT domain, as BT.601 grey
+        (`out` 2-D) or RGB. Only for levels with `scalable` set and tiles divisible by `scale`."""
+        h, w = out.shape[:2]
+        tw, th = self.seg_w // scale, self.seg_h // scale
+        width, height = -(-self.width // scale), -(-self.height // scale)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+        if x0 >= x1 or y0 >= y1:
+            return
+        rows, cols = range(y0 // th, (y1 - 1) // th + 1), range(x0 // tw, (x1 - 1) // tw + 1)
+        indices = [r * self.nx + c for r in rows for c in cols]
+        try:
+            segments = list(fh.read_segments([self.offsets[i] for i in indices],
+                                             [self.bytecounts[i] for i in indices],
+                                             indices=indices, sort=True, lock=lock, flat=True))
+        except Exception as exc:
+            raise SlideError(f"{self.path}: reading {self.kind}s of level {self.index} failed: {exc}") from exc
+        tables = self.decodeargs["jpegtables"]
+        for data, index in segments:
+            if data is None:
+                continue  # sparse file: a missing segment is background
+            try:
+                stream = jpeg.splice(tables, data, self.rgb_coded)
+                try:
+                    if not jpeg.scalable(stream):
+                        raise ValueError("frame not scalable")
+                    tile = jpeg.decode_scaled(stream, scale, grey, (self.seg_h, self.seg_w))
+                except ValueError:
+                    # a frame libjpeg-turbo does not scale (12-bit, lossless), or one it refuses: the full decoder
+                    # decodes it (block means) or says, in its own words, what is wrong with it
+                    tile = self._reduced(self.decode(data, index, **self.decodeargs)[0][0], scale, grey)
+            except Exception as exc:
+                raise SlideError(f"{self.path}: {self.kind} {index} of level {self.index}: "
+                                 f"{_compression_name(self.compression)} decode failed: {exc}") from exc
+            sy, sx = (index // self.nx) * th, (index % self.nx) * tw
+            oy0, ox0 = max(sy, y0), max(sx, x0)
+            oy1, ox1 = min(sy + tile.shape[0], y1), min(sx + tile.shape[1], x1)
+            if oy0 < oy1 and ox0 < ox1:
+                out[oy0 - y:oy1 - y, ox0 - x:ox1 - x] = tile[oy0 - sy:oy1 - sy, ox0 - sx:ox1 - sx]
+
+    def _reduced(self, segment: np.ndarray, scale: int, grey: bool) -> np.ndarray:
+        rgb = np.repeat(segment[..., :1], 3, axis=-1) if self.grey else segment[..., :3]
+        h, w = (rgb.shape[0] // scale) * scale, (rgb.shape[1] // scale) * scale
+        small = rgb[:h, :w].reshape(h // scale, scale, w // scale, scale, 3).mean(axis=(1, 3))
+        if grey:
+            small = small @ np.array([0.299, 0.587, 0.114])
+        return np.clip(np.rint(small), 0, 255).astype(np.uint8)
 
 
 def _is_level_of(page: Any, base: Any, previous: Any) -> bool:
@@ -293,6 +350,25 @@ class Slide:
             raise ValueError(f"{self.path}: empty region {width}x{height} at ({x}, {y}) of level {level}")
         out = np.full((height, width, 3), 255, np.uint8)
         self._readers[level].paste(self._tif.filehandle, self._lock, out, x, y)
+        return out
+
+    def can_scale(self, level: int, scale: int) -> bool:
+        """True when `read_scaled(level, ..., scale)` decodes `level` reduced in the DCT domain (JPEG tiles)."""
+        self._check_level(level)
+        r = self._readers[level]
+        return r.scalable and scale in jpeg.SCALES and r.seg_w % scale == 0 and r.seg_h % scale == 0
+
+    def read_scaled(self, level: int, x: int, y: int, width: int, height: int, scale: int,
+                    grey: bool) -> np.ndarray:
+        """A rectangle of `level` reduced `scale` times by the JPEG decoder, in reduced pixels ((x, y) covers
+        level pixels [x * scale, (x + 1) * scale)): (height, width) uint8 BT.601 grey when `grey`, else
+        (height, width, 3) RGB; outside the level is white. Needs `can_scale(level, scale)`."""
+        if not self.can_scale(level, scale):
+            raise ValueError(f"{self.path}: level {level} cannot be decoded at 1/{scale}")
+        if width <= 0 or height <= 0:
+            raise ValueError(f"{self.path}: empty region {width}x{height} at ({x}, {y}) of level {level}")
+        out = np.full((height, width) if grey else (height, width, 3), 255, np.uint8)
+        self._readers[level].paste_scaled(self._tif.filehandle, self._lock, out, x, y, scale, grey)
         return out
 
     def read_box(self, x0: int, y0: int, x1: int, y1: int, level: int) -> np.ndarray:

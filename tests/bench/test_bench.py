@@ -107,22 +107,26 @@ def test_touched_tiles_are_the_tiles_under_each_box(small_scan):
 # ------------------------------------------------------------------------------------------------ benches
 def test_bench_extract_cli_prints_ratios_and_writes_json(tmp_path, capsys):
     out = tmp_path / "extract.json"
-    code = main(["bench", "extract", "--patients", "2", "--slides-per-patient", "1", "--regions-per-slide", "6",
+    code = main(["bench", "extract", "--corpus", "small", "--modes", "default", "--patients", "2",
+                 "--slides-per-patient", "1", "--regions-per-slide", "6",
                  "--slide-size", "2400", "1800", "--chunk-rows", "8", "--repeats", "1",
                  "--workdir", str(tmp_path / "work"), "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     for line in ("crystal_dask 2 workers / openslide script", "crystal_dask 2 workers / decode limit on 2 processes",
+                 "crystal_dask 2 workers / openslide Pool(2) script", "openslide Pool(2) script (handle cache",
                  "scaling: crystal_dask 2 workers / 1 worker", "openslide script (1 process, level 0)"):
         assert line in printed
     r = json.loads(out.read_text())
     n = r["patches"]
     assert n == r["corpus"]["regions"] > 0 and sum(r["corpus"]["levels_read"].values()) == n
-    for key in ("openslide", "decode_1proc", "decode_2proc", "render_1proc", "crystal_dask_1w", "crystal_dask_2w"):
+    for key in ("openslide", "openslide_pool", "decode_1proc", "decode_2proc", "render_1proc", "crystal_dask_1w",
+                "crystal_dask_2w"):
         s = r["seconds"][key]
         assert len(s["values"]) == 1 and s["median"] > 0
         assert r["patches_per_s"][key]["median"] == pytest.approx(n / s["median"])
-    assert set(r["ratios"]) == {"vs_openslide", "vs_decode_limit", "vs_decode_limit_1proc", "scaling",
+    assert set(r["ratios"]) == {"vs_openslide", "vs_openslide_pool", "vs_decode_limit", "vs_decode_limit_1proc",
+                                "scaling",
                                 "decode_scaling", "worker_vs_plain_process"}
     assert all(math.isfinite(v) and v > 0 for v in r["ratios"].values())
     assert r["ratios"]["vs_openslide"] == pytest.approx(
@@ -134,6 +138,11 @@ def test_bench_extract_cli_prints_ratios_and_writes_json(tmp_path, capsys):
     assert all(30 * MIB < v < 4 * GIB for proc in mem.values() for v in proc.values())
     # the script and crystal_dask read the same boxes: the patches differ only by resampling
     assert r["pixel_mean_abs_diff_vs_openslide"] < 20
+    assert r["ratios"]["vs_openslide_pool"] == pytest.approx(
+        r["patches_per_s"]["crystal_dask_2w"]["median"] / r["patches_per_s"]["openslide_pool"]["median"])
+    assert r["pixel_mean_abs_diff_vs_openslide_pool"] < 20
+    assert set(r["modes"]) == {"default"} and r["modes"]["default"]["ratios"] == r["ratios"]
+    assert set(r["targets"]) == {"vs_openslide_pool", "vs_decode_limit", "scaling", "worker_mib"}
 
 
 @pytest.fixture(scope="module")

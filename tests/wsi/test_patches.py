@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 from skimage.color import rgb2gray
 from skimage.measure import block_reduce
 
@@ -66,14 +67,14 @@ def test_settings_defaults_config_and_round_trip():
     assert PatchSettings(**s.as_dict()) == s
     assert set(s.as_dict()) == {"mode", "patch_size", "min_side", "level", "window_size", "window_step",
                                 "window_unit", "magnification", "min_overlap", "mask_outside", "background",
-                                "chunk_rows"}
+                                "chunk_rows", "decode", "grey"}
 
 
 @pytest.mark.parametrize("key, value", [
     ("mode", "tile"), ("window_unit", "mm"), ("patch_size", 0), ("patch_size", 256.0), ("min_side", -1),
     ("chunk_rows", 0), ("level", -1), ("level", 1.5), ("window_size", 0), ("window_size", float("nan")),
     ("window_step", -5), ("magnification", 0), ("min_overlap", 0), ("min_overlap", 1.5), ("background", 256),
-    ("background", -1),
+    ("background", -1), ("decode", "turbo"), ("decode", True), ("grey", "bt2020"), ("grey", None),
 ])
 def test_invalid_settings_name_the_key_and_value(key, value):
     with pytest.raises(ValueError, match=rf"^extract\.{key}: .*got {re.escape(repr(value))}$"):
@@ -190,39 +191,48 @@ def test_choose_level_honours_a_fixed_level(uniform):
 
 
 # ------------------------------------------------------------------------------------------------ pixels
-def test_to_grey_matches_skimage():
+BT709 = PatchSettings(grey="bt709")  # skimage's weights, which `luma` computes independently
+
+
+def test_to_grey_matches_skimage_for_bt709_and_pil_for_bt601():
     rgb = np.random.default_rng(3).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    grey = to_grey(rgb)
+    grey = to_grey(rgb, "bt709")
     assert grey.dtype == np.float32 and grey.shape == (5, 7)
     np.testing.assert_allclose(grey, luma(rgb), atol=1e-3)
-    np.testing.assert_allclose(to_grey(np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)),
+    np.testing.assert_allclose(to_grey(np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8), "bt709"),
                                [0.2125 * 255, 0.7154 * 255, 0.0721 * 255], rtol=1e-6)
+    # the default is BT.601: PIL's convert("L") rounds the same sum (ITU-R 601-2: L = R*299/1000 + ...)
+    pil = np.asarray(Image.fromarray(rgb).convert("L")).astype(np.float32)
+    assert np.abs(to_grey(rgb) - pil).max() <= 0.5 + 1e-3
 
 
 def test_read_grey_small_box_at_level_0(noisy):
     path, levels = noisy
     with Slide(path) as slide:
-        got = read_grey(slide, 0, (37, 51, 127, 121), PatchSettings(), None)
-    assert got.dtype == np.float32 and got.shape == (70, 90)
+        got, where = read_grey(slide, 0, (37, 51, 127, 121), BT709, None)
+    assert got.dtype == np.float32 and got.shape == (70, 90) and where == (0, 0, 90, 70)
     np.testing.assert_allclose(got, luma(levels[0][51:121, 37:127]), atol=1e-3)
 
 
-def test_read_grey_widens_to_whole_pixels_of_a_coarser_level(noisy):
+def test_read_grey_covers_the_exact_box_at_a_coarser_level(noisy):
     path, levels = noisy
     with Slide(path) as slide:
-        got = read_grey(slide, 2, (10, 6, 203, 101), PatchSettings(), None)
+        got, where = read_grey(slide, 2, (10, 6, 203, 101), BT709, None)
     # downsample 4: columns floor(10/4)=2 .. ceil(203/4)=51, rows floor(6/4)=1 .. ceil(101/4)=26
     np.testing.assert_allclose(got, luma(levels[2][1:26, 2:51]), atol=1e-3)
+    # and the box itself, fractional, inside those pixels: 10/4 - 2, 6/4 - 1, 203/4 - 2, 101/4 - 1
+    np.testing.assert_allclose(where, (0.5, 0.5, 48.75, 24.25))
 
 
 def test_read_grey_block_averages_large_boxes(noisy):
     path, levels = noisy
     with Slide(path) as slide:
-        got = read_grey(slide, 0, (20, 30, 350, 230), PatchSettings(patch_size=16), None)
-    # box 330x200, k = 200 // (2 * 16) = 6: mean of 6x6 blocks, trailing partial blocks dropped
-    crop = luma(levels[0][30:30 + 198, 20:20 + 330])
-    assert got.shape == (33, 55)
+        got, where = read_grey(slide, 0, (20, 30, 350, 230), PatchSettings(patch_size=16, grey="bt709"), None)
+    # box 330x200, k = 200 // (2 * 16) = 6: mean of 6x6 blocks, rows padded to whole blocks (204)
+    crop = luma(levels[0][30:30 + 204, 20:20 + 330])
+    assert got.shape == (34, 55)
     np.testing.assert_allclose(got, block_reduce(crop, (6, 6), np.mean), atol=1e-3)
+    np.testing.assert_allclose(where, (0, 0, 55, 200 / 6))
 
 
 def counted_reads(slide: Slide, monkeypatch) -> list[tuple]:
@@ -246,10 +256,10 @@ def test_banded_read_equals_one_band(noisy, monkeypatch, patch_size, rows_per_ba
     s = PatchSettings(patch_size=patch_size, background=40)
     polygon = ([40, 330, 200, 25], [35, 60, 225, 150]) if masked else None
     with Slide(path) as slide:
-        whole = read_grey(slide, 0, box, s, polygon)
+        whole, _ = read_grey(slide, 0, box, s, polygon)
         monkeypatch.setattr(patches, "BAND_PIXELS", 330 * rows_per_band + 5)
         calls = counted_reads(slide, monkeypatch)
-        banded = read_grey(slide, 0, box, s, polygon)
+        banded, _ = read_grey(slide, 0, box, s, polygon)
     # band rows: rows_per_band rounded down to a multiple of k (6 -> 6 and 12 rows, 1 -> 7 rows)
     assert len(calls) == bands
     assert banded.shape == whole.shape
@@ -271,7 +281,7 @@ def test_mask_outside_keeps_inside_and_fills_outside(noisy, level, ds):
     path, levels = noisy
     box, polygon = (100, 100, 300, 260), ([150, 250, 250, 150], [120, 120, 200, 200])
     with Slide(path) as slide:
-        got = read_grey(slide, level, box, PatchSettings(background=17), polygon)
+        got, _ = read_grey(slide, level, box, PatchSettings(background=17, grey="bt709"), polygon)
     b = [v // ds for v in box]
     rgb = levels[level][b[1]:b[3], b[0]:b[2]]
     rect = (50 // ds, 20 // ds, 150 // ds, 100 // ds)  # the polygon in the box's level pixels
@@ -287,11 +297,12 @@ def test_mask_outside_keeps_inside_and_fills_outside(noisy, level, ds):
     ((1700, 1200, 2000, 1500), PatchSettings(level=0), 0),  # 300 px upsized to 256
     ((0, 0, 2048, 1536), PatchSettings(min_side=64, patch_size=32), 2),
 ])
-def test_uniform_slide_renders_its_grey_everywhere(uniform, box, s, level):
-    grey = np.rint(luma(np.array([[COLOUR]]))[0, 0])  # 131.232 -> 131
+@pytest.mark.parametrize("decode", ["fast", "exact"])
+def test_uniform_slide_renders_its_grey_everywhere(uniform, box, s, level, decode):
+    grey = round(0.299 * COLOUR[0] + 0.587 * COLOUR[1] + 0.114 * COLOUR[2])  # BT.601: 134.8 -> 135
     with Slide(uniform) as slide:
         assert (slide.read(0, 0, 0, 8, 8) == COLOUR).all()  # JPEG kept the flat colour exactly
-        patch, got_level = render_patch(slide, box, s)
+        patch, got_level = render_patch(slide, box, PatchSettings(**{**s.as_dict(), "decode": decode}))
     assert got_level == level
     assert patch.dtype == np.uint8 and patch.shape == (s.patch_size, s.patch_size)
     assert (patch == grey).all(), np.unique(patch)
@@ -300,7 +311,8 @@ def test_uniform_slide_renders_its_grey_everywhere(uniform, box, s, level):
 def test_patch_of_patch_size_at_level_0_is_the_rounded_grey(noisy):
     path, levels = noisy
     with Slide(path) as slide:
-        patch, level = render_patch(slide, (300, 200, 364, 264), PatchSettings(patch_size=64, level=0))
+        patch, level = render_patch(slide, (300, 200, 364, 264), PatchSettings(patch_size=64, level=0,
+                                                                              grey="bt709"))
     expected = luma(levels[0][200:264, 300:364])
     assert level == 0
     off = np.abs(patch.astype(float) - np.rint(expected))
@@ -314,8 +326,8 @@ def test_render_patch_masks_only_when_asked(uniform):
     with Slide(uniform) as slide:
         masked, _ = render_patch(slide, box, PatchSettings(mask_outside=True, background=255), polygon)
         plain, _ = render_patch(slide, box, PatchSettings(background=255), polygon)
-    assert (plain == 131).all()
-    assert (masked[:, :120] == 131).all() and (masked[:, 136:] == 255).all()
+    assert (plain == 135).all()  # BT.601 grey of COLOUR
+    assert (masked[:, :120] == 135).all() and (masked[:, 136:] == 255).all()
 
 
 def test_equal_settings_hash_equal_however_written():
