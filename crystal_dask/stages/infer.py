@@ -13,7 +13,8 @@ Per slide, three kinds of Dask task (named for the dashboard):
 Each task opens its own slide (tifffile handles cannot be pickled) and leaves a done-marker under
 <slide>/.infer/<digest>/, so a rerun resumes block by block; another model, settings or slide file discards the
 slide's old outputs. No process holds a whole slide: a block renders its windows one by one as extract does
-(large boxes are read in bands, patches.BAND_PIXELS), the tissue view is bounded by the thumbnail's side, and the export works on the window grid only.
+(large boxes are read in bands, patches.BAND_PIXELS), the tissue view is bounded by the thumbnail's side, and
+the export works on the window grid only.
 
 Settings: the job file's `infer:` section (see `InferSettings` and `parse`). Outputs: <out>/infer/<set>/<config>/
 (see `infer_slides`).

@@ -287,11 +287,12 @@ class Dataset:
         ok = np.logical_and.reduce([group[f].get_orthogonal_selection(rows) for f in flags])
         return table.filter(pa.array(ok))
 
-    def matrix(self, rows: np.ndarray, arrays: Sequence[str] = (PIXELS,), dtype: Any = None,
+    def matrix(self, rows: np.ndarray, arrays: str | Sequence[str] = (PIXELS,), dtype: Any = None,
                cache: bool = False) -> np.ndarray:
         """The given rows (any order, repeats allowed) of the named arrays side by side, one flattened row each;
         a single array keeps its own dtype unless `dtype` is given (uint8 pixels stay uint8), several are joined
         as float32."""
+        arrays = (arrays,) if isinstance(arrays, str) else tuple(arrays)
         for name in arrays:
             self._array(name)  # a clear error for an array the dataset does not have
             self.check_rows(rows, name)  # damaged chunks are refused, naming the array, chunk and file
@@ -337,12 +338,12 @@ class Dataset:
         return self.group()["label"].get_orthogonal_selection(rows).astype(np.int64)
 
     def dask_view(self, rows: Sequence[int] | np.ndarray,
-                  arrays: Sequence[str] = (PIXELS,)) -> tuple[da.Array, da.Array]:
+                  arrays: str | Sequence[str] = (PIXELS,)) -> tuple[da.Array, da.Array]:
         """Lazy (data as flattened rows, labels) over the given sorted rows, arrays side by side as in `matrix`;
         blocks follow the zarr chunks, so each block is read where it is computed and no process holds more."""
         group = self.group()
         parts = []
-        for name in arrays:
+        for name in ((arrays,) if isinstance(arrays, str) else arrays):
             part = self._verified(self._array(name))[rows]
             parts.append(part.reshape(part.shape[0], -1))  # whole rows per chunk: no rechunk
         data = parts[0] if len(parts) == 1 else da.concatenate([p.astype(np.float32) for p in parts],
