@@ -21,6 +21,7 @@ import pytest
 import tifffile
 
 from crystal_dask.features import FAMILIES
+from crystal_dask.features.region import MIN_TISSUE_FRACTION
 from crystal_dask.stages.evaluate import evaluate, predictions_path
 from crystal_dask.stages.extract import extract
 from crystal_dask.stages.features import MARKERS, FeatureSettings, compute, read_rgb
@@ -278,7 +279,11 @@ def test_realdata_features_finite_and_identical_on_one_and_two_workers(realdata,
         if f != "calcification":  # no calcium in these files: its columns may all be the no-deposit values
             assert (values.std(axis=0) > 0).any()
     stain = dict(zip(FAMILIES["stain"].columns, g["stain"][:].T, strict=True))
-    assert ((stain["stain_tissue_frac"] > 0.05) & (stain["stain_tissue_frac"] <= 1)).all()  # tissue in every box
+    frac = stain["stain_tissue_frac"]
+    assert ((frac >= MIN_TISSUE_FRACTION) & (frac <= 1)).all()
+    t = roots["two"].rows()
+    os1 = t.filter(pc.match_substring(t["slide"], ".ome.tif"))["row"].to_numpy()
+    assert len(os1) == 3 and (frac[os1] > 0.9).all()  # the OS-1 crop is tissue edge to edge
     assert tree_digest(roots["one"].zarr) == tree_digest(roots["two"].zarr)
     assert feature_digest(roots["one"]) == feature_digest(roots["two"])
 
