@@ -1,4 +1,4 @@
-"""`crystal-dask bench extract|train|evaluate`: measure a stage against its baselines in one run and print the
+"""`crystal-dask bench extract|features|train|evaluate`: measure a stage against its baselines in one run and print the
 medians, ranges, ratios and peak memory (optionally every number as JSON)."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "Benchmark extraction, training or evaluation against plain baselines (medians over repeats, ratios, memory)."
+HELP = ("Benchmark extraction, features, training or evaluation against plain baselines (medians over repeats, "
+        "ratios, memory).")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -36,6 +37,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="patches per zarr chunk and task (default 32: enough tasks for 2 workers on this corpus)")
     e.add_argument("--profile", action="store_true", help="also print a cProfile of rendering the patches")
     _common(e)
+    f = sub.add_parser("features", help="patches/s of each feature family on 2 workers vs pixel extraction of the "
+                                        "same regions and the same feature code in 2 plain processes")
+    f.add_argument("--patients", type=int, default=8, help="patients of the generated corpus (default 8)")
+    f.add_argument("--slides-per-patient", type=int, default=2, help="(default 2)")
+    f.add_argument("--regions-per-slide", type=int, default=14, help="average, as FCBR's 13.7 (default 14)")
+    f.add_argument("--slide-size", type=int, nargs=2, default=(6000, 4000), metavar=("W", "H"),
+                   help="largest level-0 slide size in pixels (default 6000 4000)")
+    f.add_argument("--chunk-rows", type=int, default=32, help="rows per zarr chunk and task (default 32)")
+    f.add_argument("--um-per-px", type=float, default=None,
+                   help="resolution the families see (default: the features stage's default)")
+    f.add_argument("--max-side", type=int, default=None,
+                   help="largest side in px at that resolution (default: the features stage's default)")
+    f.add_argument("--profile", action="store_true", help="also print a cProfile of one feature task's chunk")
+    _common(f)
     t = sub.add_parser("train", help="the per-tree fit vs the default backend with X in memory (n_jobs=2), and a "
                                      "scale run")
     t.add_argument("--rows", type=int, default=2000, help="training rows of 65,536 features (default 2000)")
@@ -81,6 +96,13 @@ def run(args: argparse.Namespace) -> int:
                                slide_size=tuple(args.slide_size) if args.slide_size else None,
                                chunk_rows=args.chunk_rows, repeats=args.repeats, seed=args.seed,
                                profile=args.profile, log=log)
+        elif args.stage == "features":
+            from crystal_dask.bench import features as bench
+
+            result = bench.run(work, patients=args.patients, slides_per_patient=args.slides_per_patient,
+                               regions_per_slide=args.regions_per_slide, slide_size=tuple(args.slide_size),
+                               chunk_rows=args.chunk_rows, um_per_px=args.um_per_px, max_side=args.max_side,
+                               repeats=args.repeats, seed=args.seed, profile=args.profile, log=log)
         elif args.stage == "train":
             from crystal_dask.bench import train as bench
 
