@@ -75,7 +75,8 @@ class Reader(Protocol):
 @dataclass(frozen=True)
 class TrainingRows:
     """A dataset's training matrix as trees read it: the named arrays side by side, through each worker's chunk
-    cache (store.dataset.ZarrRows(cache=True)). Only the folder and the array names travel with a task."""
+    cache (store.dataset.ZarrRows(cache=True)). Only the folder and the array names travel with a task. The
+    chunks' checksums are checked once, on the client, before the fit (stages.train), not by every tree."""
 
     root: str
     arrays: tuple[str, ...] = (PIXELS,)
@@ -94,7 +95,10 @@ class TrainingRows:
         return dtypes[0] if len(dtypes) == 1 else np.dtype(np.float32)
 
     def __call__(self, rows: np.ndarray, dtype: Any = None) -> np.ndarray:
-        return Dataset(Path(self.root)).matrix(rows, self.arrays, dtype, cache=True)
+        readers = self._readers()
+        if len(readers) == 1:
+            return readers[0](rows, dtype)
+        return np.hstack([r(rows, np.float32) for r in readers])
 
     def __str__(self) -> str:
         return f"{self.root}[{', '.join(self.arrays)}]"

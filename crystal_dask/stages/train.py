@@ -122,6 +122,8 @@ def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: C
     if cfg.crystal_all_splits:
         print(LEAKAGE_WARNING, file=sys.stderr)
     y = dataset.labels(rows)  # the client holds labels and row numbers, never the matrix
+    for array in cfg.features:  # damaged chunks are refused here, once, naming the array, chunk and file
+        dataset.check_rows(rows, array)
     strata = None
     if cfg.balance == "label":
         raw = dict(zip(patches["row"].to_pylist(), patches["label"].to_pylist(), strict=True))
