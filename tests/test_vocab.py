@@ -32,7 +32,7 @@ def test_unknown_label_names_the_label_and_the_vocabulary():
 
 def test_crystalline_labels_are_not_scored_classes():
     assert set(CRYSTALLINE).isdisjoint(CLASSES) and len(CLASSES) == 9
-    with pytest.raises(ValueError, match="'cancer' is not a class"):
+    with pytest.raises(ValueError, match="maps to 'cancer', which is not a class"):
         LabelMap(crystalline={"x": "cancer"})
 
 def test_from_config_remaps_and_extends():

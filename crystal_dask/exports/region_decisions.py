@@ -19,6 +19,7 @@ from crystal_dask.exports.polygons import bridge_holes, lattice_to_px, trace_com
 from crystal_dask.store.files import write_atomic
 from crystal_dask.vocab import CLASSES
 from crystal_dask.wsi.annotations import Header, Region, format_nedc_csv
+from crystal_dask.wsi.polygon import first_crossing
 
 SUFFIX = "_REGIONDECISIONS.csv"
 
@@ -36,9 +37,18 @@ def class_map_to_regions(classes: np.ndarray, proba: np.ndarray, *, step: float,
         if name in skip:
             continue
         for cells, outer, holes in trace_components(classes == k):
-            if step <= size:
-                rings = [lattice_to_px(bridge_holes(outer, holes), origin, step, size)]
+            ring = bridge_holes(outer, holes) if step <= size else None
+            if ring is not None and first_crossing([p[0] for p in ring[:-1]], [p[1] for p in ring[:-1]]) is None:
+                rings = [lattice_to_px(ring, origin, step, size)]
                 confs = [float(proba[..., k][cells].mean())]
+            elif step <= size:
+                # csv_v1.0.0 has one simple ring per region, and the annotation reader rejects any other: a
+                # component whose bridged ring touches itself (holes, cells meeting at a corner) is written as
+                # rectangles of whole cell rows, which cover exactly the same cells
+                rects = _rectangles(cells)
+                rings = [lattice_to_px([(c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0)], origin, step, size)
+                         for r0, c0, r1, c1 in rects]
+                confs = [float(proba[r0:r1, c0:c1, k].mean()) for r0, c0, r1, c1 in rects]
             else:
                 where = np.argwhere(cells)
                 rings = [window_square(r, c, origin, step, size) for r, c in where]
@@ -48,6 +58,22 @@ def class_map_to_regions(classes: np.ndarray, proba: np.ndarray, *, step: float,
                 regions.append(Region(len(regions) + 1, name, tissue, tuple(float(p[0]) for p in pts),
                                       tuple(float(p[1]) for p in pts), conf))
     return regions
+
+
+def _rectangles(cells: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(r0, c0, r1, c1) rectangles covering exactly the true cells: runs of each row, merged with the run of the
+    same columns in the row above."""
+    open_runs: dict[tuple[int, int], int] = {}  # (c0, c1) -> first row of a rectangle still growing
+    out: list[tuple[int, int, int, int]] = []
+    for r in range(cells.shape[0] + 1):
+        row = np.concatenate([[False], cells[r] if r < cells.shape[0] else np.zeros(cells.shape[1], bool), [False]])
+        d = np.flatnonzero(np.diff(row.astype(np.int8)))
+        runs = set(zip(d[0::2].tolist(), d[1::2].tolist(), strict=True))
+        for run in sorted(set(open_runs) - runs):
+            out.append((open_runs.pop(run), run[0], r, run[1]))
+        for run in sorted(runs - set(open_runs)):
+            open_runs[run] = r
+    return sorted(out)
 
 
 def region_decisions_path(out_dir: str | Path, bname: str) -> Path:

@@ -62,10 +62,11 @@ def test_windows_render_exactly_as_the_dataset(held_out, window_model):
     boxes = np.array([[0, 0, 256, 256], [256, 0, 512, 256], [256, 256, 512, 512], [1536, 1280, 1792, 1536],
                       [128, 128, 384, 384]])
     with Slide(held_out[0].slide) as slide:
-        X = window_matrix(slide, boxes, mm)
+        X, described = window_matrix(slide, boxes, mm)
         expected = np.stack([render_patch(slide, tuple(b), PatchSettings(**mm["dataset_settings"]))[0].ravel()
                              for b in boxes])
     np.testing.assert_array_equal(X, expected)
+    assert described.all()
 
 
 def test_region_mode_model_defaults_to_500_px():
