@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
+from crystal_dask.exports.polygons import signed_area
 from crystal_dask.stages.infer import (
     InferSettings,
     infer_slides,
@@ -146,10 +147,24 @@ def test_region_decisions_round_trip(inferred):
         with Slide(info["slide"]) as slide:
             assert (ann.header.bname, ann.header.width, ann.header.height) == (bname, slide.width, slide.height)
         doc = json.loads((inferred / "slides" / bname / f"{bname}.geojson").read_text())
-        assert [r.label for r in ann.regions] == [f["properties"]["classification"]["name"] for f in doc["features"]]
-        conf = [r.confidence for r in ann.regions]
-        mean = [f["properties"]["measurements"]["mean probability"] for f in doc["features"]]
-        np.testing.assert_allclose(conf, mean, atol=1e-4)
+        # the same area per class (a component the csv cannot hold as one simple ring is written as rectangles),
+        # and the same area-weighted confidence
+        csv_area, csv_conf, geo_area, geo_conf = ({} for _ in range(4))
+        for r in ann.regions:
+            a = abs(signed_area(list(zip(r.x, r.y, strict=True)) + [(r.x[0], r.y[0])]))
+            csv_area[r.label] = csv_area.get(r.label, 0) + a
+            csv_conf[r.label] = csv_conf.get(r.label, 0) + a * r.confidence
+        for f in doc["features"]:
+            g = f["geometry"]
+            polys = [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"]
+            a = sum(abs(signed_area(ring[0])) - sum(abs(signed_area(h)) for h in ring[1:]) for ring in polys)
+            name = f["properties"]["classification"]["name"]
+            geo_area[name] = geo_area.get(name, 0) + a
+            geo_conf[name] = geo_conf.get(name, 0) + a * f["properties"]["measurements"]["mean probability"]
+        assert csv_area.keys() == geo_area.keys() and ann.regions
+        for name in csv_area:
+            assert csv_area[name] == pytest.approx(geo_area[name])
+            assert csv_conf[name] / csv_area[name] == pytest.approx(geo_conf[name] / geo_area[name], abs=1e-4)
 
 
 def test_pngs_are_the_thumbnail_size(inferred):
