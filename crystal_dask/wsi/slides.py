@@ -153,6 +153,14 @@ class _LevelReader:
             "planar": "separate" if self.separate else "contig",
         }
 
+    def _segments(self, fh: Any, lock: threading.RLock, indices: list[int]) -> list[tuple[bytes, int]]:
+        """The stored bytes of the given tiles or strips, in file order; a failed read names the level."""
+        try:
+            return list(fh.read_segments([self.offsets[i] for i in indices], [self.bytecounts[i] for i in indices],
+                                         indices=indices, sort=True, lock=lock, flat=True))
+        except Exception as exc:
+            raise SlideError(f"{self.path}: reading {self.kind}s of level {self.index} failed: {exc}") from exc
+
     def paste(self, fh: Any, lock: threading.RLock, out: np.ndarray, x: int, y: int) -> None:
         """Fill `out`, whose top-left is this level's pixel (x, y), from the segments it overlaps, decoding each
         once; parts of `out` outside the level keep their values."""
@@ -163,12 +171,7 @@ class _LevelReader:
         rows = range(y0 // self.seg_h, (y1 - 1) // self.seg_h + 1)
         cols = range(x0 // self.seg_w, (x1 - 1) // self.seg_w + 1)
         indices = [p * self.per_plane + r * self.nx + c for p in self.planes for r in rows for c in cols]
-        try:
-            segments = list(fh.read_segments([self.offsets[i] for i in indices],
-                                             [self.bytecounts[i] for i in indices],
-                                             indices=indices, sort=True, lock=lock, flat=True))
-        except Exception as exc:
-            raise SlideError(f"{self.path}: reading {self.kind}s of level {self.index} failed: {exc}") from exc
+        segments = self._segments(fh, lock, indices)
         for data, index in segments:
             if data is None:
                 continue  # sparse file: a missing segment is background
@@ -209,12 +212,7 @@ class _LevelReader:
             return
         rows, cols = range(y0 // th, (y1 - 1) // th + 1), range(x0 // tw, (x1 - 1) // tw + 1)
         indices = [r * self.nx + c for r in rows for c in cols]
-        try:
-            segments = list(fh.read_segments([self.offsets[i] for i in indices],
-                                             [self.bytecounts[i] for i in indices],
-                                             indices=indices, sort=True, lock=lock, flat=True))
-        except Exception as exc:
-            raise SlideError(f"{self.path}: reading {self.kind}s of level {self.index} failed: {exc}") from exc
+        segments = self._segments(fh, lock, indices)
         tables = self.decodeargs["jpegtables"]
         for data, index in segments:
             if data is None:
