@@ -43,6 +43,23 @@ def _describe(info: dict[str, Any] | None) -> str:
     return f"pid {info.get('pid')} on host {info.get('host')} (started {started})"
 
 
+# fds of the locks this process holds. A forked child (the synthetic corpus painter's process pool) would share
+# each lock's open file description, and so keep the flock alive after this process is killed; the child drops
+# its copies at once, so the lock lives exactly as long as its holder.
+_FDS: set[int] = set()
+
+
+def _drop_in_child() -> None:
+    for fd in list(_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _FDS.clear()
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
+
+
 @contextlib.contextmanager
 def hold(out: Path, what: str = "crystal-dask run") -> Iterator[Path]:
     """Hold <out>/.lock for the block; raise LockedError at once if a live run holds it."""
@@ -81,10 +98,12 @@ def hold(out: Path, what: str = "crystal-dask run") -> Iterator[Path]:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
     _held[key] = 1
+    _FDS.add(fd)
     try:
         yield path
     finally:
-        del _held[key]
+        _FDS.discard(fd)
+        _held.pop(key, None)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # while still holding it: a waiting opener then sees another inode and retries
         os.close(fd)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from crystal_dask.runtime.lock import LOCK, LockedError, hold, read_lock
 from tests.helpers import child_env
-from tests.test_pipeline import tiny_job
+from tests.helpers.jobs import tiny_job
 
 HOLDER = "import sys, time; from crystal_dask.runtime.lock import hold\nwith hold(sys.argv[1]):\n" \
          "    print('held', flush=True); time.sleep(120)"
@@ -93,9 +94,35 @@ def test_two_real_runs_on_one_folder_and_a_sigkilled_driver(tmp_path):
         third = subprocess.Popen(run_cmd(job), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                  env=child_env(), start_new_session=True)
         wait_for(lambda: (read_lock(out) or {}).get("pid") == third.pid, 600, "the third run taking the lock over")
-        said = [third.stderr.readline() for _ in range(3)]  # the warning comes before the job starts its cluster
+        said: list[str] = []  # read on a thread: a blocked readline must not hang the test
+        threading.Thread(target=lambda: said.extend(iter(third.stderr.readline, "")), daemon=True).start()
+        wait_for(lambda: any("took over the stale lock" in line for line in said), 300, "the takeover warning")
         assert any(f"took over the stale lock of pid {first.pid}" in line for line in said), said
     finally:
         kill_group(first)
         if third is not None:
             kill_group(third)
+
+
+FORKED_HOLDER = """
+import os, signal, sys, time
+from crystal_dask.runtime.lock import hold
+with hold(sys.argv[1]):
+    if os.fork() == 0:  # a forked helper (as the painter's process pool) outlives its parent
+        time.sleep(60)
+        os._exit(0)
+    print("held", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path):
+    """The driver's forked children share its open files; the lock must still die with the driver."""
+    proc = subprocess.run([sys.executable, "-c", FORKED_HOLDER, str(tmp_path)], capture_output=True, text=True,
+                          env=child_env(), timeout=120, start_new_session=True)
+    assert proc.stdout.strip() == "held" and proc.returncode == -signal.SIGKILL
+    try:
+        with hold(tmp_path):  # taken over at once, while the forked child still sleeps
+            assert read_lock(tmp_path)["pid"] == os.getpid()
+    finally:
+        subprocess.run(["pkill", "-f", "time.sleep\\(60\\)"], check=False)
