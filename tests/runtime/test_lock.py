@@ -109,6 +109,7 @@ import os, signal, sys, time
 from crystal_dask.runtime.lock import hold
 with hold(sys.argv[1]):
     if os.fork() == 0:  # a forked helper (as the painter's process pool) outlives its parent
+        os.close(1), os.close(2)  # without the test's pipes: the test need not wait for it
         time.sleep(60)
         os._exit(0)
     print("held", flush=True)
