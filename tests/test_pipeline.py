@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 
-from crystal_dask.experiment import load_experiment
 from crystal_dask.pipeline import run_job
+from crystal_dask.stages import load_experiment
 from tests.helpers.jobs import TINY, tiny_job, write_job
 
 

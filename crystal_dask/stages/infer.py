@@ -22,7 +22,6 @@ Settings: the job file's `infer:` section (see `InferSettings` and `parse`). Out
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -147,6 +146,7 @@ def parse(cfg: Mapping[str, Any] | None, exp: Experiment, where: str) -> InferSe
             raise ConfigError(f"{at}.corpus: {corpus!r} is not one of the corpora ({', '.join(exp.corpora)})")
         configs = texts(s["configs"], f"{at}.configs") if s.get("configs") is not None else None
         sets.append(InferSet(name, corpus, texts(s.get("splits", list(SPLITS)), f"{at}.splits", SPLITS), configs))
+        _configs(exp, sets[-1])  # checked at load, against the train section (parsed before this one)
     return InferSection(tuple(sets), settings)
 
 
@@ -666,23 +666,21 @@ def steps(ctx: Context) -> Iterator[Step]:
 
     exp = ctx.experiment
     sec: InferSection = exp.settings.get(SECTION) or InferSection()
-    if not sec.sets:
-        return
-    models = train.trained(exp)
+    model_data = train.dataset_reads(exp, exp.settings[train.SECTION].corpus)  # model_context reads its dataset
     for s in sec.sets:
-        folder = scan.output_dir(exp, s.corpus)
-        listing = hashlib.sha256((folder / "regions.parquet").read_bytes()).hexdigest()
         for config in _configs(exp, s):
-            out, model = output_dir(exp, s.name, config), train.model_path(exp, config)
+            out = output_dir(exp, s.name, config)
+            reads = (f"{scan.NAME}:{s.corpus}", f"{train.NAME}:{config}", *model_data)
 
-            def run(s=s, out=out, model=model) -> None:
-                entries = slides_from_regions(scan.read_output(exp, s.corpus).regions, s.splits)
-                m = infer_slides(entries, model, out, ctx.client, sec.settings, corpus=s.corpus,
+            def run(s=s, out=out, reads=reads) -> None:
+                entries = slides_from_regions(scan.read_output(ctx.output(reads[0])).regions, s.splits)
+                m = infer_slides(entries, ctx.output(reads[1]), out, ctx.client, sec.settings, corpus=s.corpus,
                                  show_progress=ctx.show_progress)
                 log.info("infer %s: %s", out, json.dumps({k: m[k] for k in ("slides_done", "rejects", "windows")}))
 
-            key = fingerprint(models[config]["sha256"], listing, s.splits, asdict(sec.settings), FORMAT_VERSION)
-            yield Step(f"{NAME}:{s.name}:{config}", key, (out / "infer.json", out / "summary.parquet"), run)
+            settings = {"splits": list(s.splits), "infer": asdict(sec.settings), "format_version": FORMAT_VERSION}
+            yield Step(f"{NAME}:{s.name}:{config}", reads, settings, (out / "infer.json", out / "summary.parquet"),
+                       run)
 
 
 def results(exp: Experiment) -> dict[str, dict[str, dict[str, Any]]]:

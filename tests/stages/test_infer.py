@@ -205,7 +205,8 @@ def test_one_worker_gives_the_same_bytes(inferred, held_out, window_model, tmp_p
 
 
 def test_parse_checks_the_section(tmp_path):
-    from crystal_dask.experiment import ExperimentError, load_experiment
+    from crystal_dask.experiment import ExperimentError
+    from crystal_dask.stages import load_experiment
     from tests.helpers.jobs import TINY, write_job
 
     job = write_job(tmp_path, {**TINY, "infer": {"sets": {"TUBR": {"corpus": "tubr", "configs": ["crystal"]}},
