@@ -106,7 +106,10 @@ class Planner:
         missing = [p for p in step.outputs if not p.exists()]
         if missing:
             return Decision(step, key, True, f"outputs missing: {', '.join(_short(p, self.ctx.out) for p in missing)}")
-        damage = step.damage() if step.damage is not None else []
+        try:
+            damage = step.damage() if step.damage is not None else []
+        except OSError as exc:  # e.g. a dataset's zarr folder is gone while its manifest is there
+            damage = [f"{type(exc).__name__}: {exc}"]
         if damage:
             more = f"; and {len(damage) - 5} more" if len(damage) > 5 else ""
             return Decision(step, key, True, f"outputs damaged: {'; '.join(map(str, damage[:5]))}{more}")
