@@ -20,9 +20,10 @@ from distributed import Client, LocalCluster
 from crystal_dask.pipeline import Planner, dry_run, run_job
 from crystal_dask.stages import load_experiment, ordered
 from crystal_dask.stages.base import Context
-from tests.helpers.changes import CHANGES, STEPS
+from tests.helpers.changes import CHANGES, STEPS, fox_corpus
 from tests.helpers.changes import job as changes_job
 from tests.helpers.jobs import TINY, tiny_job, write_job
+from tests.helpers.run_digest import digest as run_digest
 
 
 def test_job_end_to_end_then_skips(tmp_path, client):
@@ -247,3 +248,52 @@ def test_run_dry_run_starts_no_cluster_and_lists_every_step(tmp_path, capsys):
     assert out[1:-1] == [f"{'run':<5} {name:<28} never run" for name in STEPS]
     assert out[-1] == f"{len(STEPS)} step(s) to run, 0 up to date"
     assert not (tmp_path / "out" / "status.json").exists()  # nothing ran
+
+
+@pytest.fixture(scope="module")
+def changes_baseline(tmp_path_factory, client):
+    """The changes job run once (its outputs kept aside, to restore at the same path before each change) and the
+    digest of those outputs."""
+    tmp = tmp_path_factory.mktemp("changes")
+    base = changes_job(tmp / "out", fox_corpus(tmp / "fox"))
+    run_job(_load(tmp, base), client)
+    shutil.copytree(tmp / "out", tmp / "baseline")  # mtimes kept: the slides are the same files to extract
+    return tmp, base, run_digest(tmp / "out")
+
+
+def _restore(tmp: Path) -> Path:
+    out = tmp / "out"
+    shutil.rmtree(out)
+    shutil.copytree(tmp / "baseline", out)
+    return out
+
+
+def _ran(out: Path) -> set[str]:
+    return {s["name"] for s in json.loads((out / "status.json").read_text())["stages"] if s["state"] == "done"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_rerun_after_a_change_equals_a_clean_run_of_the_changed_job(changes_baseline, client, tmp_path, change):
+    tmp, base, _ = changes_baseline
+    out = _restore(tmp)
+    edit, expected = CHANGES[change]
+    changed = _load(tmp_path, edit(base), "changed.yaml")
+    listed = {d.step.name for d in dry_run(changed) if d.run}
+    run_job(changed, client)
+    assert _ran(out) == listed == expected
+    clean = _load(tmp_path, {**edit(base), "out": str(tmp_path / "clean")}, "clean.yaml")
+    run_job(clean, client)
+    assert run_digest(out) == run_digest(clean.out)
+
+
+@pytest.mark.slow
+def test_a_family_taken_out_of_the_job_leaves_no_array_behind(changes_baseline, client, tmp_path):
+    tmp, base, digest = changes_baseline
+    out = _restore(tmp)
+    edit, _ = CHANGES["feature families"]
+    run_job(_load(tmp_path, edit(base), "changed.yaml"), client)
+    assert run_digest(out) != digest
+    run_job(_load(tmp_path, base), client)  # back to the job as it was: as if it had never changed
+    assert _ran(out) == CHANGES["feature families"][1]
+    assert run_digest(out) == digest
