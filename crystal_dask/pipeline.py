@@ -58,18 +58,22 @@ def _changes(old: Any, new: Any, where: str = "") -> list[str]:
     return [] if old == new else [where or "(settings)"]
 
 
+def _names(names: list[str], most: int = 3) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def reasons(record: dict[str, Any], step: Step, keys: dict[str, str]) -> list[str]:
     """Why a step's key differs from the one recorded beside its outputs: settings and upstream steps changed."""
     if "settings" not in record:
         return ["recorded without its inputs (an older crystal_dask)"]
-    why = [f"setting {name} changed" for name in _changes(record["settings"], plain(step.settings))]
+    settings = _changes(record["settings"], plain(step.settings))
     before = record.get("reads", {})
-    for r in step.reads:
-        if r not in before:
-            why.append(f"now reads {r}")
-        elif before[r] != keys[r]:
-            why.append(f"upstream {r} changed")
-    why += [f"no longer reads {r}" for r in sorted(set(before) - set(step.reads))]
+    upstream = [r for r in step.reads if r in before and before[r] != keys[r]]
+    added, dropped = [r for r in step.reads if r not in before], sorted(set(before) - set(step.reads))
+    why = [f"{'setting' if len(settings) == 1 else 'settings'} {_names(settings)} changed"] if settings else []
+    why += [f"upstream {_names(upstream)} changed"] if upstream else []
+    why += [f"now reads {_names(added)}"] if added else []
+    why += [f"no longer reads {_names(dropped)}"] if dropped else []
     return why or ["key changed"]
 
 

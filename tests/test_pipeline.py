@@ -38,7 +38,8 @@ def test_job_end_to_end_then_skips(tmp_path, client):
     assert all(s["state"] == "done" for s in stages.values()), stages
     # listed in run order: every synth before every scan, ..., the report last
     kinds = [n.split(":")[0] for n in order]
-    assert kinds == sorted(kinds, key=["synth", "scan", "extract", "train", "evaluate", "report"].index), order
+    stages = ["synth", "scan", "extract", "features", "train", "evaluate", "report"]
+    assert kinds == sorted(kinds, key=stages.index), order
     assert {"synth:fcbr", "scan:tubr", "extract:fcbr", "train:crystal", "evaluate:TUBR:baseline"} <= set(stages)
     for name in stages:
         if name != "report":
@@ -226,7 +227,7 @@ def test_a_dry_run_says_which_setting_or_upstream_step_changed(tmp_path):
     why = {d.step.name: d.why for d in _plan(_load(tmp_path, edit(base), "changed.yaml"))}
     assert why["scan:fox"] == "setting labels.crystalline.cnno changed"
     assert why["extract:fox"] == "upstream scan:fox changed"
-    assert why["train:baseline"] == "upstream extract:fox changed; upstream features:fox changed"
+    assert why["train:baseline"] == "upstream extract:fox, features:fox changed"
     assert why["synth:fcbr"] == "up to date"
 
     (exp.out / "models" / "baseline.skops").unlink()
