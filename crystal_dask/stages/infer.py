@@ -651,14 +651,19 @@ def output_dir(exp: Experiment, set_name: str, config: str) -> Path:
 
 def _configs(exp: Experiment, s: InferSet) -> list[str]:
     from crystal_dask.stages import train
+    from crystal_dask.stages.features import PCA
 
-    known = [c.name for c in exp.settings[train.SECTION].configs]
-    if s.configs is None:
-        return known
-    unknown = [c for c in s.configs if c not in known]
+    configs = {c.name: c for c in exp.settings[train.SECTION].configs}
+    unknown = [c for c in s.configs or () if c not in configs]
     if unknown:
-        raise ConfigError(f"infer.sets.{s.name}.configs: {unknown} are not train configurations ({', '.join(known)})")
-    return list(s.configs)
+        raise ConfigError(f"infer.sets.{s.name}.configs: {unknown} are not train configurations ({', '.join(configs)})")
+    chosen = list(configs) if s.configs is None else list(s.configs)
+    for name in chosen:  # what window_matrix can make of a slide's windows: pixels alone, or families alone
+        arrays = configs[name].features
+        if arrays != (PIXELS,) and (PIXELS in arrays or PCA in arrays):
+            raise ConfigError(f"infer.sets.{s.name}.configs: {name!r} trains on {list(arrays)}; whole-slide windows "
+                              f"are described by pixels alone or by handcrafted families only (no pca)")
+    return chosen
 
 
 def steps(ctx: Context) -> Iterator[Step]:
