@@ -666,6 +666,15 @@ def _configs(exp: Experiment, s: InferSet) -> list[str]:
     return chosen
 
 
+def _prune_slides(out: Path, entries: Sequence[SlideInput]) -> None:
+    """Remove the folders of slides this run does not infer (slides of another corpus or split): a rerun's outputs
+    are then those of a clean run."""
+    keep = {slide_dir(out, e.bname) for e in _unique_bnames(entries)}
+    for folder in sorted((out / "slides").glob("*")) if (out / "slides").is_dir() else []:
+        if folder not in keep:
+            shutil.rmtree(folder)
+
+
 def steps(ctx: Context) -> Iterator[Step]:
     from crystal_dask.stages import scan, train
 
@@ -679,6 +688,7 @@ def steps(ctx: Context) -> Iterator[Step]:
 
             def run(s=s, out=out, reads=reads) -> None:
                 entries = slides_from_regions(scan.read_output(ctx.output(reads[0])).regions, s.splits)
+                _prune_slides(out, entries)
                 m = infer_slides(entries, ctx.output(reads[1]), out, ctx.client, sec.settings, corpus=s.corpus,
                                  show_progress=ctx.show_progress)
                 log.info("infer %s: %s", out, json.dumps({k: m[k] for k in ("slides_done", "rejects", "windows")}))
