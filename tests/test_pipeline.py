@@ -298,3 +298,13 @@ def test_a_family_taken_out_of_the_job_leaves_no_array_behind(changes_baseline, 
     run_job(_load(tmp_path, base), client)  # back to the job as it was: as if it had never changed
     assert _ran(out) == CHANGES["feature families"][1]
     assert run_digest(out) == digest
+
+
+def test_pca_is_fitted_again_when_training_moves_to_another_corpus(tmp_path):
+    base = {**changes_job(tmp_path / "out", _fox_stub(tmp_path / "fox")), "features": {"pca": 4}}
+    _simulate(_load(tmp_path, base))
+    why = {d.step.name: d.why for d in _plan(_load(tmp_path, {**base, "train": {"corpus": "fcbr"}}, "moved.yaml"))
+           if d.run}
+    assert why["train:pca"] == "setting fitted_on changed"
+    assert set(why) == {"train:pca", "train:baseline", "train:crystal", "evaluate:FOX:baseline",
+                        "evaluate:FOX:crystal", "infer:slides:baseline", "report"}
