@@ -88,3 +88,14 @@ def test_submit_on_slurm_runs_the_driver_as_a_batch_job(slurm_ready, tmp_path):
     while status(out)["slurm_state"] not in ("finished (not in the queue)", "COMPLETED"):
         assert time.time() < deadline, format_status(status(out))
         time.sleep(1)
+
+
+def test_status_says_why_a_step_runs():
+    state = {"job": "j", "state": "running", "out": "/o", "stages": [
+        {"name": "scan:fcbr", "state": "done", "started": 0.0, "ended": 1.0, "why": "setting split_seed changed"},
+        {"name": "extract:fcbr", "state": "running", "why": "upstream scan:fcbr changed"},
+        {"name": "synth:fcbr", "state": "skipped", "why": "up to date"}]}
+    lines = format_status(state).splitlines()
+    assert lines[1].endswith("done (1.0 s)  (setting split_seed changed)")
+    assert lines[2].endswith("running  (upstream scan:fcbr changed)")
+    assert lines[3].endswith("skipped")
