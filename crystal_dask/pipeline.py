@@ -18,9 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from distributed import Client, performance_report
+from typing import TYPE_CHECKING, Any
 
 from crystal_dask.experiment import Experiment
 from crystal_dask.runtime.lock import hold
@@ -28,6 +26,9 @@ from crystal_dask.stages import ordered
 from crystal_dask.stages.base import Context, Step, plain, step_key
 from crystal_dask.status import Status
 from crystal_dask.store.files import write_json
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger("crystal_dask.pipeline")
 
@@ -162,6 +163,8 @@ class Runner:
         started = time.time()
         self.status.stage(step.name, state="running", started=started, why=decision.why)
         self.ctx.running = step
+        from distributed import performance_report  # here: a dry run needs no Dask
+
         try:
             with performance_report(filename=str(self.out / "reports" / f"{_file_name(step.name)}.html")):
                 step.run()

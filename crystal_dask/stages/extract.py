@@ -15,10 +15,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-from distributed import Client
 
 from crystal_dask.experiment import Experiment
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
@@ -32,6 +32,9 @@ from crystal_dask.vocab import CLASSES, SPLITS
 from crystal_dask.wsi.patches import PatchSettings, plan_windows, render_patch
 from crystal_dask.wsi.slide_cache import cached_slide, close_stage
 from crystal_dask.wsi.slides import SlideError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 EXTRACT_ARRAYS = (PIXELS, *ROW_ARRAYS)  # the arrays this stage writes (and checks); later stages may add more
 _PLAN_KEYS = [f.name for f in PATCHES if f.name not in ("row", "level", "downsample")]

@@ -14,16 +14,14 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from distributed import Client
 
 from crystal_dask.checks import ConfigError, check_fields, choice, flag, integer, need, section, text, texts
 from crystal_dask.experiment import Experiment
-from crystal_dask.forest import TrainingRows, fit_forest
 from crystal_dask.stages import extract
 from crystal_dask.stages import features as feature_stage
 from crystal_dask.stages.base import Context, Step
@@ -31,6 +29,9 @@ from crystal_dask.store.dataset import PIXELS, Dataset
 from crystal_dask.store.models import read_manifest, save_model
 from crystal_dask.vocab import CLASSES, SPLITS
 from crystal_dask.wsi.split import apportion
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 NAME = "train"
 SECTION = "train"
@@ -129,6 +130,8 @@ def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: C
     if cfg.balance == "label":
         raw = dict(zip(patches["row"].to_pylist(), patches["label"].to_pylist(), strict=True))
         strata = np.array([raw[int(r)] for r in rows])
+    from crystal_dask.forest import TrainingRows, fit_forest  # here: declaring steps needs no scikit-learn
+
     model = fit_forest(TrainingRows(str(dataset.root), cfg.features), rows, y, client, random_state=RANDOM_STATE,
                        strata=strata)
     manifest = {
