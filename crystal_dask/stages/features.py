@@ -138,9 +138,7 @@ def feature_chunk(task: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the runs
 def compute(ds: Dataset, settings: FeatureSettings, client, show_progress=None) -> dict[str, Any]:
-    """Add the handcrafted families to a dataset, and remove the arrays `settings` no longer makes; resumes chunk
-    by chunk. Returns the features manifest."""
-    ds.keep_arrays(settings.arrays())
+    """Add the handcrafted families to a dataset; resumes chunk by chunk. Returns the features manifest."""
     families = settings.families
     key = fingerprint(ds.read_manifest()["plan_hash"], families, settings.um_per_px, settings.max_side,
                       {f: FAMILIES[f].version for f in families})
@@ -238,6 +236,7 @@ def steps(ctx: Context) -> Iterator[Step]:
 
         def run(reads=reads, name=c.name) -> None:
             ds = ctx.output(reads[0])
+            ds.keep_arrays(settings.arrays())  # a family or pca taken out of the job must not outlive it
             manifest = compute(ds, settings, ctx.client, ctx.show_progress)
             write_json(manifest_path(ds), manifest)
             log.info("features %s: %s", name, json.dumps(manifest))
