@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 
 from crystal_dask.commands._common import add_cluster_argument, client_for, progress_bar
+from crystal_dask.stages import ORDER
 
-HELP = "Run a job (jobs/<job>.yaml): synth or corpus, scan, extract, train, evaluate, report. Finished stages skip."
+HELP = (f"Run a job (jobs/<job>.yaml): the stages it asks for, in order: {', '.join(ORDER)}. Finished steps are "
+        "skipped.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
