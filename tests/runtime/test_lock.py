@@ -136,6 +136,7 @@ def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path):
 def writing_verbs(tmp: Path, out: Path) -> dict[str, list[str]]:
     return {"scan": [str(tmp), "-o", str(out)],
             "extract": [str(tmp / "scan"), "-o", str(out)],
+            "features": [str(out)],  # adds to the dataset it is given
             "train": [str(tmp / "ds"), "-o", str(out / "model.skops")],
             "evaluate": [str(tmp / "ds"), str(tmp / "model.skops"), "-o", str(out)],
             "infer": [str(tmp / "model.skops"), str(tmp / "slide.svs"), "-o", str(out)]}
@@ -154,7 +155,7 @@ def held(tmp_path):
         kill_group(holder)
 
 
-@pytest.mark.parametrize("verb", ["scan", "extract", "train", "evaluate", "infer"])
+@pytest.mark.parametrize("verb", ["scan", "extract", "features", "train", "evaluate", "infer"])
 def test_every_writing_verb_is_refused_at_once_on_a_held_folder(verb, held, tmp_path, capsys):
     out, pid = held
     assert main([verb, *writing_verbs(tmp_path, out)[verb]]) == 1
