@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crystal_dask import status as status_file
 from crystal_dask.cli import main
 from crystal_dask.runtime.lock import LOCK, LockedError, hold, read_lock
 from tests.helpers import child_env
@@ -84,7 +85,8 @@ def test_two_real_runs_on_one_folder_and_a_sigkilled_driver(tmp_path):
         # refused at once: before it started a cluster (no dashboard line), and the first run goes on
         assert "dashboard:" not in second.stderr and first.poll() is None
 
-        wait_for(lambda: (out / "status.json").exists(), 600, "the first run's status.json")
+        # the runner's status (before it, the driver's own says `starting`)
+        wait_for(lambda: (status_file.read(out) or {}).get("state") == "running", 600, "the first run's runner")
         os.kill(first.pid, signal.SIGKILL)  # the driver only, as an OOM killer would
         first.wait(timeout=30)
         status = subprocess.run([sys.executable, "-m", "crystal_dask.cli", "status", str(out), "--json"],
