@@ -36,11 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from crystal_dask.runtime.lock import hold
-    from crystal_dask.stages.extract import extract
-    from crystal_dask.store.schema import REGIONS, REJECTS, read_table
 
     settings = PatchSettings.from_config({k: v for k, v in vars(args).items() if k in PatchSettings.keys()})
-    with hold(args.out, "crystal-dask extract"):  # one command per output folder
+    with hold(args.out, "crystal-dask extract"):  # one command per output folder, refused before any slow import
+        from crystal_dask.stages.extract import extract
+        from crystal_dask.store.schema import REGIONS, REJECTS, read_table
+
         regions = read_table(args.scan / "regions.parquet", REGIONS)
         scan_rejects = read_table(args.scan / "rejects.parquet", REJECTS)
         with client_for(args) as client:

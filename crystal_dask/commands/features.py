@@ -26,15 +26,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.features import FAMILIES
     from crystal_dask.runtime.lock import hold
-    from crystal_dask.stages import features
-    from crystal_dask.store.dataset import Dataset
-    from crystal_dask.store.files import write_json
 
-    given = {k: v for k, v in vars(args).items() if k in ("families", "um_per_px", "max_side")}
-    settings = features.parse({"families": list(FAMILIES)} | given, None, "features")
-    with hold(args.dataset, "crystal-dask features"):  # one command per folder, extraction's included
+    # one command per folder, extraction's included; refused before any slow import
+    with hold(args.dataset, "crystal-dask features"):
+        from crystal_dask.features import FAMILIES
+        from crystal_dask.stages import features
+        from crystal_dask.store.dataset import Dataset
+        from crystal_dask.store.files import write_json
+
+        given = {k: v for k, v in vars(args).items() if k in ("families", "um_per_px", "max_side")}
+        settings = features.parse({"families": list(FAMILIES)} | given, None, "features")
         ds = Dataset(args.dataset)
         if not ds.complete():
             raise FileNotFoundError(f"{args.dataset}: not a finished dataset (no {ds.manifest.name}); write one "
