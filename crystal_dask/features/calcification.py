@@ -72,6 +72,7 @@ COLUMNS: tuple[str, ...] = (
     "calc_clusters",
     "calc_clustered_frac",
 )
+EMPTY = np.array([NN_SENTINEL_UM if c == "calc_nn_dist_mean_um" else 0.0 for c in COLUMNS], np.float32)  # no deposit
 
 
 def _deposit_crop(region: Region) -> np.ndarray:
@@ -186,8 +187,7 @@ def from_region(region: Region) -> np.ndarray:
     """The calcification vector of a prepared region (FeatureError: "no MPP", "no tissue")."""
     um = region.require_mpp()
     region.require_tissue()
-    out = np.zeros(len(COLUMNS), np.float64)
-    out[COLUMNS.index("calc_nn_dist_mean_um")] = NN_SENTINEL_UM
+    out = EMPTY.astype(np.float64)
     mask = _deposit_crop(region)  # centroids move with the crop; only distances between them are used
     if not mask.any():
         return out.astype(np.float32)
