@@ -169,16 +169,17 @@ def recall_grid(fields: list[tuple[str, np.ndarray, float]], um_per_px: float, p
     found = np.zeros((len(h_ods), len(diameters)), int)
     for i, h in enumerate(h_ods):
         for j, dia in enumerate(diameters):
-            for k in range(per_cell):
+            for _ in range(per_cell):
                 _, field, um = fields[rng.integers(len(fields))]
                 margin = (dia / 2 + 4) / um
-                touching = k % 3 == 2
+                # appearance drawn independently per deposit: half irregular, half laminated, half cracked (once
+                # or twice) from 20 µm up, a third against a nucleus
+                irregular, laminated, touching = rng.random() < 0.5, rng.random() < 0.5, rng.random() < 1 / 3
+                cracks = int(rng.choice([0, 0, 1, 2])) if dia >= 20 else 0
                 centre = _nucleus_next_to(field, um, dia / 2, rng, margin) if touching else None
                 if centre is None:
                     centre = tuple(rng.uniform(margin, s - margin) for s in field.shape[:2])
-                dep = Deposit(centre[0], centre[1], float(dia), float(h), irregular=k % 2 == 1,
-                              laminated=k % 4 in (1, 2), cracks=(0, 1, 0, 2)[k % 4] if dia >= 20 else 0,
-                              touching=touching)
+                dep = Deposit(centre[0], centre[1], float(dia), float(h), irregular, laminated, cracks, touching)
                 painted, truth = paint(field, um, dep, rng)
                 small = resample_to(painted, um, um_per_px)
                 truth_small = resample_to(np.repeat(truth[..., None].astype(np.uint8) * 255, 3, 2), um, um_per_px)
