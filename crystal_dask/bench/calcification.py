@@ -221,13 +221,14 @@ def summary(grid: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(slides: Sequence[Path], *, um_per_px: float | None = None, per_cell: int = 12, seed: int = 0,
+        h_ods: Sequence[float] = H_ODS, diameters: Sequence[float] = DIAMETERS_UM,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole harness on the given real slides at `um_per_px` (default: the features stage's)."""
     um_per_px = FeatureSettings().um_per_px if um_per_px is None else um_per_px
     t0 = time.perf_counter()
     fields = real_fields(slides, FIELD_UM, PAINT_TISSUE)
     log(f"{len(fields)} real fields of <= {FIELD_UM:g} µm; painting {per_cell} deposits per cell")
-    grid = recall_grid(fields, um_per_px, per_cell, seed)
+    grid = recall_grid(fields, um_per_px, per_cell, seed, h_ods=h_ods, diameters=diameters)
     log("false objects on deposit-free tissue")
     fp = false_objects(real_fields(slides, FIELD_UM, 0.05), um_per_px)
     return {"um_per_px": um_per_px, "detector_version": calcification.VERSION, "grid": grid, **summary(grid),

@@ -79,6 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--um-per-px", type=float, default=None,
                    help="resolution the detector sees (default: the features stage's default)")
     c.add_argument("--per-cell", type=int, default=12, help="painted deposits per (darkness, size) cell (default 12)")
+    c.add_argument("--h-ods", type=float, nargs="+", default=None, help="haematoxylin ODs painted (default 0.3-1.2)")
+    c.add_argument("--diameters", type=float, nargs="+", default=None, help="diameters painted, µm (default 10-100)")
     c.add_argument("--plots", type=Path, default=None, help="also draw recall vs H OD and vs diameter into this folder")
     _common(c)
 
@@ -125,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             from crystal_dask.bench import calcification as bench
 
             result = bench.run(args.slides, um_per_px=args.um_per_px, per_cell=args.per_cell, seed=args.seed,
+                               h_ods=args.h_ods or bench.H_ODS, diameters=args.diameters or bench.DIAMETERS_UM,
                                log=log)
             if args.plots is not None:
                 bench.plots(result, args.plots)

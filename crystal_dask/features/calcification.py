@@ -15,8 +15,9 @@ validation harness (`crystal-dask bench calcification`, deposits painted on real
    between them falls through. Plateau = opened H >= DEPOSIT_H_OD (0.4 decadic OD; the palest deposits are 0.5).
 3. Glassy: inside the plateau the closed H may rise above the opened one (the top-hat: chromatin, nucleoli, a
    dark nucleus on purple cytoplasm) by at most TEXTURE_MAX (30 %) of the plateau level, on average over a
-   window of 2 x TEXTURE_UM; the glassy plateau is opened again by a disk of CORE_UM - TEXTURE_UM (the window
-   spreads the rim's blend that far inwards), so what remains is a core of homogeneous mineral.
+   window of 2 x TEXTURE_UM; the glassy plateau is opened again by the CORE_UM disk, so what remains is a core
+   of homogeneous mineral at least 12 µm across (an opening by a disk smaller by TEXTURE_UM found 0.94 of the
+   deposits instead of 0.87, but 77 false objects per mm² instead of 28: specificity first).
 4. Basophilic: a core's median eosin amount is at most E_PER_H_MAX (1x) its median haematoxylin.
 5. The deposit is its core grown by GROW_UM (4 µm) into the closed H >= DEPOSIT_H_OD (rim and protrusions).
 6. Sharp border: the BORDER_Q-th percentile (25th) of H in a BORDER_UM (2 µm) ring just outside the deposit is
@@ -130,9 +131,7 @@ def deposit_mask(region: Region) -> np.ndarray:
     if not plateau.any():
         return plateau
     tophat = uniform_filter((closed - level) / np.maximum(level, DEPOSIT_H_OD), 2 * _px(um, TEXTURE_UM) - 1)
-    # the window spreads a plateau's rim (blended, or Lanczos-ringing) TEXTURE_UM inwards: the glassy core must
-    # hold a disc smaller by that much
-    core = binary_opening(plateau & (tophat <= TEXTURE_MAX), structure=_disk(_px(um, CORE_UM - TEXTURE_UM)))  # 3
+    core = binary_opening(plateau & (tophat <= TEXTURE_MAX), structure=core_disk)  # 3
     lab, n = label(core, connectivity=2, return_num=True)
     if n == 0:
         return core

@@ -151,7 +151,7 @@ def test_constant_image_texture_is_finite_with_correlation_one():
 
 # ------------------------------------------------------------------------------------------ calcification
 CENTRES_UM = ((60.0, 60.0), (60.0, 90.0), (220.0, 200.0))  # two 30 µm apart (one cluster), one far away
-RADIUS_UM = 8.0
+RADIUS_UM = 10.0  # 20 µm across: above the smallest deposit the detector is built for (CORE_UM)
 
 
 def deposits_image(um_per_px: float, side_um: float = 300.0) -> np.ndarray:
