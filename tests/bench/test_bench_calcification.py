@@ -41,8 +41,9 @@ def test_painted_deposit_has_its_size_and_darkness():
 @pytest.mark.slow  # ~20 s on a busy 2-core machine
 def test_curve_key_points_on_real_tissue(realdata, tmp_path, capsys):
     out = tmp_path / "r.json"
-    code = main(["bench", "calcification", *(str(realdata / s) for s in SLIDES), "--per-cell", "3", "--h-ods", "0.3", "0.85",
-                 "--diameters", "10", "50", "--json", str(out), "--plots", str(tmp_path / "img")])
+    code = main(["bench", "calcification", *(str(realdata / s) for s in SLIDES), "--per-cell", "3",
+                 "--h-ods", "0.3", "0.85", "--diameters", "10", "50", "--json", str(out),
+                 "--plots", str(tmp_path / "img")])
     assert code == 0
     r = json.loads(out.read_text())
     assert r["detector_version"] == 2 and r["um_per_px"] == 2.0  # the features stage's default resolution
