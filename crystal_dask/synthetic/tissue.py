@@ -280,13 +280,13 @@ def _calcium(reg: _Region, cy: float, cx: float, r: float, irregular: float = 0.
 
 
 def _specks(reg: _Region, clusters: int) -> None:
-    """Small loose clusters of calcific deposits of several sizes over the region (the cdcs look): 3-8 per cluster,
-    5-20 px radius (10-40 µm across at the corpora's 0.5 µm/px)."""
+    """Small loose clusters of calcific deposits of several sizes over the region (the cdcs look): 10-23 per
+    cluster, 5-20 px radius (10-40 µm across at the corpora's 0.5 µm/px)."""
     rng = reg.rng
     side = min(reg.shape)
     for cy, cx in reg.points(clusters):
         spread = side * rng.uniform(0.06, 0.12)
-        for _ in range(int(rng.integers(3, 9))):
+        for _ in range(int(rng.integers(10, 24))):
             y, x = cy + rng.normal(0, spread), cx + rng.normal(0, spread)
             if 0 <= y < reg.shape[0] and 0 <= x < reg.shape[1]:
                 _calcium(reg, y, x, rng.uniform(5, 20))
