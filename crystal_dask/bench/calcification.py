@@ -254,8 +254,9 @@ def report(result: dict[str, Any]) -> str:
             f"<= 5 false objects / mm²: {fp['h_x1']:.1f} as scanned")
 
 
-def plots(result: dict[str, Any], folder: Path) -> list[Path]:
-    """Two small PNGs: recall vs haematoxylin OD (deposits >= TARGET_UM) and vs diameter (H >= TARGET_H)."""
+def plots(result: dict[str, Any], folder: Path, before: dict[str, Any] | None = None) -> list[Path]:
+    """Two small PNGs: recall vs haematoxylin OD (deposits >= TARGET_UM) and vs diameter (H >= TARGET_H), with an
+    earlier run's curve (`before`, e.g. the previous detector version) beside this one's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,7 +267,7 @@ def plots(result: dict[str, Any], folder: Path) -> list[Path]:
     for key, xlabel, name in (("recall_vs_h", "haematoxylin, decadic OD (deposits >= 20 µm)", "h_od"),
                               ("recall_vs_diameter", "diameter, µm (H >= 0.5)", "diameter")):
         fig, ax = plt.subplots(figsize=(4, 2.6))
-        for label, res in (("after", result), *((("before", result["before"]),) if "before" in result else ())):
+        for label, res in (("this run", result), *((("before", before),) if before else ())):
             xs = list(res[key])
             ax.plot(xs, [res[key][x] for x in xs], "o-", label=f"v{res['detector_version']} ({label})")
         ax.axhline(0.9, color="grey", lw=0.8, ls="--")

@@ -4,6 +4,7 @@ medians, ranges, ratios and peak memory (optionally every number as JSON)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -82,6 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--h-ods", type=float, nargs="+", default=None, help="haematoxylin ODs painted (default 0.3-1.2)")
     c.add_argument("--diameters", type=float, nargs="+", default=None, help="diameters painted, µm (default 10-100)")
     c.add_argument("--plots", type=Path, default=None, help="also draw recall vs H OD and vs diameter into this folder")
+    c.add_argument("--before", type=Path, default=None,
+                   help="JSON of an earlier run (--json), drawn beside this one in the plots")
     _common(c)
 
 
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                                h_ods=args.h_ods or bench.H_ODS, diameters=args.diameters or bench.DIAMETERS_UM,
                                log=log)
             if args.plots is not None:
-                bench.plots(result, args.plots)
+                bench.plots(result, args.plots, json.loads(args.before.read_text()) if args.before else None)
         else:
             from crystal_dask.bench import evaluate as bench
 
