@@ -24,30 +24,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from crystal_dask.exports.calcifications import NoMppError, detect_slide
     from crystal_dask.exports.geojson import write_geojson
+    from crystal_dask.runtime.lock import hold
     from crystal_dask.store.files import write_atomic
     from crystal_dask.wsi.slides import SlideError
 
     if args.um_per_px is not None and not args.um_per_px > 0:
         print("calcifications: --um-per-px must be > 0", file=sys.stderr)
         return 2
-    args.output.mkdir(parents=True, exist_ok=True)
-    rows, failed = [], 0
-    for path in args.slides:
-        try:
-            collection, summary = detect_slide(path, args.um_per_px)
-        except (NoMppError, SlideError, OSError, ValueError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            reason = reason if str(path) in reason else f"{path}: {reason}"
-            print(f"calcifications: {reason}", file=sys.stderr)
-            rows.append({"slide": str(path), "error": reason})
-            failed += 1
-            continue
-        out = write_geojson(args.output / f"{path.name}.geojson", collection)
-        rows.append({**summary, "geojson": str(out)})
-        print(f"{path}: {summary['deposits']} deposits, {summary['per_mm2']:g} per mm² of tissue -> {out}")
-    text = io.StringIO()
-    w = csv.DictWriter(text, COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
-    print(write_atomic(args.output / "calcifications.csv", text.getvalue()))
+    with hold(args.output, "crystal-dask calcifications"):  # one command per output folder
+        rows, failed = [], 0
+        for path in args.slides:
+            try:
+                collection, summary = detect_slide(path, args.um_per_px)
+            except (NoMppError, SlideError, OSError, ValueError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                reason = reason if str(path) in reason else f"{path}: {reason}"
+                print(f"calcifications: {reason}", file=sys.stderr)
+                rows.append({"slide": str(path), "error": reason})
+                failed += 1
+                continue
+            out = write_geojson(args.output / f"{path.name}.geojson", collection)
+            rows.append({**summary, "geojson": str(out)})
+            print(f"{path}: {summary['deposits']} deposits, {summary['per_mm2']:g} per mm² of tissue -> {out}")
+        text = io.StringIO()
+        w = csv.DictWriter(text, COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
+        print(write_atomic(args.output / "calcifications.csv", text.getvalue()))
     return 1 if failed else 0
