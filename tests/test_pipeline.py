@@ -38,8 +38,8 @@ def test_job_end_to_end_then_skips(tmp_path, client):
     assert all(s["state"] == "done" for s in stages.values()), stages
     # listed in run order: every synth before every scan, ..., the report last
     kinds = [n.split(":")[0] for n in order]
-    stages = ["synth", "scan", "extract", "features", "train", "evaluate", "report"]
-    assert kinds == sorted(kinds, key=stages.index), order
+    kinds_in_order = ["synth", "scan", "extract", "features", "train", "evaluate", "report"]
+    assert kinds == sorted(kinds, key=kinds_in_order.index), order
     assert {"synth:fcbr", "scan:tubr", "extract:fcbr", "train:crystal", "evaluate:TUBR:baseline"} <= set(stages)
     for name in stages:
         if name != "report":
