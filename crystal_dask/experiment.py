@@ -1,15 +1,16 @@
 """A job file -> a checked Experiment: its corpora, labels, patch settings and every stage's own section.
 
 Everything is checked here, once, before any cluster starts: keys, types and cross-references, each error naming
-the file and the key. Stage sections (`train:`, `evaluate:`, ...) are parsed by the stage that owns them.
+the file and the key. Stage sections (`train:`, `evaluate:`, ...) are parsed by the stage that owns them, which
+the caller hands over (crystal_dask.stages.load_experiment): this module imports no stage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -79,14 +80,21 @@ def output_folder(path: str | Path, out: str | Path | None = None) -> Path:
     return Path(out or cfg.get("out") or Path("runs") / str(cfg.get("name", path.stem))).resolve()
 
 
-def load_experiment(path: str | Path, out: str | Path | None = None) -> Experiment:
-    """Read and check a job file; every error names the file and the key. Relative paths in the file are taken
-    from the folder the command runs in; `out` overrides the file's `out`."""
-    from crystal_dask.stages import ordered
+class Section(Protocol):
+    """A job-file section and its check (a stage module; crystal_dask.stages.sections() lists them)."""
 
+    SECTION: str
+
+    def parse(self, cfg: Any, exp: Experiment, where: str) -> Any: ...
+
+
+def load_experiment(path: str | Path, out: str | Path | None = None, *, sections: Sequence[Section]) -> Experiment:
+    """Read and check a job file; every error names the file and the key. Relative paths in the file are taken
+    from the folder the command runs in; `out` overrides the file's `out`. `sections`, in run order, parse their
+    own parts (crystal_dask.stages.load_experiment hands over the stages')."""
     path = Path(path)
     cfg = read_file(path)
-    stages = [s for s in ordered() if getattr(s, "SECTION", None)]
+    stages = list(sections)
     try:
         section(cfg, "(top level)", (*CORE_KEYS, *(s.SECTION for s in stages)))
         exp = _core(path, cfg, out)

@@ -1,7 +1,9 @@
 """The runner: every stage in order (crystal_dask.stages.ORDER), each step run or skipped by its key.
 
-A step whose key matches the one recorded beside its outputs (<out>/stages/<step>.json), with every output
-present, is skipped; extraction also resumes inside a step, chunk by chunk. Each step that runs leaves a Dask
+A step's key is derived from its settings and the keys of the steps it reads (stages/base.py). A step whose key
+matches the one recorded beside its outputs (<out>/stages/<step>.json, with the settings and read keys that made
+it), with every output present and undamaged, is skipped; extraction also resumes inside a step, chunk by chunk.
+`dry_run` makes the same decisions, with the reason for each, without a cluster. Each step that runs leaves a Dask
 performance report (<out>/reports/<step>.html); the job keeps a log (<out>/job.log) and a status file. The runner
 knows nothing of any stage's files: stages declare their steps (stages/base.py).
 """
@@ -13,17 +15,20 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-
-from distributed import Client, performance_report
+from typing import TYPE_CHECKING, Any
 
 from crystal_dask.experiment import Experiment
 from crystal_dask.runtime.lock import hold
 from crystal_dask.stages import ordered
-from crystal_dask.stages.base import Context, Step
+from crystal_dask.stages.base import Context, Step, plain, step_key
 from crystal_dask.status import Status
 from crystal_dask.store.files import write_json
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger("crystal_dask.pipeline")
 
@@ -32,29 +37,134 @@ def _file_name(step: str) -> str:
     return step.replace(":", "-")
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What the runner does with one step, and why (the line `run --dry-run` prints)."""
+
+    step: Step
+    key: str
+    run: bool
+    why: str
+
+    def line(self) -> str:
+        return f"{'run' if self.run else 'skip':<5} {self.step.name:<28} {self.why}"
+
+
+def _changes(old: Any, new: Any, where: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two JSON values (a whole value below the top level when a
+    type differs)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in _changes(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))]
+    return [] if old == new else [where or "(settings)"]
+
+
+def _names(names: list[str], most: int = 3) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def reasons(record: dict[str, Any], step: Step, keys: dict[str, str]) -> list[str]:
+    """Why a step's key differs from the one recorded beside its outputs: settings and upstream steps changed."""
+    if "settings" not in record:
+        return ["recorded without its inputs (an older crystal_dask)"]
+    settings = _changes(record["settings"], plain(step.settings))
+    before = record.get("reads", {})
+    upstream = [r for r in step.reads if r in before and before[r] != keys[r]]
+    added, dropped = [r for r in step.reads if r not in before], sorted(set(before) - set(step.reads))
+    why = [f"{'setting' if len(settings) == 1 else 'settings'} {_names(settings)} changed"] if settings else []
+    why += [f"upstream {_names(upstream)} changed"] if upstream else []
+    why += [f"now reads {_names(added)}"] if added else []
+    why += [f"no longer reads {_names(dropped)}"] if dropped else []
+    return why or ["key changed"]
+
+
+class Planner:
+    """Declares every stage's steps in order and decides, for each, run or skip and why; reads no step's outputs
+    but the records beside them (and a step's damage check)."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.keys: dict[str, str] = {}
+
+    def record_path(self, step: Step) -> Path:
+        return self.ctx.out / "stages" / f"{_file_name(step.name)}.json"
+
+    def declare(self, step: Step) -> str:
+        """Check the step's reads (every one an earlier step) and return its key."""
+        if step.name in self.ctx.steps:
+            raise ValueError(f"step {step.name}: declared twice")
+        missing = [r for r in step.reads if r not in self.keys]
+        if missing:
+            raise ValueError(f"step {step.name} reads {', '.join(missing)}, which no earlier step makes")
+        self.ctx.steps[step.name] = step
+        self.keys[step.name] = step_key(step, self.keys)
+        return self.keys[step.name]
+
+    def decide(self, step: Step) -> Decision:
+        key = self.declare(step)
+        record = self.record_path(step)
+        if not record.exists():
+            return Decision(step, key, True, "never run")
+        recorded = json.loads(record.read_text())
+        if recorded.get("key") != key:
+            return Decision(step, key, True, "; ".join(reasons(recorded, step, self.keys)))
+        missing = [p for p in step.outputs if not p.exists()]
+        if missing:
+            return Decision(step, key, True, f"outputs missing: {', '.join(_short(p, self.ctx.out) for p in missing)}")
+        try:
+            damage = step.damage() if step.damage is not None else []
+        except OSError as exc:  # e.g. a dataset's zarr folder is gone while its manifest is there
+            damage = [f"{type(exc).__name__}: {exc}"]
+        if damage:
+            more = f"; and {len(damage) - 5} more" if len(damage) > 5 else ""
+            return Decision(step, key, True, f"outputs damaged: {'; '.join(map(str, damage[:5]))}{more}")
+        return Decision(step, key, False, "up to date")
+
+    def record(self, decision: Decision, **extra: Any) -> None:
+        """Write a step's key beside its outputs once it ran, with what went in (its settings and the keys of the
+        steps it read), so that a later dry run can say what changed."""
+        step = decision.step
+        write_json(self.record_path(step), {"key": decision.key, "settings": plain(step.settings),
+                                            "reads": {r: self.keys[r] for r in step.reads}, **extra})
+
+    def decisions(self) -> Iterator[Decision]:
+        """Every step of every stage, in run order; a stage is asked for its steps once the earlier ones are done."""
+        for stage in ordered():
+            for step in stage.steps(self.ctx):
+                yield self.decide(step)
+
+
+def _short(path: Path, out: Path) -> str:
+    return str(path.relative_to(out)) if path.is_relative_to(out) else str(path)
+
+
+def dry_run(exp: Experiment) -> list[Decision]:
+    """What `run` would do with every step, and why, without a cluster and without running anything."""
+    return list(Planner(Context(exp, None)).decisions())
+
+
 class Runner:
     def __init__(self, exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None):
         self.ctx = Context(exp, client, show_progress)
+        self.planner = Planner(self.ctx)
         self.out = exp.out
         (self.out / "stages").mkdir(parents=True, exist_ok=True)
         (self.out / "reports").mkdir(parents=True, exist_ok=True)
         self.status = Status(exp.out, exp.name, exp.source)
 
-    def step(self, step: Step) -> bool:
-        """Run `step` unless the recorded key matches and every output exists. True when it ran."""
-        record = self.out / "stages" / f"{_file_name(step.name)}.json"
-        if (record.exists() and json.loads(record.read_text()).get("key") == step.key
-                and all(p.exists() for p in step.outputs)):
-            damage = step.damage() if step.damage is not None else []
-            if not damage:
-                log.info("stage %s: up to date, skipped", step.name)
-                self.status.stage(step.name, state="skipped")
-                return False
-            log.warning("stage %s: outputs damaged, redoing: %s%s", step.name, "; ".join(map(str, damage[:5])),
-                        f"; and {len(damage) - 5} more" if len(damage) > 5 else "")
-        log.info("stage %s: running", step.name)
+    def step(self, decision: Decision) -> bool:
+        """Run the decided step (or record that it is skipped). True when it ran."""
+        step = decision.step
+        if not decision.run:
+            log.info("stage %s: up to date, skipped", step.name)
+            self.status.stage(step.name, state="skipped", why=decision.why)
+            return False
+        log.info("stage %s: running (%s)", step.name, decision.why)
         started = time.time()
-        self.status.stage(step.name, state="running", started=started)
+        self.status.stage(step.name, state="running", started=started, why=decision.why)
+        self.ctx.running = step
+        from distributed import performance_report  # here: a dry run needs no Dask
+
         try:
             with performance_report(filename=str(self.out / "reports" / f"{_file_name(step.name)}.html")):
                 step.run()
@@ -64,16 +174,17 @@ class Runner:
                 where = step.outputs[0].parent if step.outputs else self.out
                 raise OSError(exc.errno, f"{os.strerror(exc.errno)} (step {step.name})", str(where)) from exc
             raise
-        write_json(record, {"key": step.key, "seconds": round(time.time() - started, 3)})
+        finally:
+            self.ctx.running = None
+        self.planner.record(decision, seconds=round(time.time() - started, 3))
         self.status.stage(step.name, state="done", ended=time.time())
         log.info("stage %s: done in %.1f s", step.name, time.time() - started)
         return True
 
     def run(self) -> dict[str, Path]:
         """Every stage's steps, in order; returns the products the stages named (e.g. the report)."""
-        for stage in ordered():
-            for step in stage.steps(self.ctx):  # asked only now: a stage may read what earlier ones wrote
-                self.step(step)
+        for decision in self.planner.decisions():
+            self.step(decision)
         report = self.ctx.products.get("report")
         self.status.update(state="done", report=str(report) if report else None, stage=None, ended=time.time())
         return self.ctx.products

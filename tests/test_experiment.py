@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from crystal_dask.experiment import ExperimentError, load_experiment, output_folder
+from crystal_dask.experiment import ExperimentError, output_folder
+from crystal_dask.stages import load_experiment
 from tests.helpers import PROJECT
 from tests.helpers.jobs import TINY, write_job
 

@@ -10,15 +10,20 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 
-from crystal_dask.experiment import load_experiment
-from crystal_dask.pipeline import run_job
+from crystal_dask.pipeline import Planner, dry_run, run_job
+from crystal_dask.stages import load_experiment, ordered
+from crystal_dask.stages.base import Context
+from tests.helpers.changes import CHANGES, STEPS, fox_corpus
+from tests.helpers.changes import job as changes_job
 from tests.helpers.jobs import TINY, tiny_job, write_job
+from tests.helpers.run_digest import digest as run_digest
 
 
 def test_job_end_to_end_then_skips(tmp_path, client):
@@ -33,7 +38,8 @@ def test_job_end_to_end_then_skips(tmp_path, client):
     assert all(s["state"] == "done" for s in stages.values()), stages
     # listed in run order: every synth before every scan, ..., the report last
     kinds = [n.split(":")[0] for n in order]
-    assert kinds == sorted(kinds, key=["synth", "scan", "extract", "train", "evaluate", "report"].index), order
+    kinds_in_order = ["synth", "scan", "extract", "features", "train", "evaluate", "report"]
+    assert kinds == sorted(kinds, key=kinds_in_order.index), order
     assert {"synth:fcbr", "scan:tubr", "extract:fcbr", "train:crystal", "evaluate:TUBR:baseline"} <= set(stages)
     for name in stages:
         if name != "report":
@@ -162,3 +168,143 @@ def test_job_on_slurm_workers(slurm_ready, tmp_path, reference):
         assert len(slurm_ids) == 2 and all(slurm_ids)
         run_job(load_experiment(path), c)
     assert outputs_digest(load_experiment(path).out) == digest
+
+
+# ------------------------------------------------------------------------------ what reruns, and why
+def _fox_stub(root: Path) -> Path:
+    """A corpus folder on disk for runs that are only planned (a dry run lists its files, never reads them)."""
+    (root / "svs").mkdir(parents=True)
+    (root / "svs" / "slide.tif").write_bytes(b"x")
+    return root
+
+
+def _load(tmp_path: Path, cfg: dict, name: str = "job.yaml"):
+    return load_experiment(write_job(tmp_path, cfg, name))
+
+
+def _plan(exp, simulate: bool = False) -> list:
+    """The runner's decisions for `exp` (as `dry_run` makes them), the outputs' damage checks left out: here the
+    outputs are empty files. `simulate`: a run without a cluster, where every step to run leaves empty outputs and
+    its record, as a real run leaves them."""
+    planner = Planner(Context(exp, None))
+    decisions = []
+    for stage in ordered():
+        for step in stage.steps(planner.ctx):
+            decisions.append(decision := planner.decide(replace(step, damage=None)))
+            if decision.run and simulate:
+                for p in step.outputs:
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.touch()
+                planner.record(decision)
+    return decisions
+
+
+def _simulate(exp) -> set[str]:
+    """The steps a simulated run ran."""
+    return {d.step.name for d in _plan(exp, simulate=True) if d.run}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_dry_run_lists_exactly_the_steps_a_change_reruns(tmp_path, change):
+    base = changes_job(tmp_path / "out", _fox_stub(tmp_path / "fox"))
+    assert _simulate(_load(tmp_path, base)) == set(STEPS)  # the first run: every step, in this order
+    edit, expected = CHANGES[change]
+    changed = _load(tmp_path, edit(base), "changed.yaml")
+    decisions = _plan(changed)
+    assert [d.step.name for d in decisions] == list(STEPS)
+    assert {d.step.name for d in decisions if d.run} == expected  # no more (minimality), no fewer (no stale)
+    assert all(d.why == "up to date" for d in decisions if not d.run)
+    assert _simulate(changed) == expected  # the run does what the listing said ...
+    assert not any(d.run for d in _plan(changed))  # ... and leaves nothing to do
+
+
+def test_a_dry_run_says_which_setting_or_upstream_step_changed(tmp_path):
+    base = changes_job(tmp_path / "out", _fox_stub(tmp_path / "fox"))
+    exp = _load(tmp_path, base)
+    assert {d.why for d in _plan(exp)} == {"never run"}
+    _simulate(exp)
+    edit, _ = CHANGES["labels.crystalline"]
+    why = {d.step.name: d.why for d in _plan(_load(tmp_path, edit(base), "changed.yaml"))}
+    assert why["scan:fox"] == "setting labels.crystalline.cnno changed"
+    assert why["extract:fox"] == "upstream scan:fox changed"
+    assert why["train:baseline"] == "upstream extract:fox, features:fox changed"
+    assert why["synth:fcbr"] == "up to date"
+
+    (exp.out / "models" / "baseline.skops").unlink()
+    why = {d.step.name: d.why for d in _plan(exp)}
+    assert why["train:baseline"] == "outputs missing: models/baseline.skops"
+    assert why["evaluate:FOX:baseline"] == "up to date"  # the model's key is unchanged: it will be the same model
+
+    edit, _ = CHANGES["train configuration"]
+    why = {d.step.name: d.why for d in _plan(_load(tmp_path, edit(base), "changed.yaml"))}
+    assert why["train:crystal"] == "setting config.balance changed"
+
+
+def test_run_dry_run_starts_no_cluster_and_lists_every_step(tmp_path, capsys):
+    from crystal_dask.cli import main
+
+    path = write_job(tmp_path, changes_job(tmp_path / "out", _fox_stub(tmp_path / "fox")))
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:-1] == [f"{'run':<5} {name:<28} never run" for name in STEPS]
+    assert out[-1] == f"{len(STEPS)} step(s) to run, 0 up to date"
+    assert not (tmp_path / "out" / "status.json").exists()  # nothing ran
+
+
+@pytest.fixture(scope="module")
+def changes_baseline(tmp_path_factory, client):
+    """The changes job run once (its outputs kept aside, to restore at the same path before each change) and the
+    digest of those outputs."""
+    tmp = tmp_path_factory.mktemp("changes")
+    base = changes_job(tmp / "out", fox_corpus(tmp / "fox"))
+    run_job(_load(tmp, base), client)
+    shutil.copytree(tmp / "out", tmp / "baseline")  # mtimes kept: the slides are the same files to extract
+    return tmp, base, run_digest(tmp / "out")
+
+
+def _restore(tmp: Path) -> Path:
+    out = tmp / "out"
+    shutil.rmtree(out)
+    shutil.copytree(tmp / "baseline", out)
+    return out
+
+
+def _ran(out: Path) -> set[str]:
+    return {s["name"] for s in json.loads((out / "status.json").read_text())["stages"] if s["state"] == "done"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_rerun_after_a_change_equals_a_clean_run_of_the_changed_job(changes_baseline, client, tmp_path, change):
+    tmp, base, _ = changes_baseline
+    out = _restore(tmp)
+    edit, expected = CHANGES[change]
+    changed = _load(tmp_path, edit(base), "changed.yaml")
+    listed = {d.step.name for d in dry_run(changed) if d.run}
+    run_job(changed, client)
+    assert _ran(out) == listed == expected
+    clean = _load(tmp_path, {**edit(base), "out": str(tmp_path / "clean")}, "clean.yaml")
+    run_job(clean, client)
+    assert run_digest(out) == run_digest(clean.out)
+
+
+@pytest.mark.slow
+def test_a_family_taken_out_of_the_job_leaves_no_array_behind(changes_baseline, client, tmp_path):
+    tmp, base, digest = changes_baseline
+    out = _restore(tmp)
+    edit, _ = CHANGES["feature families"]
+    run_job(_load(tmp_path, edit(base), "changed.yaml"), client)
+    assert run_digest(out) != digest
+    run_job(_load(tmp_path, base), client)  # back to the job as it was: as if it had never changed
+    assert _ran(out) == CHANGES["feature families"][1]
+    assert run_digest(out) == digest
+
+
+def test_pca_is_fitted_again_when_training_moves_to_another_corpus(tmp_path):
+    base = {**changes_job(tmp_path / "out", _fox_stub(tmp_path / "fox")), "features": {"pca": 4}}
+    _simulate(_load(tmp_path, base))
+    why = {d.step.name: d.why for d in _plan(_load(tmp_path, {**base, "train": {"corpus": "fcbr"}}, "moved.yaml"))
+           if d.run}
+    assert why["train:pca"] == "setting fitted_on changed"
+    assert set(why) == {"train:pca", "train:baseline", "train:crystal", "evaluate:FOX:baseline",
+                        "evaluate:FOX:crystal", "infer:slides:baseline", "report"}

@@ -15,20 +15,38 @@ HELP = (f"Run a job (jobs/<job>.yaml): the stages it asks for, in order: {', '.j
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", type=Path, help="job file, e.g. jobs/demo.yaml")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the job's `out`, or runs/<name>)")
+    p.add_argument("--dry-run", "-n", action="store_true",
+                   help="list every step: run or skip, and why (a setting or an upstream step changed, outputs "
+                        "missing or damaged, never run); starts no cluster and runs nothing")
     add_cluster_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.experiment import load_experiment
     from crystal_dask.pipeline import run_job
     from crystal_dask.runtime.lock import hold
+    from crystal_dask.stages import load_experiment
     from crystal_dask.status import starting
 
     job = load_experiment(args.job, args.out)  # checked before any cluster starts
+    if args.dry_run:
+        return dry_run_listing(job)
     with hold(job.out):  # a second run on this folder is refused before it starts a cluster
         print(f"job {job.name}: outputs in {job.out}")
         # status.json says `starting` until the runner takes over, and why, if the cluster never comes
         with starting(job.out, job.name, job.source), client_for(args) as client:
             report = run_job(job, client, progress_bar(args))
     print(f"report: {report}")
+    return 0
+
+
+def dry_run_listing(job) -> int:
+    """Print what `run` would do with each step, and why; a summary line last."""
+    from crystal_dask.pipeline import dry_run
+
+    decisions = dry_run(job)
+    print(f"job {job.name}: outputs in {job.out} (dry run: nothing is run)")
+    for d in decisions:
+        print(d.line())
+    todo = sum(d.run for d in decisions)
+    print(f"{todo} step(s) to run, {len(decisions) - todo} up to date")
     return 0

@@ -18,8 +18,9 @@ from typing import Any
 
 from crystal_dask import status as status_file
 from crystal_dask.errors import PROG
-from crystal_dask.experiment import load_experiment, output_folder
+from crystal_dask.experiment import output_folder
 from crystal_dask.runtime.cluster import BATCH_KINDS, load_cluster_config
+from crystal_dask.stages import load_experiment
 from crystal_dask.store.files import write_json
 
 
@@ -150,7 +151,8 @@ def format_status(state: dict[str, Any]) -> str:
     for st in state.get("stages", []):
         name = st["name"]
         took = f" ({st['ended'] - st['started']:.1f} s)" if "ended" in st and "started" in st else ""
-        lines.append(f"  {name:<32} {st.get('state', '?')}{took}")
+        why = f"  ({st['why']})" if st.get("why") and st.get("state") != "skipped" else ""
+        lines.append(f"  {name:<32} {st.get('state', '?')}{took}{why}")
     if state.get("error"):
         lines.append(f"  error: {state['error']}")
     if state.get("report"):

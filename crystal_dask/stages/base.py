@@ -4,19 +4,20 @@ A stage is a module with
     NAME: str                                   its name, the prefix of its steps' names
     SECTION: str (optional)                     the job-file section it owns ...
     parse(cfg, experiment, where) -> settings   ... checked at load (errors name the key)
-    steps(ctx: Context) -> Iterable[Step]       its units of work, asked for once every earlier stage is done
+    steps(ctx: Context) -> Iterable[Step]       its units of work: declarations only, reading no file
 
-A Step is skipped when the key recorded beside its outputs equals its key, every output exists and its `damage`
-check (if any) finds nothing; the key is
-everything its outputs depend on (inputs' identities and settings). Each stage alone knows where its files are:
-a later stage finds an earlier one's outputs through that stage's own path functions.
+A step declares what it reads (the names of earlier steps) and its own settings (with the code and format
+versions its outputs depend on); the runner derives its key from those settings and the keys of the steps it
+reads, a Merkle chain down the graph, so a change anywhere upstream reaches every step downstream. A stage
+reads another step's outputs only through `Context.output(step)`, which refuses a step the running step did
+not declare.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,17 +33,34 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def plain(value: Any) -> Any:
+    """`value` as JSON has it (tuples as lists, paths as str): what a step's settings are recorded and compared as."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+class UndeclaredRead(RuntimeError):
+    """A step asked for the outputs of a step it did not declare in `reads`."""
+
+
 @dataclass(frozen=True)
 class Step:
-    """One unit of a stage's work: `run()` makes `outputs`, which depend on nothing but `key`."""
+    """One unit of a stage's work: `run()` makes `outputs`, which depend on nothing but `settings` and the outputs
+    of the steps in `reads`."""
 
     name: str  # "extract:fcbr": the status line, the key record and the performance report are named after it
-    key: str  # a fingerprint of the step's inputs and settings
+    reads: tuple[str, ...]  # the earlier steps whose outputs run() reads (through Context.output)
+    settings: Mapping[str, Any]  # its own settings and code/format versions, JSON-able (job-file names as keys)
     outputs: tuple[Path, ...]
     run: Callable[[], Any]
     # what is wrong with the outputs, checked before skipping (e.g. damaged chunks): a step whose outputs are
     # damaged is run again, however its key matches
     damage: Callable[[], list[Any]] | None = None
+    product: Any = None  # what a later step reading this one gets from Context.output (a folder, a Dataset, ...)
+
+
+def step_key(step: Step, keys: Mapping[str, str]) -> str:
+    """The key of `step`: its settings and the keys of the steps it reads (`keys`: every earlier step's key)."""
+    return fingerprint(plain(step.settings), {r: keys[r] for r in sorted(step.reads)})
 
 
 @dataclass
@@ -50,10 +68,19 @@ class Context:
     """What a stage's steps need: the experiment, the cluster, a progress display, and products for the caller."""
 
     experiment: Experiment
-    client: Client
+    client: Client | None
     show_progress: Callable[[list], None] | None = None
     products: dict[str, Path] = field(default_factory=dict)  # e.g. {"report": <report.md>}, for the caller
+    steps: dict[str, Step] = field(default_factory=dict)  # every step declared so far, by name (the runner's)
+    running: Step | None = None  # the step whose run() is under way (set by the runner)
 
     @property
     def out(self) -> Path:
         return self.experiment.out
+
+    def output(self, name: str) -> Any:
+        """The product of the earlier step `name`, for the running step, which must have declared it."""
+        if self.running is None or name not in self.running.reads:
+            who = self.running.name if self.running is not None else "no step"
+            raise UndeclaredRead(f"{who} reads {name}, which it does not declare in its reads")
+        return self.steps[name].product

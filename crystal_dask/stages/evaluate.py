@@ -3,7 +3,8 @@
 Every block is predicted where it is read; only per-row predictions (small) and per-block confusion matrices
 come back. No process holds the whole set, nor a float copy of more than one block.
 Settings: the job file's `evaluate.sets.<name>: {corpus, splits}`. Outputs: <out>/eval/<set>/<config>/
-predictions.parquet and confusion.json; redone when the model's bytes, the dataset's plan or the splits change.
+predictions.parquet and confusion.json; redone when the splits or a step it reads (the model's training, the
+set's corpus's extract and features steps) change.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from crystal_dask.checks import ConfigError, need, section, text, texts
 from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import confusion
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
-from crystal_dask.stages import extract, train
-from crystal_dask.stages.base import Context, Step, fingerprint
+from crystal_dask.stages import train
+from crystal_dask.stages.base import Context, Step
 from crystal_dask.store.dataset import PIXELS, Dataset
 from crystal_dask.store.files import write_json
 from crystal_dask.store.models import load_model, read_manifest
@@ -153,16 +154,16 @@ def predictions_path(folder: Path) -> Path:
 
 def steps(ctx: Context) -> Iterator[Step]:
     exp = ctx.experiment
-    models = train.trained(exp)
     for s in exp.settings[SECTION]:
-        ds = extract.dataset(exp, s.corpus)
-        plan = ds.identity()
+        data = train.dataset_reads(exp, s.corpus)
         for cfg in exp.settings[train.SECTION].configs:
-            path, out = train.model_path(exp, cfg.name), output_dir(exp, s.name, cfg.name)
-            yield Step(f"{NAME}:{s.name}:{cfg.name}", fingerprint(models[cfg.name]["sha256"], plan, s.splits),
+            out = output_dir(exp, s.name, cfg.name)
+            reads = (f"{train.NAME}:{cfg.name}", *data)
+            yield Step(f"{NAME}:{s.name}:{cfg.name}", reads, {"splits": list(s.splits)},
                        (out / "confusion.json", predictions_path(out)),
-                       lambda ds=ds, path=path, out=out, s=s: evaluate(
-                           ds.root, path, out, ctx.client, splits=s.splits, show_progress=ctx.show_progress))
+                       lambda out=out, s=s, reads=reads: evaluate(
+                           ctx.output(reads[1]).root, ctx.output(reads[0]), out, ctx.client, splits=s.splits,
+                           show_progress=ctx.show_progress))
 
 
 def results(exp: Experiment) -> dict[str, dict[str, dict[str, Any]]]:

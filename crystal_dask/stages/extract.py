@@ -15,24 +15,26 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask.bag as db
 import numpy as np
 import pyarrow as pa
-from distributed import Client
 
 from crystal_dask.experiment import Experiment
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
+from crystal_dask.runtime.tasks import map_tasks, resumable
 from crystal_dask.stages import scan
-from crystal_dask.stages.base import Context, Step, fingerprint
+from crystal_dask.stages.base import Context, Step
 from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, ROW_ARRAYS, Dataset
-from crystal_dask.store.files import write_json
 from crystal_dask.store.integrity import check_chunk
 from crystal_dask.store.schema import PATCHES, REGIONS, REJECTS, conform, make_table, reject_row
 from crystal_dask.vocab import CLASSES, SPLITS
 from crystal_dask.wsi.patches import PatchSettings, plan_windows, render_patch
 from crystal_dask.wsi.slide_cache import cached_slide, close_stage
 from crystal_dask.wsi.slides import SlideError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 EXTRACT_ARRAYS = (PIXELS, *ROW_ARRAYS)  # the arrays this stage writes (and checks); later stages may add more
 _PLAN_KEYS = [f.name for f in PATCHES if f.name not in ("row", "level", "downsample")]
@@ -59,25 +61,23 @@ def plan(regions: pa.Table, s: PatchSettings) -> tuple[list[dict], list[dict]]:
 
 
 def plan_hash(rows: list[dict], s: PatchSettings) -> str:
-    """Identity of what the dataset will hold: settings, format version, every planned box, and slide sizes."""
+    """Identity of what the dataset will hold: settings, format version, every planned row as the patch table will
+    have it, and each slide file's size and mtime (a regenerated slide is read again)."""
     h = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, "settings": s.as_dict()}, sort_keys=True).encode())
-    sizes: dict[str, int] = {}
+    files: dict[str, list[int]] = {}
     for r in rows:
-        if r["slide"] not in sizes:
+        if r["slide"] not in files:
             p = Path(r["slide"])
-            sizes[r["slide"]] = p.stat().st_size if p.exists() else -1
-        h.update(json.dumps([r[k] for k in ("slide", "region_id", "cls", "crystal", "split", "wx0", "wy0", "wx1",
-                                             "wy1")] + [sizes[r["slide"]], r["polygon"] if s.mask_outside else None]
-                            ).encode())
+            files[r["slide"]] = [(st := p.stat()).st_size, st.st_mtime_ns] if p.exists() else [-1, -1]
+        h.update(json.dumps([r.get(k) for k in _PLAN_KEYS] + files[r["slide"]]
+                            + [r["polygon"] if s.mask_outside else None], default=str).encode())
     return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- the tasks
+@resumable
 def extract_chunk(task: dict) -> dict:
-    """Render one chunk of patches on a worker, write its whole zarr chunks, then its done-marker."""
-    marker = Path(task["marker"])
-    if marker.exists():  # a retried task (lost worker) or a resumed run
-        return json.loads(marker.read_text())
+    """Render one chunk of patches on a worker and write its whole zarr chunks (then its done-marker)."""
     roomy_malloc(task["stage"])
     s = PatchSettings(**task["settings"])
     rows = task["rows"]
@@ -114,9 +114,7 @@ def extract_chunk(task: dict) -> dict:
     written = Dataset(task["dataset"]).write_rows(task["start"], {PIXELS: pixels, "label": label, "crystal": crystal,
                                                                  "split": split})
     # the marker records each chunk file's size and hash: a rerun redoes a chunk whose files no longer match
-    result = {"chunk": task["chunk"], "rows": outcome, "files": written}
-    write_json(marker, result, indent=None)
-    return result
+    return {"chunk": task["chunk"], "rows": outcome, "files": written}
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -154,12 +152,8 @@ def extract(
     todo = [t for t in tasks if not Path(t["marker"]).exists()]
     if todo:
         with roomy_stage(client) as stage:
-            bag = db.from_sequence([t | {"stage": stage} for t in todo], npartitions=len(todo)).map(extract_chunk)
             try:
-                futures = client.compute(bag.to_delayed())
-                if show_progress is not None:
-                    show_progress(futures)
-                client.gather(futures)
+                map_tasks(client, extract_chunk, [t | {"stage": stage} for t in todo], show_progress)
             finally:  # the workers' cached slides are closed with the stage
                 client.run(close_stage, stage, on_error="ignore")
 
@@ -197,7 +191,7 @@ def _damaged(ds: Dataset, done: dict) -> bool:
 
 # ----------------------------------------------------------------------------------------------- the stage
 def dataset(exp: Experiment, corpus: str) -> Dataset:
-    """The dataset this stage makes of `corpus`."""
+    """The dataset this stage makes of `corpus` (its step's product)."""
     return Dataset(exp.out / "datasets" / corpus)
 
 
@@ -205,15 +199,14 @@ def steps(ctx: Context) -> Iterator[Step]:
     exp = ctx.experiment
     for c in exp.corpora.values():
         ds = dataset(exp, c.name)
-        # extraction checks its own plan and resumes chunk by chunk: the step key only adds the scan's inputs
-        key = fingerprint(scan.corpus_listing(scan.synth.corpus_root(exp, c)), c.extract.as_dict(), exp.labels.remap)
+        reads = (f"{scan.NAME}:{c.name}",)
 
-        def run(c=c, ds=ds) -> None:
-            scanned = scan.read_output(exp, c.name)
+        def run(c=c, ds=ds, reads=reads) -> None:
+            scanned = scan.read_output(ctx.output(reads[0]))
             extract(scanned.regions, ds.root, c.extract, ctx.client, scan_rejects=scanned.rejects,
                     show_progress=ctx.show_progress)
             log.info("extract %s: %s", c.name, json.dumps(ds.read_manifest()))
 
         # every chunk's hash, checked before the step may be skipped (xxh3: the cost of reading the files)
-        yield Step(f"{NAME}:{c.name}", key, (ds.manifest, ds.checksums), run,
-                   damage=lambda ds=ds: ds.verify(EXTRACT_ARRAYS))
+        yield Step(f"{NAME}:{c.name}", reads, {"extract": c.extract.as_dict(), "format_version": FORMAT_VERSION},
+                   (ds.manifest, ds.checksums), run, damage=lambda ds=ds: ds.verify(EXTRACT_ARRAYS), product=ds)

@@ -35,6 +35,7 @@ from crystal_dask.checks import ConfigError, check_fields, integer, number, text
 from crystal_dask.experiment import Experiment
 from crystal_dask.features import FAMILIES, FeatureError, compute_families, resample_to
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
+from crystal_dask.runtime.tasks import map_tasks, resumable
 from crystal_dask.stages import extract
 from crystal_dask.stages.base import Context, Step, fingerprint
 from crystal_dask.store.dataset import PIXELS, Dataset
@@ -45,6 +46,7 @@ from crystal_dask.wsi.slides import Slide, SlideError
 NAME = "features"
 SECTION = "features"
 PCA = "pca"
+PCA_VERSION = 1  # bump when the pca array's bytes change for the same inputs
 MARKERS = ".features"
 log = logging.getLogger("crystal_dask.pipeline")
 
@@ -98,11 +100,10 @@ def read_rgb(slide: Slide, box: tuple[int, int, int, int], mpp: float | None, um
     return resample_to(rgb, mpp * slide.levels[level].downsample, um_per_px), um_per_px
 
 
+@resumable
 def feature_chunk(task: dict) -> dict:
-    """Compute the families of one chunk of rows on a worker, write whole chunks of their arrays, then a marker."""
-    marker = Path(task["marker"])
-    if marker.exists():  # a retried task (lost worker) or a resumed run
-        return json.loads(marker.read_text())
+    """Compute the families of one chunk of rows on a worker and write whole chunks of their arrays (then its
+    done-marker)."""
     roomy_malloc(task["stage"])
     families, rows = task["families"], task["rows"]
     values = {f: np.zeros((len(rows), len(FAMILIES[f].columns)), np.float32) for f in families}
@@ -132,9 +133,7 @@ def feature_chunk(task: dict) -> dict:
                     outcome[i] = {"reject": why}
     ds = Dataset(task["dataset"])
     written = ds.write_rows(task["start"], {**values, **{f"ok_{f}": ok for f in families}})
-    result = {"start": task["start"], "rows": outcome, "checksums": written}  # recorded by the client, once
-    write_json(marker, result, indent=None)
-    return result
+    return {"start": task["start"], "rows": outcome, "checksums": written}  # recorded by the client, once
 
 
 # ---------------------------------------------------------------------------------------------- the runs
@@ -156,7 +155,7 @@ def compute(ds: Dataset, settings: FeatureSettings, client, show_progress=None) 
     by_row = {r["row"]: r for r in table.select(["row", "slide", "annotation", "region_id", "wx0", "wy0", "wx1", "wy1",
                                                  "mpp"]).to_pylist()}
     tasks = []
-    for k, start in enumerate(range(0, n_rows, chunk)):
+    for k, start in enumerate(range(0, n_rows if families else 0, chunk)):  # no families: no task
         rows = []
         for row in range(start, min(start + chunk, n_rows)):
             r = by_row.get(row)  # rows extract rejected stay zero and not ok
@@ -167,14 +166,8 @@ def compute(ds: Dataset, settings: FeatureSettings, client, show_progress=None) 
                       "marker": str(markers / f"chunk-{k:06d}.json")})
     todo = [t for t in tasks if not Path(t["marker"]).exists()]
     if todo:
-        import dask.bag as db
-
         with roomy_stage(client) as stage:
-            bag = db.from_sequence([t | {"stage": stage} for t in todo], npartitions=len(todo)).map(feature_chunk)
-            futures = client.compute(bag.to_delayed())
-            if show_progress is not None:
-                show_progress(futures)
-            client.gather(futures)
+            map_tasks(client, feature_chunk, [t | {"stage": stage} for t in todo], show_progress)
     ds.sweep_partial_writes()
     rejects, checksums = [], {}
     for t in tasks:
@@ -212,7 +205,7 @@ def apply_pca(ds: Dataset, model: Any, client, key: str) -> None:
     """Every row of `ds` projected on the fitted components, written as the `pca` array (rows extract rejected
     stay zero and not ok)."""
     n = model.n_components_
-    ds.add_arrays({PCA: ((n,), "float32")}, {PCA: {"columns": [f"pca_{i}" for i in range(n)], "version": 1,
+    ds.add_arrays({PCA: ((n,), "float32")}, {PCA: {"columns": [f"pca_{i}" for i in range(n)], "version": PCA_VERSION,
                                                    "key": key}})
     table = ds.rows()
     written = np.zeros(ds.group()["label"].shape[0], bool)
@@ -233,44 +226,47 @@ def manifest_path(ds: Dataset) -> Path:
 
 
 def steps(ctx: Context) -> Iterator[Step]:
+    """One step per corpus, even without families: it also removes the arrays the settings no longer make."""
     exp = ctx.experiment
     settings: FeatureSettings = exp.settings[SECTION]
-    if settings.families:
-        for c in exp.corpora.values():
-            ds = extract.dataset(exp, c.name)
-            key = fingerprint(ds.read_manifest()["plan_hash"], asdict(settings),
-                              {f: FAMILIES[f].version for f in settings.families})
+    own = {"features": asdict(settings), "versions": {f: FAMILIES[f].version for f in settings.families}}
+    for c in exp.corpora.values():
+        ds = extract.dataset(exp, c.name)
+        reads = (f"{extract.NAME}:{c.name}",)
 
-            def run(ds=ds, name=c.name) -> None:
-                manifest = compute(ds, settings, ctx.client, ctx.show_progress)
-                write_json(manifest_path(ds), manifest)
-                log.info("features %s: %s", name, json.dumps(manifest))
+        def run(reads=reads, name=c.name) -> None:
+            ds = ctx.output(reads[0])
+            ds.keep_arrays(settings.arrays())  # a family or pca taken out of the job must not outlive it
+            manifest = compute(ds, settings, ctx.client, ctx.show_progress)
+            write_json(manifest_path(ds), manifest)
+            log.info("features %s: %s", name, json.dumps(manifest))
 
-            yield Step(f"{NAME}:{c.name}", key, (manifest_path(ds), ds.root / "features_rejects.parquet"), run)
-    if settings.pca:
-        yield from _pca_steps(ctx, settings)
+        yield Step(f"{NAME}:{c.name}", reads, own, (manifest_path(ds), ds.root / "features_rejects.parquet"), run,
+                   product=ds)
 
 
-def _pca_steps(ctx: Context, settings: FeatureSettings) -> Iterator[Step]:
-    from crystal_dask.stages import train
-
+def pca_step(ctx: Context, corpus: str, step_name: str) -> Step:
+    """The step that fits the `pca` family on the training rows of `corpus` and adds it to every dataset (the
+    train stage declares it: what PCA is fitted on is training's choice)."""
     exp = ctx.experiment
-    train_ds = extract.dataset(exp, exp.settings[train.SECTION].corpus)
-    datasets = [extract.dataset(exp, c) for c in exp.corpora]
-    key = fingerprint([d.read_manifest()["plan_hash"] for d in datasets], settings.pca)
+    components = exp.settings[SECTION].pca
+    reads = tuple(f"{extract.NAME}:{c}" for c in exp.corpora)
+    fitted_on = f"{extract.NAME}:{corpus}"
     record = exp.out / "features" / "pca.json"
 
     def run() -> None:
+        train_ds = ctx.output(fitted_on)
         table = train_ds.rows()
         rows = np.sort(table.filter(pc.equal(table["split"], "train"))["row"].to_numpy())
-        model = fit_pca(train_ds, rows, settings.pca, ctx.client)
-        for ds in datasets:
-            apply_pca(ds, model, ctx.client, key)
+        model = fit_pca(train_ds, rows, components, ctx.client)
+        key = fingerprint(train_ds.read_manifest()["plan_hash"], components)
+        for r in reads:
+            apply_pca(ctx.output(r), model, ctx.client, key)
         write_json(record, {"key": key, "fitted_on": str(train_ds.root), "rows": int(len(rows)),
                             "components": int(model.n_components_),
                             "explained_variance_ratio": float(np.sum(model.explained_variance_ratio_))})
 
-    yield Step(f"{NAME}:{PCA}", key, (record,), run)
+    return Step(step_name, reads, {"pca": components, "fitted_on": corpus, "version": PCA_VERSION}, (record,), run)
 
 
 def check_features(names: tuple[str, ...], exp: Experiment, where: str) -> None:

@@ -22,7 +22,6 @@ Settings: the job file's `infer:` section (see `InferSettings` and `parse`). Out
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -147,6 +146,7 @@ def parse(cfg: Mapping[str, Any] | None, exp: Experiment, where: str) -> InferSe
             raise ConfigError(f"{at}.corpus: {corpus!r} is not one of the corpora ({', '.join(exp.corpora)})")
         configs = texts(s["configs"], f"{at}.configs") if s.get("configs") is not None else None
         sets.append(InferSet(name, corpus, texts(s.get("splits", list(SPLITS)), f"{at}.splits", SPLITS), configs))
+        _configs(exp, sets[-1])  # checked at load, against the train section (parsed before this one)
     return InferSection(tuple(sets), settings)
 
 
@@ -651,14 +651,28 @@ def output_dir(exp: Experiment, set_name: str, config: str) -> Path:
 
 def _configs(exp: Experiment, s: InferSet) -> list[str]:
     from crystal_dask.stages import train
+    from crystal_dask.stages.features import PCA
 
-    known = [c.name for c in exp.settings[train.SECTION].configs]
-    if s.configs is None:
-        return known
-    unknown = [c for c in s.configs if c not in known]
+    configs = {c.name: c for c in exp.settings[train.SECTION].configs}
+    unknown = [c for c in s.configs or () if c not in configs]
     if unknown:
-        raise ConfigError(f"infer.sets.{s.name}.configs: {unknown} are not train configurations ({', '.join(known)})")
-    return list(s.configs)
+        raise ConfigError(f"infer.sets.{s.name}.configs: {unknown} are not train configurations ({', '.join(configs)})")
+    chosen = list(configs) if s.configs is None else list(s.configs)
+    for name in chosen:  # what window_matrix can make of a slide's windows: pixels alone, or families alone
+        arrays = configs[name].features
+        if arrays != (PIXELS,) and (PIXELS in arrays or PCA in arrays):
+            raise ConfigError(f"infer.sets.{s.name}.configs: {name!r} trains on {list(arrays)}; whole-slide windows "
+                              f"are described by pixels alone or by handcrafted families only (no pca)")
+    return chosen
+
+
+def _prune_slides(out: Path, entries: Sequence[SlideInput]) -> None:
+    """Remove the folders of slides this run does not infer (slides of another corpus or split): a rerun's outputs
+    are then those of a clean run."""
+    keep = {slide_dir(out, e.bname) for e in _unique_bnames(entries)}
+    for folder in sorted((out / "slides").glob("*")) if (out / "slides").is_dir() else []:
+        if folder not in keep:
+            shutil.rmtree(folder)
 
 
 def steps(ctx: Context) -> Iterator[Step]:
@@ -666,23 +680,22 @@ def steps(ctx: Context) -> Iterator[Step]:
 
     exp = ctx.experiment
     sec: InferSection = exp.settings.get(SECTION) or InferSection()
-    if not sec.sets:
-        return
-    models = train.trained(exp)
+    model_data = train.dataset_reads(exp, exp.settings[train.SECTION].corpus)  # model_context reads its dataset
     for s in sec.sets:
-        folder = scan.output_dir(exp, s.corpus)
-        listing = hashlib.sha256((folder / "regions.parquet").read_bytes()).hexdigest()
         for config in _configs(exp, s):
-            out, model = output_dir(exp, s.name, config), train.model_path(exp, config)
+            out = output_dir(exp, s.name, config)
+            reads = (f"{scan.NAME}:{s.corpus}", f"{train.NAME}:{config}", *model_data)
 
-            def run(s=s, out=out, model=model) -> None:
-                entries = slides_from_regions(scan.read_output(exp, s.corpus).regions, s.splits)
-                m = infer_slides(entries, model, out, ctx.client, sec.settings, corpus=s.corpus,
+            def run(s=s, out=out, reads=reads) -> None:
+                entries = slides_from_regions(scan.read_output(ctx.output(reads[0])).regions, s.splits)
+                _prune_slides(out, entries)
+                m = infer_slides(entries, ctx.output(reads[1]), out, ctx.client, sec.settings, corpus=s.corpus,
                                  show_progress=ctx.show_progress)
                 log.info("infer %s: %s", out, json.dumps({k: m[k] for k in ("slides_done", "rejects", "windows")}))
 
-            key = fingerprint(models[config]["sha256"], listing, s.splits, asdict(sec.settings), FORMAT_VERSION)
-            yield Step(f"{NAME}:{s.name}:{config}", key, (out / "infer.json", out / "summary.parquet"), run)
+            settings = {"splits": list(s.splits), "infer": asdict(sec.settings), "format_version": FORMAT_VERSION}
+            yield Step(f"{NAME}:{s.name}:{config}", reads, settings, (out / "infer.json", out / "summary.parquet"),
+                       run)
 
 
 def results(exp: Experiment) -> dict[str, dict[str, dict[str, Any]]]:

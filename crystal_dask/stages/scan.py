@@ -1,7 +1,8 @@
 """Stage scan: one row per usable annotated region (REGIONS schema), one reject row per unusable input.
 
 Runs on the client and reads no pixels: only annotation files and slide headers (size, MPP).
-Outputs: <out>/scan/<corpus>/regions.parquet and rejects.parquet; redone when any file of the corpus changes.
+Outputs: <out>/scan/<corpus>/regions.parquet and rejects.parquet (the step's product is that folder); redone when
+the labels or split_seed change, or any file of the corpus (its synth step, or its files' listing on disk).
 """
 
 from __future__ import annotations
@@ -177,9 +178,8 @@ def output_dir(exp: Experiment, corpus: str) -> Path:
     return exp.out / "scan" / corpus
 
 
-def read_output(exp: Experiment, corpus: str) -> ScanResult:
-    """A finished scan of `corpus`, as later stages read it."""
-    folder = output_dir(exp, corpus)
+def read_output(folder: Path) -> ScanResult:
+    """A finished scan (the folder a scan step makes, its product), as later stages read it."""
     return ScanResult(read_table(folder / "regions.parquet", REGIONS), read_table(folder / "rejects.parquet", REJECTS))
 
 
@@ -191,17 +191,23 @@ def corpus_listing(root: Path) -> list[tuple[str, int, int]]:
 
 def steps(ctx: Context) -> Iterator[Step]:
     exp = ctx.experiment
+    labels = {"remap": dict(exp.labels.remap), "crystalline": dict(exp.labels.crystalline)}
     for c in exp.corpora.values():
         folder = output_dir(exp, c.name)
-        key = fingerprint(corpus_listing(synth.corpus_root(exp, c)), exp.labels.remap, dict(exp.labels.crystalline),
-                          c.split_seed)
-        yield Step(f"{NAME}:{c.name}", key, (folder / "regions.parquet", folder / "rejects.parquet"),
-                   lambda c=c: _run(exp, c))
+        settings = {"labels": labels, "split_seed": c.split_seed}
+        if c.synth is None:  # a corpus on disk is an input: its files' names, sizes and mtimes
+            settings["corpus"] = {"path": str(c.path), "files": fingerprint(corpus_listing(c.path))}
+        reads = (f"{synth.NAME}:{c.name}",) if c.synth is not None else ()
+
+        def run(c=c, folder=folder, reads=reads) -> None:
+            _run(ctx.output(reads[0]) if reads else c.path, c, exp.labels, folder)
+
+        yield Step(f"{NAME}:{c.name}", reads, settings, (folder / "regions.parquet", folder / "rejects.parquet"), run,
+                   product=folder)
 
 
-def _run(exp: Experiment, c: CorpusSpec) -> None:
-    result = scan(synth.corpus_root(exp, c), corpus=c.name, labels=exp.labels, split_seed=c.split_seed)
-    folder = output_dir(exp, c.name)
+def _run(root: Path, c: CorpusSpec, labels: LabelMap, folder: Path) -> None:
+    result = scan(root, corpus=c.name, labels=labels, split_seed=c.split_seed)
     write_table(result.regions, folder / "regions.parquet", REGIONS)
     write_table(result.rejects, folder / "rejects.parquet", REJECTS)
     log.info("scan %s: %s", c.name, json.dumps(result.summary()))

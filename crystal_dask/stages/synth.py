@@ -1,6 +1,7 @@
 """Stage synth: generate the corpora a job asks for (`corpora.<name>.synth`) in the real NEDC layout.
 
-Outputs: <out>/corpora/<name>/ with its corpus.json manifest (written last). A corpus on disk (`path`) has no step.
+Outputs: <out>/corpora/<name>/ with its corpus.json manifest (written last); the step's product is that folder.
+A corpus on disk (`path`) has no step.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from crystal_dask.experiment import CorpusSpec, Experiment
-from crystal_dask.stages.base import Context, Step, fingerprint
+from crystal_dask.stages.base import Context, Step
 
 NAME = "synth"
 
@@ -27,8 +28,8 @@ def steps(ctx: Context) -> Iterator[Step]:
             continue
         root = corpus_root(ctx.experiment, c)
         args = dict(c.synth)
-        yield Step(f"{NAME}:{c.name}", fingerprint(args), (root / "corpus.json",),
-                   lambda root=root, args=args: regenerate(root, args))
+        yield Step(f"{NAME}:{c.name}", (), {"synth": args}, (root / "corpus.json",),
+                   lambda root=root, args=args: regenerate(root, args), product=root)
 
 
 def regenerate(root: Path, args: Mapping[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """Stage train: choose each configuration's rows and fit BalancedRandomForestClassifier under joblib's dask backend.
 
 Settings: the job file's `train:` section (`corpus`, `configs.<name>`). Outputs: <out>/models/<config>.skops beside
-its manifest <config>.json; redone when the dataset's plan or the configuration changes.
+its manifest <config>.json; redone when the configuration or a step it reads (the corpus's extract and features
+steps) changes. With `features.pca` this stage also fits the pca family on its corpus (step train:pca).
 """
 
 from __future__ import annotations
@@ -13,23 +14,24 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from distributed import Client
 
 from crystal_dask.checks import ConfigError, check_fields, choice, flag, integer, need, section, text, texts
 from crystal_dask.experiment import Experiment
-from crystal_dask.forest import TrainingRows, fit_forest
 from crystal_dask.stages import extract
-from crystal_dask.stages.base import Context, Step, fingerprint
-from crystal_dask.stages.features import check_features
+from crystal_dask.stages import features as feature_stage
+from crystal_dask.stages.base import Context, Step
 from crystal_dask.store.dataset import PIXELS, Dataset
 from crystal_dask.store.models import read_manifest, save_model
 from crystal_dask.vocab import CLASSES, SPLITS
 from crystal_dask.wsi.split import apportion
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 NAME = "train"
 SECTION = "train"
@@ -128,6 +130,8 @@ def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: C
     if cfg.balance == "label":
         raw = dict(zip(patches["row"].to_pylist(), patches["label"].to_pylist(), strict=True))
         strata = np.array([raw[int(r)] for r in rows])
+    from crystal_dask.forest import TrainingRows, fit_forest  # here: declaring steps needs no scikit-learn
+
     model = fit_forest(TrainingRows(str(dataset.root), cfg.features), rows, y, client, random_state=RANDOM_STATE,
                        strata=strata)
     manifest = {
@@ -170,7 +174,7 @@ def parse(cfg: Mapping[str, Any], exp: Experiment, where: str) -> TrainSettings:
         if base is not None and "crystal" not in c:
             c["crystal"] = base.crystal
         configs.append(TrainConfig.from_config(name, c))
-        check_features(configs[-1].features, exp, f"{where}.configs.{name}.features")
+        feature_stage.check_features(configs[-1].features, exp, f"{where}.configs.{name}.features")
     return TrainSettings(corpus, tuple(configs))
 
 
@@ -179,14 +183,27 @@ def model_path(exp: Experiment, config: str) -> Path:
     return exp.out / "models" / f"{config}.skops"
 
 
+PCA_STEP = f"{NAME}:pca"
+
+
+def dataset_reads(exp: Experiment, corpus: str) -> tuple[str, ...]:
+    """The steps that make what a model reads of a corpus's dataset: its patches, its feature arrays (their ok
+    flags decide which rows are usable) and, with `features.pca`, the pca array."""
+    return (f"{extract.NAME}:{corpus}", f"{feature_stage.NAME}:{corpus}",
+            *((PCA_STEP,) if exp.settings[feature_stage.SECTION].pca else ()))
+
+
 def steps(ctx: Context) -> Iterator[Step]:
     exp = ctx.experiment
     settings: TrainSettings = exp.settings[SECTION]
-    ds = extract.dataset(exp, settings.corpus)
+    if exp.settings[feature_stage.SECTION].pca:
+        yield feature_stage.pca_step(ctx, settings.corpus, PCA_STEP)
+    reads = dataset_reads(exp, settings.corpus)
     for cfg in settings.configs:
         path = model_path(exp, cfg.name)
-        yield Step(f"{NAME}:{cfg.name}", fingerprint(*ds.identity(), cfg),
-                   (path, path.with_suffix(".json")), lambda cfg=cfg, path=path: train(ds.root, cfg, path, ctx.client))
+        yield Step(f"{NAME}:{cfg.name}", reads, {"config": asdict(cfg), "random_state": RANDOM_STATE},
+                   (path, path.with_suffix(".json")),
+                   lambda cfg=cfg, path=path: train(ctx.output(reads[0]).root, cfg, path, ctx.client), product=path)
 
 
 def trained(exp: Experiment) -> dict[str, dict[str, Any]]:

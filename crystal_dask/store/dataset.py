@@ -218,6 +218,20 @@ class Dataset:
             group.create_array(OK_PREFIX + name, shape=(n,), chunks=(chunk_rows,), dtype="bool", fill_value=False,
                                compressors=zstd, overwrite=True, dimension_names=("patch",))
 
+    def keep_arrays(self, names: Sequence[str]) -> None:
+        """Remove every added data array not in `names` (pixels stays), with its ok_<name> flags and checksums: an
+        array a later stage no longer makes must not outlive its setting."""
+        gone = [n for n in self.array_names() if n != PIXELS and n not in names]
+        if not gone:
+            return
+        group = zarr.open_group(str(self.zarr), mode="r+")
+        for n in gone:
+            del group[n]
+            del group[OK_PREFIX + n]
+        prefixes = tuple(f"{p}{n}/" for n in gone for p in ("", OK_PREFIX))
+        integrity.write_checksums(self.root, {k: v for k, v in integrity.load_checksums(self.root).items()
+                                              if not k.startswith(prefixes)})
+
     def write_rows(self, start: int, values: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
         """Write whole chunks of rows [start, start + n) of the named arrays (a task owns its chunks); return the
         written chunk files' checksums ({file under patches.zarr: [size, hash]}) for `finish`."""

@@ -3,7 +3,8 @@
     python -m tests.helpers.run_digest runs/demo > digest.json
 
 For every dataset: sha256 of each zarr array's decoded contents (independent of chunk file names) and of its
-patches table; for every evaluation: sha256 of the predictions table's rows; and results.json's confusion matrices.
+patches table; for every evaluation: sha256 of the predictions table's rows; for every whole-slide inference (when
+the job has one): its summary rows and each slide's probability grid; and results.json's confusion matrices.
 Two runs are the same experiment when their digests are equal (paths inside the run folder are made relative).
 """
 
@@ -32,6 +33,13 @@ def digest(out: Path) -> dict:
     for pred in sorted((out / "eval").rglob("predictions.parquet")):
         rows = pq.read_table(pred).to_pylist()
         d["predictions"][str(pred.parent.relative_to(out / "eval"))] = _sha(json.dumps(rows, sort_keys=True).encode())
+    for summary in sorted((out / "infer").rglob("summary.parquet")) if (out / "infer").is_dir() else []:
+        folder = summary.parent  # whole-slide inference: its summary rows and every slide's probability grid
+        rows = json.dumps(pq.read_table(summary).to_pylist(), sort_keys=True, default=str)
+        d.setdefault("infer", {})[str(folder.relative_to(out / "infer"))] = {
+            "summary.parquet": _sha(rows.replace(str(out), "<out>").encode()),
+            **{str(z.parent.relative_to(folder)): _sha(zarr.open_group(str(z), mode="r")["proba"][...].tobytes())
+               for z in sorted(folder.rglob("windows.zarr"))}}
     results = json.loads((out / "results.json").read_text())
     d["confusion"] = {s: {c: v["confusion"] for c, v in cfgs.items()} for s, cfgs in results["sets"].items()}
     return d

@@ -153,3 +153,14 @@ def test_a_driver_that_ends_before_writing_its_status_is_failed_with_its_last_wo
     last = Path(record["log"]).read_text().splitlines()[-1]
     assert last.startswith(f"crystal-dask: error: {path}") and "train.corpus" in last
     assert state["error"] == f"the driver ended before it started the job; its last word: {last}"
+
+
+def test_status_says_why_a_step_runs():
+    state = {"job": "j", "state": "running", "out": "/o", "stages": [
+        {"name": "scan:fcbr", "state": "done", "started": 0.0, "ended": 1.0, "why": "setting split_seed changed"},
+        {"name": "extract:fcbr", "state": "running", "why": "upstream scan:fcbr changed"},
+        {"name": "synth:fcbr", "state": "skipped", "why": "up to date"}]}
+    lines = format_status(state).splitlines()
+    assert lines[1].endswith("done (1.0 s)  (setting split_seed changed)")
+    assert lines[2].endswith("running  (upstream scan:fcbr changed)")
+    assert lines[3].endswith("skipped")

@@ -291,9 +291,9 @@ def test_realdata_features_finite_and_identical_on_one_and_two_workers(realdata,
 # ------------------------------------------------------------------------------------------ the pca family
 @pytest.mark.slow
 def test_pca_family_in_a_tiny_job_is_fitted_on_the_training_split(small_corpus, tmp_path, client):
-    from crystal_dask.experiment import load_experiment
     from crystal_dask.pipeline import run_job
     from crystal_dask.stages import extract as extract_stage
+    from crystal_dask.stages import load_experiment
     from tests.helpers.jobs import TINY, write_job
 
     # TINY on the session's generated corpus (painting TINY's own two corpora took 2 of this test's 5 minutes on

@@ -205,7 +205,8 @@ def test_one_worker_gives_the_same_bytes(inferred, held_out, window_model, tmp_p
 
 
 def test_parse_checks_the_section(tmp_path):
-    from crystal_dask.experiment import ExperimentError, load_experiment
+    from crystal_dask.experiment import ExperimentError
+    from crystal_dask.stages import load_experiment
     from tests.helpers.jobs import TINY, write_job
 
     job = write_job(tmp_path, {**TINY, "infer": {"sets": {"TUBR": {"corpus": "tubr", "configs": ["crystal"]}},
@@ -220,6 +221,20 @@ def test_parse_checks_the_section(tmp_path):
         with pytest.raises(ExperimentError, match=msg.replace(".", r"\.")):
             load_experiment(write_job(tmp_path, {**TINY, "infer": bad}, "bad.yaml"))
     assert load_experiment(write_job(tmp_path, TINY, "none.yaml")).settings["infer"].sets == ()
+
+
+def test_the_configurations_a_set_names_are_checked_at_load(tmp_path):
+    from crystal_dask.experiment import ExperimentError
+    from crystal_dask.stages import load_experiment
+    from tests.helpers.jobs import TINY, write_job
+
+    unknown = {**TINY, "infer": {"sets": {"x": {"corpus": "tubr", "configs": ["nope"]}}}}
+    with pytest.raises(ExperimentError, match=r"infer\.sets\.x\.configs: \['nope'\] are not train configurations"):
+        load_experiment(write_job(tmp_path, unknown, "unknown.yaml"))
+    pca = {**TINY, "features": {"pca": 4}, "train": {"corpus": "fcbr", "configs": {"p": {"features": ["pca"]}}},
+           "infer": {"sets": {"x": {"corpus": "tubr"}}}}
+    with pytest.raises(ExperimentError, match=r"infer\.sets\.x\.configs: 'p' trains on \['pca'\]"):
+        load_experiment(write_job(tmp_path, pca, "pca.yaml"))
 
 
 def test_summary_schema_is_declared(inferred):

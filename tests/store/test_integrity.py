@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from crystal_dask.cli import main
-from crystal_dask.pipeline import Runner
-from crystal_dask.stages.base import Step
+from crystal_dask.pipeline import Planner
+from crystal_dask.stages.base import Context, Step
 from crystal_dask.stages.extract import extract
 from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.integrity import DamagedDataError
@@ -96,19 +96,19 @@ def test_a_rerun_reextracts_only_the_damaged_chunks(damaged, pristine, small_sca
 
 
 def test_the_runner_does_not_skip_a_step_whose_outputs_are_damaged(damaged, pristine, tmp_path):
-    from crystal_dask.status import Status
+    from types import SimpleNamespace
 
-    ran = []
-    runner = Runner.__new__(Runner)  # the runner's step logic alone: no experiment or cluster needed
-    runner.out = tmp_path
-    for folder in ("stages", "reports"):
-        (tmp_path / folder).mkdir()
-    runner.status = Status(tmp_path, "t", tmp_path / "job.yaml")
-    (tmp_path / "stages" / "extract-x.json").write_text('{"key": "k"}')
-    good = Dataset(pristine[0])
-    assert runner.step(Step("extract:x", "k", (good.manifest,), lambda: ran.append("good"), good.verify)) is False
-    assert runner.step(Step("extract:x", "k", (damaged.manifest,), lambda: ran.append("bad"), damaged.verify))
-    assert ran == ["bad"]
+
+    def step(name: str, ds: Dataset) -> Step:
+        return Step(name, (), {}, (ds.manifest,), lambda: None, ds.verify)
+
+    recorder = Planner(Context(SimpleNamespace(out=tmp_path), None))  # the runner's step logic alone: no cluster
+    for name, ds in (("extract:good", Dataset(pristine[0])), ("extract:bad", damaged)):
+        recorder.record(recorder.decide(step(name, ds)))  # as if each had run
+    planner = Planner(Context(SimpleNamespace(out=tmp_path), None))
+    assert planner.decide(step("extract:good", Dataset(pristine[0]))).why == "up to date"
+    redo = planner.decide(step("extract:bad", damaged))
+    assert redo.run and redo.why.startswith("outputs damaged: ")
 
 
 def test_a_dataset_without_checksums_is_named_unchecked_and_a_rerun_records_them(pristine, small_scan, client,

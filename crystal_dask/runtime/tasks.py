@@ -1,0 +1,40 @@
+"""The two shapes every chunk-owning stage repeats: a task that resumes from its done-marker, and a bag of such
+tasks computed on the cluster with a progress display."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from crystal_dask.store.files import write_json
+
+
+def resumable(task_fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    """Make a task (a dict with a "marker" path) leave its JSON result as a done-marker once it finished, and
+    return that result without running again when the marker exists (a retried task on a lost worker, or a
+    resumed run). Used as a decorator on a module-level function, so the task still pickles by reference."""
+
+    @functools.wraps(task_fn)
+    def run(task: dict) -> dict:
+        marker = Path(task["marker"])
+        if marker.exists():
+            return json.loads(marker.read_text())
+        result = task_fn(task)
+        write_json(marker, result, indent=None)
+        return result
+
+    return run
+
+
+def map_tasks(client: Any, fn: Callable[[dict], Any], tasks: Sequence[dict],
+              show_progress: Callable[[list], None] | None = None) -> list[Any]:
+    """`fn` over `tasks` on the cluster, one bag partition (one Dask task) each; results in task order."""
+    import dask.bag as db
+
+    futures = client.compute(db.from_sequence(tasks, npartitions=len(tasks)).map(fn).to_delayed())
+    if show_progress is not None:
+        show_progress(futures)
+    return client.gather(futures)
