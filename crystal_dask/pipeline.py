@@ -46,8 +46,9 @@ class Decision:
     run: bool
     why: str
 
-    def line(self) -> str:
-        return f"{'run' if self.run else 'skip':<5} {self.step.name:<28} {self.why}"
+    def line(self, width: int = 28) -> str:
+        """One listing line; `width` aligns the reasons of a whole listing (the longest step name)."""
+        return f"{'run' if self.run else 'skip':<5} {self.step.name:<{width}} {self.why}"
 
 
 def _changes(old: Any, new: Any, where: str = "") -> list[str]:

@@ -45,8 +45,9 @@ def dry_run_listing(job) -> int:
 
     decisions = dry_run(job)
     print(f"job {job.name}: outputs in {job.out} (dry run: nothing is run)")
+    width = max((len(d.step.name) for d in decisions), default=0)
     for d in decisions:
-        print(d.line())
+        print(d.line(width))
     todo = sum(d.run for d in decisions)
     print(f"{todo} step(s) to run, {len(decisions) - todo} up to date")
     return 0
