@@ -140,7 +140,11 @@ def test_interrupted_job_resumes_with_identical_outputs(tmp_path, reference):
     assert proc.wait(timeout=60) != 0
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "interrupted", status
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    # resumed with the default progress into pipes, as `> log 2>&1` or a submitted driver: lines, no redraws
+    resumed = subprocess.run(cmd[:-1], capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert b"\r" not in resumed.stdout + resumed.stderr
+    assert b"% (" in resumed.stderr and b"progress " in (out / "job.log").read_bytes()
     assert outputs_digest(out) == digest
     assert json.loads((out / "status.json").read_text())["state"] == "done"
 
