@@ -15,7 +15,6 @@ from crystal_dask.metrics import compare, confusion, summarize
 from crystal_dask.stages import evaluate as evaluate_stage
 from crystal_dask.stages import train as train_stage
 from crystal_dask.stages.evaluate import EvalSet, evaluate
-from crystal_dask.stages.extract import extract
 from crystal_dask.stages.report import (
     BORDER,
     CRYSTAL_RGB,
@@ -36,7 +35,6 @@ from crystal_dask.store.models import load_model, save_model
 from crystal_dask.store.schema import PREDICTIONS, make_table, read_table, write_table
 from crystal_dask.vocab import CLASSES as CLASSES_9
 from crystal_dask.vocab import LabelMap
-from crystal_dask.wsi.patches import PatchSettings
 
 CLASSES = ["c0", "c1", "c2"]
 Y = np.array([0] * 5 + [1] * 6 + [2] * 4)
@@ -203,17 +201,17 @@ def _magenta_pixels(png: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def job(small_scan, client, tmp_path_factory: pytest.TempPathFactory) -> Experiment:
-    """A tiny experiment made by the real stages: extract, train baseline and crystal, evaluate on one set."""
+def job(small_dataset, client, tmp_path_factory: pytest.TempPathFactory) -> Experiment:
+    """A tiny experiment made by the real stages on the session's small dataset: train baseline and crystal,
+    evaluate on one set."""
     out = tmp_path_factory.mktemp("job")
     configs = (TrainConfig("baseline"), TrainConfig("crystal", crystal=True))
     eval_set = EvalSet("FCBR dev+eval", "fcbr", ("dev", "eval"))
     exp = Experiment(name="tiny", source=out / "job.yaml", out=out, corpora={}, labels=LabelMap(),
                      settings={"train": TrainSettings("fcbr", configs), "evaluate": (eval_set,)})
-    extract(small_scan.regions, out / "ds", PatchSettings(chunk_rows=16), client)
     for cfg in configs:
-        train(out / "ds", cfg, train_stage.model_path(exp, cfg.name), client)
-        evaluate(out / "ds", train_stage.model_path(exp, cfg.name), evaluate_stage.output_dir(exp, eval_set.name,
+        train(small_dataset, cfg, train_stage.model_path(exp, cfg.name), client)
+        evaluate(small_dataset, train_stage.model_path(exp, cfg.name), evaluate_stage.output_dir(exp, eval_set.name,
                  cfg.name), client, splits=eval_set.splits)
     return exp
 
@@ -225,14 +223,14 @@ def full(job: Experiment) -> tuple[dict, dict[str, Path], dict]:
     return results, written, json.loads(written["report.json"].read_text())
 
 
-def test_collect_carries_model_files_and_dataset_roots(job: Experiment, full) -> None:
+def test_collect_carries_model_files_and_dataset_roots(job: Experiment, small_dataset: Path, full) -> None:
     results, _, doc = full
     for config in ("baseline", "crystal"):
         m = results["models"][config]
         assert m["model"] == str(job.out / "models" / f"{config}.skops") and Path(m["model"]).is_file()
         assert m["features"] == ["pixels"] and m["columns"] is None  # main's manifests: pixels, unnamed
         entry = results["sets"]["FCBR dev+eval"][config]
-        assert entry["dataset"] == str((job.out / "ds").resolve())
+        assert entry["dataset"] == str(small_dataset.resolve())
         assert set(entry) == {"confusion", "n", "predictions", "dataset"}  # the documented shape, one key more
     assert doc["models"] == results["models"]
 
@@ -259,11 +257,12 @@ def test_importances_top20_match_the_forest(job: Experiment, full) -> None:
         assert png == job.out / "report" / e["figure"] and 10_000 < png.stat().st_size < 1_000_000
 
 
-def test_gallery_shows_each_class_and_marks_exactly_the_crystalline_rows(job: Experiment, full) -> None:
+def test_gallery_shows_each_class_and_marks_exactly_the_crystalline_rows(job: Experiment, small_dataset: Path,
+                                                                        full) -> None:
     _, written, doc = full
     g = doc["sets"]["FCBR dev+eval"]["gallery"]
     assert g["config"] == "crystal" and g["figure"] == "gallery_FCBR_dev_eval.png"
-    ds = Dataset(job.out / "ds")
+    ds = Dataset(small_dataset)
     crystal = ds.group()["crystal"][:]
     label = ds.group()["label"][:]
     preds = read_table(evaluate_stage.output_dir(job, "FCBR dev+eval", "crystal") / "predictions.parquet",
@@ -321,9 +320,9 @@ def test_old_results_without_the_new_keys_still_report(full, tmp_path: Path) -> 
     assert "## Feature importances" not in written["report.md"].read_text()
 
 
-def test_named_feature_columns(job: Experiment, tmp_path: Path) -> None:
+def test_named_feature_columns(job: Experiment, small_dataset: Path, tmp_path: Path) -> None:
     """A forest on named feature columns (band means of the real patches): importances carry those names."""
-    ds = Dataset(job.out / "ds")
+    ds = Dataset(small_dataset)
     rows = ds.rows()["row"].to_numpy()
     bands = ds.matrix(rows).reshape(len(rows), 32, -1).mean(axis=2)  # 32 horizontal bands of 8 lines
     names = [f"band {i} mean" for i in range(32)]
