@@ -1,13 +1,16 @@
 """The runner: every stage in order (crystal_dask.stages.ORDER), each step run or skipped by its key.
 
 A step whose key matches the one recorded beside its outputs (<out>/stages/<step>.json), with every output
-present, is skipped; extraction also resumes inside a step, chunk by chunk. Each step that runs leaves a Dask
-performance report (<out>/reports/<step>.html); the job keeps a log (<out>/job.log) and a status file. The runner
-knows nothing of any stage's files: stages declare their steps (stages/base.py).
+present, is skipped; extraction also resumes inside a step, chunk by chunk. On request (`performance_reports`,
+`crystal-dask run --performance-reports`) each step that runs leaves a Dask performance report
+(<out>/reports/<step>.html): it costs about a second per step, most of a small step's time. The job keeps a log
+(<out>/job.log) and a status file. The runner knows nothing of any stage's files: stages declare their steps
+(stages/base.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -33,11 +36,14 @@ def _file_name(step: str) -> str:
 
 
 class Runner:
-    def __init__(self, exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None):
+    def __init__(self, exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None,
+                 performance_reports: bool = False):
         self.ctx = Context(exp, client, show_progress)
         self.out = exp.out
         (self.out / "stages").mkdir(parents=True, exist_ok=True)
-        (self.out / "reports").mkdir(parents=True, exist_ok=True)
+        self.reports = self.out / "reports" if performance_reports else None
+        if self.reports is not None:
+            self.reports.mkdir(parents=True, exist_ok=True)
         self.status = Status(exp.out, exp.name, exp.source)
 
     def step(self, step: Step) -> bool:
@@ -56,7 +62,8 @@ class Runner:
         started = time.time()
         self.status.stage(step.name, state="running", started=started)
         try:
-            with performance_report(filename=str(self.out / "reports" / f"{_file_name(step.name)}.html")):
+            with (performance_report(filename=str(self.reports / f"{_file_name(step.name)}.html"))
+                  if self.reports is not None else contextlib.nullcontext()):
                 step.run()
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EROFS) and not exc.filename:
@@ -91,11 +98,13 @@ def setup_logging(out: Path) -> list[logging.Handler]:
     return handlers
 
 
-def run_job(exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None) -> Path:
-    """Run every stage of `exp` on `client`; return the Markdown report's path."""
+def run_job(exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None,
+            performance_reports: bool = False) -> Path:
+    """Run every stage of `exp` on `client`; return the Markdown report's path. `performance_reports`: a Dask
+    performance report per step that runs, in <out>/reports/."""
     with hold(exp.out):  # one run per output folder (re-entrant: `crystal-dask run` took it already)
         handlers = setup_logging(exp.out)
-        runner = Runner(exp, client, show_progress)
+        runner = Runner(exp, client, show_progress, performance_reports)
         try:
             return runner.run()["report"]
         except BaseException as exc:

@@ -24,7 +24,7 @@ from tests.helpers.jobs import TINY, tiny_job, write_job
 def test_job_end_to_end_then_skips(tmp_path, client):
     path = tiny_job(tmp_path)
     job = load_experiment(path)
-    report = run_job(job, client)
+    report = run_job(job, client, performance_reports=True)
     assert report.exists() and report.parent == job.out / "report"
     status = json.loads((job.out / "status.json").read_text())
     assert status["state"] == "done" and status["report"] == str(report)
@@ -50,6 +50,24 @@ def test_job_end_to_end_then_skips(tmp_path, client):
     assert [s["name"] for s in again] == order
     assert all(s["state"] == "skipped" for s in again), again
     assert (job.out / "report" / "report.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("reports", [False, True])
+def test_performance_reports_only_on_request(tmp_path, client, reports):
+    from crystal_dask.experiment import Experiment
+    from crystal_dask.pipeline import Runner
+    from crystal_dask.stages.base import Step
+    from crystal_dask.vocab import LabelMap
+
+    exp = Experiment(name="t", source=tmp_path / "job.yaml", out=tmp_path / "out", corpora={}, labels=LabelMap(),
+                     settings={})
+    runner = Runner(exp, client, performance_reports=reports)
+    made = exp.out / "made"
+    assert runner.step(Step("extract:x", "k", (made,), lambda: made.write_text(str(client.submit(sum, [1, 2])
+                                                                                    .result()))))
+    assert made.read_text() == "3"
+    assert (exp.out / "reports" / "extract-x.html").is_file() == reports
+    assert (exp.out / "reports").exists() == reports
 
 
 # ------------------------------------------------------------------------------ the same job on other clusters

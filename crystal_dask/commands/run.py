@@ -13,6 +13,9 @@ HELP = "Run a job (jobs/<job>.yaml): synth or corpus, scan, extract, train, eval
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", type=Path, help="job file, e.g. jobs/demo.yaml")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the job's `out`, or runs/<name>)")
+    p.add_argument("--performance-reports", action="store_true",
+                   help="write a Dask performance report per step that runs (<out>/reports/<step>.html; about a "
+                        "second each)")
     add_cluster_argument(p)
 
 
@@ -25,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     with hold(job.out):  # a second run on this folder is refused before it starts a cluster
         print(f"job {job.name}: outputs in {job.out}")
         with client_for(args) as client:
-            report = run_job(job, client, progress_bar(args))
+            report = run_job(job, client, progress_bar(args), args.performance_reports)
     print(f"report: {report}")
     return 0

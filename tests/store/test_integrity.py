@@ -99,7 +99,7 @@ def test_the_runner_does_not_skip_a_step_whose_outputs_are_damaged(damaged, pris
 
     ran = []
     runner = Runner.__new__(Runner)  # the runner's step logic alone: no experiment or cluster needed
-    runner.out = tmp_path
+    runner.out, runner.reports = tmp_path, tmp_path / "reports"
     for folder in ("stages", "reports"):
         (tmp_path / folder).mkdir()
     runner.status = Status(tmp_path, "t", tmp_path / "job.yaml")
