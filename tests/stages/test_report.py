@@ -12,23 +12,15 @@ from imblearn.ensemble import BalancedRandomForestClassifier
 
 from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import compare, confusion, summarize
+from crystal_dask.report.gallery import BORDER, CRYSTAL_RGB, GALLERY_ERRORS, THUMB, choose_examples, thumbnail
+from crystal_dask.report.importances import feature_names, importances
+from crystal_dask.report.markdown import GALLERY_PER_CLASS
+from crystal_dask.report.paired import load_paired
+from crystal_dask.report.write import write_report
 from crystal_dask.stages import evaluate as evaluate_stage
 from crystal_dask.stages import train as train_stage
 from crystal_dask.stages.evaluate import EvalSet, evaluate
-from crystal_dask.stages.report import (
-    BORDER,
-    CRYSTAL_RGB,
-    GALLERY_ERRORS,
-    GALLERY_PER_CLASS,
-    THUMB,
-    choose_examples,
-    collect,
-    feature_names,
-    importances,
-    load_paired,
-    thumbnail,
-    write_report,
-)
+from crystal_dask.stages.report import collect
 from crystal_dask.stages.train import TrainConfig, TrainSettings, train
 from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model, save_model
@@ -296,9 +288,9 @@ def test_gallery_shows_each_class_and_marks_exactly_the_crystalline_rows(job: Ex
     assert f"![FCBR dev+eval: gallery]({g['figure']})" in written["report.md"].read_text().splitlines()
 
 
-def test_report_deterministic_with_gallery_and_importances(job: Experiment, full, tmp_path: Path) -> None:
+def test_report_deterministic_with_gallery_and_importances(job: Experiment, full, client, tmp_path: Path) -> None:
     results, written, _ = full
-    again = write_report(results, tmp_path)
+    again = write_report(results, tmp_path, client=client)  # the figures drawn on the workers this time
     assert set(again) == set(written)
     for name in ("report.json", "report.md", "gallery_FCBR_dev_eval.png", "importances_crystal.png"):
         assert again[name].read_bytes() == written[name].read_bytes(), name
