@@ -21,6 +21,7 @@ from crystal_dask.pipeline import run_job
 from tests.helpers.jobs import TINY, tiny_job, write_job
 
 
+@pytest.mark.slow
 def test_job_end_to_end_then_skips(tmp_path, client):
     path = tiny_job(tmp_path)
     job = load_experiment(path)
@@ -109,6 +110,7 @@ def job_on(tmp_path: Path, corpora: Path) -> Path:
     return write_job(tmp_path, cfg)
 
 
+@pytest.mark.slow
 def test_job_on_spawned_scheduler_and_workers(tmp_path, reference):
     from crystal_dask.runtime.cluster import cluster_config_from_mapping, connect
     from tests.helpers.dask_processes import scheduler_and_workers
@@ -122,6 +124,7 @@ def test_job_on_spawned_scheduler_and_workers(tmp_path, reference):
     assert outputs_digest(load_experiment(path).out) == digest
 
 
+@pytest.mark.slow
 def test_job_survives_a_killed_worker_with_identical_outputs(tmp_path, reference):
     digest, corpora = reference
     path = job_on(tmp_path, corpora)
@@ -145,6 +148,7 @@ def test_job_survives_a_killed_worker_with_identical_outputs(tmp_path, reference
     assert outputs_digest(out) == digest
 
 
+@pytest.mark.slow
 def test_interrupted_job_resumes_with_identical_outputs(tmp_path, reference):
     digest, corpora = reference
     path = job_on(tmp_path, corpora)
@@ -167,6 +171,7 @@ def test_interrupted_job_resumes_with_identical_outputs(tmp_path, reference):
     assert json.loads((out / "status.json").read_text())["state"] == "done"
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_job_on_slurm_workers(slurm_ready, tmp_path, reference):
     from crystal_dask.runtime.cluster import cluster_config_from_mapping, connect

@@ -63,6 +63,7 @@ def test_the_model_travels_once_not_in_every_task(trained, small_dataset, client
     assert min(theirs) > model_bytes
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_on_a_set_larger_than_its_chunks(trained, small_dataset, tmp_path):
     """A set of many chunks: the peak memory of the workers stays far below the set's float copy.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 import tifffile
 import zarr
 from distributed import Client, LocalCluster
@@ -214,6 +215,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_byte_identical(small_scan, small_dataset, client, tmp_path):
     from crystal_dask.store.schema import REGIONS, write_table
 
@@ -236,6 +238,7 @@ def test_resume_after_kill_is_byte_identical(small_scan, small_dataset, client, 
     assert Dataset(out).rows().equals(Dataset(small_dataset).rows())
 
 
+@pytest.mark.slow
 def test_killed_worker_still_gives_identical_output(small_scan, small_dataset, tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as c, Client(c) as cl:
         pids = cl.run(os.getpid)
