@@ -17,15 +17,19 @@ from matplotlib.figure import Figure
 from crystal_dask.report.markdown import pct
 from crystal_dask.store.files import write_atomic
 
+# zlib level of every PNG: on the demo's gallery, level 3 took 0.05 s of CPU for 578 kB where PIL's optimize=True
+# took 0.55 s for 609 kB (and the default 6, 0.12 s for 661 kB)
+PNG_LEVEL = 3
+
 
 def save(fig: Figure, path: Path, dpi: int = 110) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, pil_kwargs={"compress_level": PNG_LEVEL})
     return write_atomic(path, buf.getvalue())
 
 
 def save_rgb(fig: Figure, path: Path, dpi: int) -> Path:
-    """Like _save, without the alpha channel (a photographic montage is a quarter smaller as RGB)."""
+    """Like save, without the alpha channel (a photographic montage is a quarter smaller as RGB)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
@@ -33,7 +37,7 @@ def save_rgb(fig: Figure, path: Path, dpi: int) -> Path:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buf, format="png", optimize=True)
+    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buf, format="png", compress_level=PNG_LEVEL)
     return write_atomic(path, buf.getvalue())
 
 
