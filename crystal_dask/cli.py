@@ -1,4 +1,5 @@
-"""The `crystal-dask` command: one subcommand per stage, each defined in crystal_dask/commands/<verb>.py."""
+"""The `crystal-dask` command: one subcommand per stage, each defined in crystal_dask/commands/<verb>.py, and the
+verbs that run, follow and check whole jobs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pkgutil
 import sys
 
 from crystal_dask import commands, errors
+from crystal_dask.stages import ORDER
 
 # verb -> module under crystal_dask.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
 VERBS: tuple[str, ...] = tuple(sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(commands.__path__)
@@ -18,8 +20,13 @@ def _module(verb: str):
     return importlib.import_module(f"crystal_dask.commands.{verb.replace('-', '_')}")
 
 
+DESCRIPTION = (f"Distributed computational pathology on Dask. One verb per stage, in run order: {', '.join(ORDER)}. "
+               "`run` runs a whole job file, `submit` starts one detached, `status` follows it. "
+               "Each verb's options: crystal-dask VERB --help.")
+
+
 def build_parser(verbs: tuple[str, ...] = VERBS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crystal-dask", description=__doc__)
+    parser = argparse.ArgumentParser(prog="crystal-dask", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (also: CRYSTAL_DASK_DEBUG=1)")
     sub = parser.add_subparsers(dest="verb", required=True)

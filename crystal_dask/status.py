@@ -1,6 +1,8 @@
 """A job's status file, <out>/status.json: written by the runner at every change, read by `crystal-dask status`.
 
 Stages are listed in run order. Light on purpose (no Dask, zarr or scikit-learn): `crystal-dask status` imports it.
+The driver writes it from its start (`starting`: the cluster is being made), so a driver that ends before its first
+stage still says why.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +24,12 @@ FILE = "status.json"
 class Status:
     """The running job's status, rewritten atomically at every change."""
 
-    def __init__(self, out: Path, job: str, job_file: Path):
+    def __init__(self, out: Path, job: str, job_file: Path, state: str = "running"):
         self.path = Path(out) / FILE
         self.data: dict[str, Any] = {
             "job": job, "job_file": str(job_file), "out": str(out), "pid": os.getpid(),
             "host": socket.gethostname(), "driver_slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "state": "running", "stage": None, "stages": [], "report": None, "started": time.time(),
+            "state": state, "stage": None, "stages": [], "report": None, "started": time.time(),
         }
         self.write()
 
@@ -67,6 +70,22 @@ class Status:
         entry.update(kw)
         self.data["stage"] = name
         self.write()
+
+
+STARTING = "starting"
+
+
+@contextlib.contextmanager
+def starting(out: Path, job: str, job_file: Path) -> Iterator[Status]:
+    """The driver's status from its start until the runner takes the file over: a driver that fails before that
+    (no cluster, workers that never come) records the failure and its one-line reason."""
+    early = Status(out, job, job_file, state=STARTING)
+    try:
+        yield early
+    except BaseException as exc:
+        if (read(out) or {}).get("state") == STARTING:  # the runner never took over: nothing else would say why
+            early.failed(exc)
+        raise
 
 
 def read(out: Path) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import pytest
 
 import crystal_dask
 from crystal_dask.cli import VERBS, build_parser, main
+from crystal_dask.stages import ORDER
 from crystal_dask.store.schema import REGIONS, REJECTS, read_table
 
 COMMANDS = Path(crystal_dask.__file__).parent / "commands"
@@ -24,6 +25,18 @@ def test_every_verb_module_is_discovered():
     assert len(EXPECTED) >= 10  # the folder was found at all
     assert list(VERBS) == EXPECTED
     assert "read-region" in VERBS and not any(v.startswith("_") for v in VERBS)
+
+
+def test_every_stage_has_its_verb():
+    assert len(ORDER) >= 8 and not set(ORDER) - set(VERBS), set(ORDER) - set(VERBS)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
+def test_help_lists_every_stage_in_run_order(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    assert ", ".join(ORDER) in " ".join(capsys.readouterr().out.split())  # argparse rewraps the text
 
 
 @pytest.mark.parametrize("verb", EXPECTED)

@@ -4,11 +4,12 @@ medians, ranges, ratios and peak memory (optionally every number as JSON)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 HELP = ("Benchmark extraction, features, training or evaluation against plain baselines (medians over repeats, "
-        "ratios, memory).")
+        "ratios, memory); judge the calcification detector on real tissue.")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -73,6 +74,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="level-0 size in pixels (default 40000 30000)")
     i.add_argument("--tissue", type=float, default=0.3, help="fraction of the slide that is tissue (default 0.3)")
     _common(i)
+    c = sub.add_parser("calcification", help="recall of deposits painted on real H&E vs darkness and size, and "
+                                             "false objects per mm² of real tissue without deposits")
+    c.add_argument("slides", type=Path, nargs="+", help="real H&E slides with an MPP (e.g. CMU-1-Small-Region.svs)")
+    c.add_argument("--um-per-px", type=float, default=None,
+                   help="resolution the detector sees (default: the features stage's default)")
+    c.add_argument("--per-cell", type=int, default=12, help="painted deposits per (darkness, size) cell (default 12)")
+    c.add_argument("--h-ods", type=float, nargs="+", default=None, help="haematoxylin ODs painted (default 0.3-1.2)")
+    c.add_argument("--diameters", type=float, nargs="+", default=None, help="diameters painted, µm (default 10-100)")
+    c.add_argument("--plots", type=Path, default=None, help="also draw recall vs H OD and vs diameter into this folder")
+    c.add_argument("--before", type=Path, default=None,
+                   help="JSON of an earlier run (--json), drawn beside this one in the plots")
+    _common(c)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,6 +126,14 @@ def run(args: argparse.Namespace) -> int:
 
             result = bench.run(work, slides=args.slides, slide_size=tuple(args.slide_size), tissue=args.tissue,
                                repeats=args.repeats, seed=args.seed, log=log)
+        elif args.stage == "calcification":
+            from crystal_dask.bench import calcification as bench
+
+            result = bench.run(args.slides, um_per_px=args.um_per_px, per_cell=args.per_cell, seed=args.seed,
+                               h_ods=args.h_ods or bench.H_ODS, diameters=args.diameters or bench.DIAMETERS_UM,
+                               log=log)
+            if args.plots is not None:
+                bench.plots(result, args.plots, json.loads(args.before.read_text()) if args.before else None)
         else:
             from crystal_dask.bench import evaluate as bench
 

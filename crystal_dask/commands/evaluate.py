@@ -22,11 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.stages.evaluate import evaluate
+    from crystal_dask.runtime.lock import hold
 
-    with client_for(args) as client:
-        summary = evaluate(args.dataset, args.model, args.out, client, splits=args.splits,
-                           show_progress=progress_bar(args))
+    with hold(args.out, "crystal-dask evaluate"):  # one command per output folder, refused before any slow import
+        from crystal_dask.stages.evaluate import evaluate
+
+        with client_for(args) as client:
+            summary = evaluate(args.dataset, args.model, args.out, client, splits=args.splits,
+                               show_progress=progress_bar(args))
     cm = np.array(summary["confusion"])
     print(json.dumps({"n": summary["n"], "correct": int(cm.trace()), "accuracy": round(cm.trace() / cm.sum(), 4)}))
     print(f"predictions: {args.out / 'predictions.parquet'}")

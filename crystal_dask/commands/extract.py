@@ -35,15 +35,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.stages.extract import extract
-    from crystal_dask.store.schema import REGIONS, REJECTS, read_table
+    from crystal_dask.runtime.lock import hold
 
     settings = PatchSettings.from_config({k: v for k, v in vars(args).items() if k in PatchSettings.keys()})
-    regions = read_table(args.scan / "regions.parquet", REGIONS)
-    scan_rejects = read_table(args.scan / "rejects.parquet", REJECTS)
-    with client_for(args) as client:
-        ds = extract(regions, args.out, settings, client, scan_rejects=scan_rejects,
-                     show_progress=progress_bar(args))
+    with hold(args.out, "crystal-dask extract"):  # one command per output folder, refused before any slow import
+        from crystal_dask.stages.extract import extract
+        from crystal_dask.store.schema import REGIONS, REJECTS, read_table
+
+        regions = read_table(args.scan / "regions.parquet", REGIONS)
+        scan_rejects = read_table(args.scan / "rejects.parquet", REJECTS)
+        with client_for(args) as client:
+            ds = extract(regions, args.out, settings, client, scan_rejects=scan_rejects,
+                         show_progress=progress_bar(args))
     manifest = ds.read_manifest()
     print(json.dumps({k: manifest[k] for k in ("patches", "regions_in", "regions_written", "rejects_total",
                                                "chunks", "chunks_run")}, indent=2))

@@ -57,16 +57,18 @@ def collect_inputs(inputs: list[Path], splits: list[str] | None = None) -> tuple
 
 
 def run(args: argparse.Namespace) -> int:
+    from crystal_dask.runtime.lock import hold
     from crystal_dask.stages.infer import InferSettings, infer_slides
 
     settings = InferSettings(tissue_threshold=args.tissue_threshold, window_size=args.window_size,
                              window_step=args.window_step, window_unit=args.window_unit,
                              magnification=args.magnification, heatmap_class=args.heatmap_class, block=args.block,
                              skip_errors=not args.stop_on_error)
-    slides, corpus = collect_inputs(args.input, args.splits)
-    with client_for(args) as client:
-        m = infer_slides(slides, args.model, args.out, client, settings, corpus=corpus,
-                         show_progress=progress_bar(args))
+    with hold(args.out, "crystal-dask infer"):  # one command per output folder
+        slides, corpus = collect_inputs(args.input, args.splits)
+        with client_for(args) as client:
+            m = infer_slides(slides, args.model, args.out, client, settings, corpus=corpus,
+                             show_progress=progress_bar(args))
     score = m["score"]["summary"] if m["score"] else None
     print(json.dumps({"slides": m["slides_in"], "done": m["slides_done"], "rejects": m["rejects"],
                       "windows": m["windows"], "window": m["window_source"],

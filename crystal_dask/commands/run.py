@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 
 from crystal_dask.commands._common import add_cluster_argument, client_for, progress_bar
+from crystal_dask.stages import ORDER
 
-HELP = "Run a job (jobs/<job>.yaml): synth or corpus, scan, extract, train, evaluate, report. Finished stages skip."
+HELP = (f"Run a job (jobs/<job>.yaml): the stages it asks for, in order: {', '.join(ORDER)}. Finished steps are "
+        "skipped.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,11 +25,13 @@ def run(args: argparse.Namespace) -> int:
     from crystal_dask.experiment import load_experiment
     from crystal_dask.pipeline import run_job
     from crystal_dask.runtime.lock import hold
+    from crystal_dask.status import starting
 
     job = load_experiment(args.job, args.out)  # checked before any cluster starts
     with hold(job.out):  # a second run on this folder is refused before it starts a cluster
         print(f"job {job.name}: outputs in {job.out}")
-        with client_for(args) as client:
+        # status.json says `starting` until the runner takes over, and why, if the cluster never comes
+        with starting(job.out, job.name, job.source), client_for(args) as client:
             report = run_job(job, client, progress_bar(args), args.performance_reports)
     print(f"report: {report}")
     return 0

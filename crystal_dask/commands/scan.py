@@ -21,15 +21,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crystal_dask.runtime.lock import hold
     from crystal_dask.stages.scan import scan
 
-    try:
-        result = scan(args.root, corpus=args.corpus, split_seed=args.split_seed)
-    except FileNotFoundError as exc:  # no corpus root: nothing to scan, nothing written
-        print(f"scan: {exc}", file=sys.stderr)
-        return 2
-    write_table(result.regions, args.out / "regions.parquet", REGIONS)
-    write_table(result.rejects, args.out / "rejects.parquet", REJECTS)
+    with hold(args.out, "crystal-dask scan"):  # one command per output folder
+        try:
+            result = scan(args.root, corpus=args.corpus, split_seed=args.split_seed)
+        except FileNotFoundError as exc:  # no corpus root: nothing to scan, nothing written
+            print(f"scan: {exc}", file=sys.stderr)
+            return 2
+        write_table(result.regions, args.out / "regions.parquet", REGIONS)
+        write_table(result.rejects, args.out / "rejects.parquet", REJECTS)
     print(json.dumps(result.summary(), indent=2))
     for n in result.notes[:20]:
         print(f"note: {n}", file=sys.stderr)

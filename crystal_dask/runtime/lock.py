@@ -2,8 +2,11 @@
 
 The kernel drops a flock when its process dies, however it dies (SIGKILL included), so a lock file left by a
 killed run is not held by anyone: the next run takes it over and says whose it was. A second run while the first
-lives is refused at once, naming the pid and host that hold the lock. The lock is re-entrant within one process
-(the CLI takes it before starting a cluster, the runner again around the stages).
+lives is refused at once, naming the command, pid and host that hold the lock. Every command that writes a folder
+takes it (`run`, `scan`, `extract`, `features`, `train`, `evaluate`, `infer`), before it reads its inputs or starts a
+cluster. The lock is re-entrant within one process (the CLI takes it before starting a cluster, the runner again
+around the stages). A folder that holding the lock created is removed again if it is still empty on release, so a
+command refused or failing at once leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def _describe(info: dict[str, Any] | None) -> str:
     if not info:
         return "another process (its lock file is empty)"
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
-    return f"pid {info.get('pid')} on host {info.get('host')} (started {started})"
+    return f"pid {info.get('pid')} on host {info.get('host')} ({info.get('what', 'a run')}, started {started})"
 
 
 # fds of the locks this process holds. A forked child (the synthetic corpus painter's process pool) would share
@@ -64,7 +67,7 @@ os.register_at_fork(after_in_child=_drop_in_child)
 def hold(out: Path, what: str = "crystal-dask run") -> Iterator[Path]:
     """Hold <out>/.lock for the block; raise LockedError at once if a live run holds it."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
     path = out / LOCK
     key = str(path.resolve())
     if key in _held:
@@ -75,7 +78,11 @@ def hold(out: Path, what: str = "crystal-dask run") -> Iterator[Path]:
             _held[key] -= 1
         return
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # another run's release removed the folder it had created: make it again
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -107,3 +114,6 @@ def hold(out: Path, what: str = "crystal-dask run") -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # while still holding it: a waiting opener then sees another inode and retries
         os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):  # fails, as it should, when anything was written there
+                out.rmdir()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crystal_dask import status as status_file
+from crystal_dask.errors import PROG
 from crystal_dask.experiment import load_experiment, output_folder
 from crystal_dask.runtime.cluster import BATCH_KINDS, load_cluster_config
 from crystal_dask.store.files import write_json
@@ -104,13 +105,39 @@ def status(out: Path) -> dict[str, Any]:
         elif sub["kind"] == "slurm" and shutil.which("squeue"):
             q = subprocess.run(["squeue", "-h", "-j", sub["slurm_job_id"], "-o", "%T"], capture_output=True, text=True)
             state["slurm_state"] = q.stdout.strip() or "finished (not in the queue)"
+    # whether the submitted driver has ended: None when nobody can tell from here (a foreign host, no squeue)
+    ended = (not state["driver_running"] if "driver_running" in state
+             else state["slurm_state"] in SLURM_ENDED if "slurm_state" in state else None)
     if "state" not in state:
-        state["state"] = "submitted, not started yet" if "submission" in state else "unknown: nothing ran here"
-    elif state["state"] == "running" and state.get("host") == socket.gethostname() and not _pid_alive(state["pid"]):
+        if "submission" not in state:
+            state["state"] = "unknown: nothing ran here"
+        elif ended:  # it ended before it wrote a word here (an import failed, killed at once): its log says why
+            state |= {"state": "failed", "driver_gone": True, "error": "the driver ended before it started the "
+                      f"job; its last word: {_last_word(Path(state['submission']['log']))}"}
+        else:
+            state["state"] = "submitted, not started yet"
+    elif state["state"] in ("running", status_file.STARTING) and (ended or (
+            state.get("host") == socket.gethostname() and not _pid_alive(state["pid"]))):
         # the driver died without a word (SIGKILL, out of memory, a reboot): nothing else would ever say so
         state["state"] = f"driver gone: pid {state['pid']} on {state['host']} no longer runs (killed?); rerun to resume"
         state["driver_gone"] = True
     return state
+
+
+# squeue's states of a job that has ended (and what status() says of one squeue no longer lists)
+SLURM_ENDED = ("finished (not in the queue)", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
+               "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+
+
+def _last_word(log: Path) -> str:
+    """The driver's last error line in its log (`crystal-dask: error: ...`, else its last line: a traceback's
+    ends with the exception), or why there is none."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError as exc:
+        return f"cannot read {log}: {exc.strerror or exc}"
+    errors = [line for line in lines if line.startswith(f"{PROG}: error:")]
+    return (errors or lines or [f"{log} is empty"])[-1]
 
 
 def format_status(state: dict[str, Any]) -> str:

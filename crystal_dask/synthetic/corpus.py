@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crystal_dask.runtime.orphans import exit_with_parent
 from crystal_dask.store.files import write_atomic
 from crystal_dask.synthetic.slide_writer import pyramid, write_slide
 from crystal_dask.synthetic.tissue import FLAVOURS, paint_slide, warm_textures
@@ -358,7 +360,9 @@ def generate_corpus(
         results = [render(SlidePlan(**{**asdict(j), "encode_threads": workers})) for j in plans]
     elif workers > 1 and len(plans) > 1:
         warm_textures()  # forked workers inherit the texture fields instead of each computing them
-        with ProcessPoolExecutor(min(workers, len(plans))) as pool:
+        # the painters end with this process, however it ends (see runtime/orphans.py)
+        with ProcessPoolExecutor(min(workers, len(plans)), initializer=exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             results = list(pool.map(render, plans))
     else:  # one process: let the tile encoder use the threads instead
         results = [render(SlidePlan(**{**asdict(j), "encode_threads": max(1, workers)})) for j in plans]

@@ -23,7 +23,7 @@ from scipy.ndimage import uniform_filter
 
 from crystal_dask.wsi.polygon import polygon_mask
 
-CMAX = 1.6  # stain concentration held by a uint8 canvas value of 255
+CMAX = 2.7  # stain concentration held by a uint8 canvas value of 255 (the darkest calcium: H 1.2 decadic OD)
 _TEX = 512  # side of the periodic noise fields
 _FIELD = 1024  # side of the periodic nucleus fields
 _STRIPE = 512  # rows per pass over the full canvas (bounds memory)
@@ -250,21 +250,38 @@ def _lobules(reg: _Region, n: int) -> None:
         _ducts(sub, max(3, int(r * r / 900)), (5, 11), (5, 8), "epithelial")
 
 
-def _calcium(reg: _Region, cy: float, cx: float, r: float, dense: float, rings: bool) -> None:
-    """One calcium deposit of haematoxylin concentration `dense`: lamellar rings (when `rings`) and thin cracks."""
+# calcium phosphate as routine H&E shows it (docs/calcification.md): haematoxylin 0.5-1.2 decadic OD, blue-purple
+# (eosin about a fifth of the haematoxylin, in OD), glassy, some laminated, some crossed by microtome cracks
+CALCIUM_H_OD = (0.5, 1.2)
+_H_PER_C = FLAVOURS["fcbr"].h_od / np.log(10)  # decadic haematoxylin OD of concentration 1 (the fcbr stain)
+_E_PER_H = 0.2 * FLAVOURS["fcbr"].h_od / FLAVOURS["fcbr"].e_od  # eosin concentration per haematoxylin's
+
+
+def _calcium(reg: _Region, cy: float, cx: float, r: float, irregular: float = 0.18) -> None:
+    """One calcium deposit of radius r px: darkness drawn over CALCIUM_H_OD, laminated (concentric rings) one time
+    in three, crossed by one or two straight 3-8 px cracks of bare glass one time in three (from 8 px radius)."""
     rng = reg.rng
     win, d, theta = _local(reg, int(cy), int(cx), int(r * 1.35) + 2)
-    dn = d / (r * _wobble(theta, rng, 0.18))
-    core = dn < 1
-    h = dense - 0.15 * (np.sin(d / rng.uniform(3.0, 6.0)) > 0.6) if rings else np.float32(dense)
-    crack = np.abs(_window(_blobs(4.0), *d.shape, rng) - 0.5) < 0.008
-    hv = np.broadcast_to(h, d.shape)
-    reg.h[win][core] = np.where(crack[core], 0.05, hv[core])
-    reg.e[win][core] = np.where(crack[core], 0.05, 1.1)  # calcium takes both stains: near black in greyscale
+    core = d < r * _wobble(theta, rng, irregular)
+    c = np.float32(rng.uniform(*CALCIUM_H_OD) / _H_PER_C)
+    h = np.full(d.shape, c, np.float32)
+    if rng.random() < 1 / 3:
+        h *= 1 + 0.15 * np.cos(2 * np.pi * d / rng.uniform(6.0, 12.0))
+    h *= 1 + 0.01 * rng.standard_normal(d.shape).astype(np.float32)
+    e = h * _E_PER_H
+    if r >= 8 and rng.random() < 1 / 3:
+        yy, xx = np.mgrid[win[0], win[1]]
+        for _ in range(int(rng.integers(1, 3))):
+            a, off = rng.uniform(0, np.pi), rng.uniform(-0.3, 0.3) * r
+            gap = np.abs((yy - cy) * np.cos(a) - (xx - cx) * np.sin(a) - off) < rng.uniform(1.5, 4.0)
+            h[gap], e[gap] = 0.02, 0.03
+    reg.h[win][core] = h[core]
+    reg.e[win][core] = e[core]
 
 
 def _specks(reg: _Region, clusters: int) -> None:
-    """Small loose clusters of dark calcific specks over the region (the cdcs look), sized to the region."""
+    """Small loose clusters of calcific deposits of several sizes over the region (the cdcs look): 10-23 per
+    cluster, 5-20 px radius (10-40 µm across at the corpora's 0.5 µm/px)."""
     rng = reg.rng
     side = min(reg.shape)
     for cy, cx in reg.points(clusters):
@@ -272,7 +289,7 @@ def _specks(reg: _Region, clusters: int) -> None:
         for _ in range(int(rng.integers(10, 24))):
             y, x = cy + rng.normal(0, spread), cx + rng.normal(0, spread)
             if 0 <= y < reg.shape[0] and 0 <= x < reg.shape[1]:
-                _calcium(reg, y, x, max(2.0, side * rng.uniform(0.012, 0.028)), 1.45, rings=False)
+                _calcium(reg, y, x, rng.uniform(5, 20))
 
 
 def _paint_bckg(reg: _Region) -> None:
@@ -375,10 +392,9 @@ def _paint_cnno(reg: _Region) -> None:
     rng = reg.rng
     h, w = reg.shape
     side = min(h, w)
-    _calcium(reg, h / 2 + rng.normal(0, 0.04 * h), w / 2 + rng.normal(0, 0.04 * w), side * rng.uniform(0.3, 0.38),
-             1.6, rings=True)
-    for cy, cx in reg.points(int(rng.integers(1, 4))):
-        _calcium(reg, cy, cx, side * rng.uniform(0.06, 0.12), 1.6, rings=True)
+    _calcium(reg, h / 2 + rng.normal(0, 0.04 * h), w / 2 + rng.normal(0, 0.04 * w), side * rng.uniform(0.3, 0.38))
+    for cy, cx in reg.points(int(rng.integers(2, 6))):
+        _calcium(reg, cy, cx, side * rng.uniform(0.03, 0.12))
 
 
 def _paint_cidc(reg: _Region) -> None:
@@ -395,7 +411,7 @@ def _paint_cidc(reg: _Region) -> None:
         reg.e[win][wall] = 0.36
         halo = d < r
         reg.h[win][halo], reg.e[win][halo] = 0.02, 0.05
-        _calcium(reg, cy, cx, r * 0.82, 1.45, rings=True)
+        _calcium(reg, cy, cx, r * 0.82, irregular=0.08)
 
 
 PAINTERS: dict[str, Callable[[_Region], None]] = {

