@@ -3,13 +3,16 @@
 A step's key is derived from its settings and the keys of the steps it reads (stages/base.py). A step whose key
 matches the one recorded beside its outputs (<out>/stages/<step>.json, with the settings and read keys that made
 it), with every output present and undamaged, is skipped; extraction also resumes inside a step, chunk by chunk.
-`dry_run` makes the same decisions, with the reason for each, without a cluster. Each step that runs leaves a Dask
-performance report (<out>/reports/<step>.html); the job keeps a log (<out>/job.log) and a status file. The runner
-knows nothing of any stage's files: stages declare their steps (stages/base.py).
+`dry_run` makes the same decisions, with the reason for each, without a cluster. On request
+(`performance_reports`, `crystal-dask run --performance-reports`) each step that runs leaves a Dask performance
+report (<out>/reports/<step>.html): it costs about a second per step, most of a small step's time. The job keeps
+a log (<out>/job.log) and a status file. The runner knows nothing of any stage's files: stages declare their steps
+(stages/base.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -145,12 +148,15 @@ def dry_run(exp: Experiment) -> list[Decision]:
 
 
 class Runner:
-    def __init__(self, exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None):
+    def __init__(self, exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None,
+                 performance_reports: bool = False):
         self.ctx = Context(exp, client, show_progress)
         self.planner = Planner(self.ctx)
         self.out = exp.out
         (self.out / "stages").mkdir(parents=True, exist_ok=True)
-        (self.out / "reports").mkdir(parents=True, exist_ok=True)
+        self.reports = self.out / "reports" if performance_reports else None
+        if self.reports is not None:
+            self.reports.mkdir(parents=True, exist_ok=True)
         self.status = Status(exp.out, exp.name, exp.source)
 
     def step(self, decision: Decision) -> bool:
@@ -167,7 +173,8 @@ class Runner:
         from distributed import performance_report  # here: a dry run needs no Dask
 
         try:
-            with performance_report(filename=str(self.out / "reports" / f"{_file_name(step.name)}.html")):
+            with (performance_report(filename=str(self.reports / f"{_file_name(step.name)}.html"))
+                  if self.reports is not None else contextlib.nullcontext()):
                 step.run()
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EROFS) and not exc.filename:
@@ -203,11 +210,13 @@ def setup_logging(out: Path) -> list[logging.Handler]:
     return handlers
 
 
-def run_job(exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None) -> Path:
-    """Run every stage of `exp` on `client`; return the Markdown report's path."""
+def run_job(exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None,
+            performance_reports: bool = False) -> Path:
+    """Run every stage of `exp` on `client`; return the Markdown report's path. `performance_reports`: a Dask
+    performance report per step that runs, in <out>/reports/."""
     with hold(exp.out):  # one run per output folder (re-entrant: `crystal-dask run` took it already)
         handlers = setup_logging(exp.out)
-        runner = Runner(exp, client, show_progress)
+        runner = Runner(exp, client, show_progress, performance_reports)
         try:
             return runner.run()["report"]
         except BaseException as exc:

@@ -51,10 +51,20 @@ def small_scan(small_corpus):
     return scan(small_corpus)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client():
-    """A real LocalCluster, made as a job makes it: two worker processes, one thread each, dashboard on a free
-    port."""
+    """A real LocalCluster shared by the whole session (starting one costs seconds), made as a job makes it: two
+    worker processes, one thread each, dashboard on a free port. A test that kills or restarts workers takes
+    `own_client` instead."""
+    from crystal_dask.runtime.cluster import local_client
+
+    with local_client(2, "4GiB") as c:
+        yield c
+
+
+@pytest.fixture
+def own_client():
+    """A LocalCluster of the test's own, made like `client`: for tests that kill its workers."""
     from crystal_dask.runtime.cluster import local_client
 
     with local_client(2, "4GiB") as c:
@@ -62,17 +72,26 @@ def client():
 
 
 @pytest.fixture(scope="session")
-def window_model(small_corpus, tmp_path_factory) -> Path:
-    """A forest trained on 256 px windows (step 256) of small_corpus's train split: for whole-slide inference."""
-    from crystal_dask.runtime.cluster import local_client
+def small_dataset(small_scan, client, tmp_path_factory) -> Path:
+    """small_scan extracted once for the session (region mode, 8-row chunks, the scan's rejects carried along):
+    shared by the extract, train, evaluate, report and integrity tests. Read it, or copy it before writing."""
     from crystal_dask.stages.extract import extract
-    from crystal_dask.stages.scan import scan
+    from crystal_dask.wsi.patches import PatchSettings
+
+    out = tmp_path_factory.mktemp("small_dataset") / "ds"
+    extract(small_scan.regions, out, PatchSettings(chunk_rows=8), client, scan_rejects=small_scan.rejects)
+    return out
+
+
+@pytest.fixture(scope="session")
+def window_model(small_scan, client, tmp_path_factory) -> Path:
+    """A forest trained on 256 px windows (step 256) of small_corpus's train split: for whole-slide inference."""
+    from crystal_dask.stages.extract import extract
     from crystal_dask.stages.train import TrainConfig, train
     from crystal_dask.wsi.patches import PatchSettings
 
     root = tmp_path_factory.mktemp("window_model")
     settings = PatchSettings(mode="window", window_size=256.0, window_step=256.0, chunk_rows=64)
-    with local_client(2, "4GiB") as client:
-        ds = extract(scan(small_corpus).regions, root / "ds", settings, client)
-        train(ds.root, TrainConfig("baseline"), root / "baseline.skops", client)
+    ds = extract(small_scan.regions, root / "ds", settings, client)
+    train(ds.root, TrainConfig("baseline"), root / "baseline.skops", client)
     return root / "baseline.skops"

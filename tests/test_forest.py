@@ -174,8 +174,11 @@ def test_rejects_what_it_cannot_reproduce(dataset, training, client):
         fit_forest(reader, rows, y, client, n_estimators=2, trees_per_task=0)
 
 
-def test_killed_worker_still_gives_the_identical_forest(dataset, training, client):
-    """Last in the file: it kills one of the module cluster's workers (and waits for the nanny's new one)."""
+@pytest.mark.slow
+def test_killed_worker_still_gives_the_identical_forest(dataset, training, own_client):
+    """It kills one of its own cluster's workers (the session's cluster is shared) and waits for the nanny's new
+    one."""
+    client = own_client
     rows, y = training
     ref, X = reference(dataset, "features", rows, y)
     pids = client.run(os.getpid)

@@ -26,10 +26,11 @@ from tests.helpers.jobs import TINY, tiny_job, write_job
 from tests.helpers.run_digest import digest as run_digest
 
 
+@pytest.mark.slow
 def test_job_end_to_end_then_skips(tmp_path, client):
     path = tiny_job(tmp_path)
     job = load_experiment(path)
-    report = run_job(job, client)
+    report = run_job(job, client, performance_reports=True)
     assert report.exists() and report.parent == job.out / "report"
     status = json.loads((job.out / "status.json").read_text())
     assert status["state"] == "done" and status["report"] == str(report)
@@ -56,6 +57,24 @@ def test_job_end_to_end_then_skips(tmp_path, client):
     assert [s["name"] for s in again] == order
     assert all(s["state"] == "skipped" for s in again), again
     assert (job.out / "report" / "report.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("reports", [False, True])
+def test_performance_reports_only_on_request(tmp_path, client, reports):
+    from crystal_dask.experiment import Experiment
+    from crystal_dask.pipeline import Runner
+    from crystal_dask.stages.base import Step
+    from crystal_dask.vocab import LabelMap
+
+    exp = Experiment(name="t", source=tmp_path / "job.yaml", out=tmp_path / "out", corpora={}, labels=LabelMap(),
+                     settings={})
+    runner = Runner(exp, client, performance_reports=reports)
+    made = exp.out / "made"
+    assert runner.step(Step("extract:x", "k", (made,), lambda: made.write_text(str(client.submit(sum, [1, 2])
+                                                                                    .result()))))
+    assert made.read_text() == "3"
+    assert (exp.out / "reports" / "extract-x.html").is_file() == reports
+    assert (exp.out / "reports").exists() == reports
 
 
 # ------------------------------------------------------------------------------ the same job on other clusters
@@ -97,6 +116,7 @@ def job_on(tmp_path: Path, corpora: Path) -> Path:
     return write_job(tmp_path, cfg)
 
 
+@pytest.mark.slow
 def test_job_on_spawned_scheduler_and_workers(tmp_path, reference):
     from crystal_dask.runtime.cluster import cluster_config_from_mapping, connect
     from tests.helpers.dask_processes import scheduler_and_workers
@@ -110,6 +130,7 @@ def test_job_on_spawned_scheduler_and_workers(tmp_path, reference):
     assert outputs_digest(load_experiment(path).out) == digest
 
 
+@pytest.mark.slow
 def test_job_survives_a_killed_worker_with_identical_outputs(tmp_path, reference):
     digest, corpora = reference
     path = job_on(tmp_path, corpora)
@@ -133,6 +154,7 @@ def test_job_survives_a_killed_worker_with_identical_outputs(tmp_path, reference
     assert outputs_digest(out) == digest
 
 
+@pytest.mark.slow
 def test_interrupted_job_resumes_with_identical_outputs(tmp_path, reference):
     digest, corpora = reference
     path = job_on(tmp_path, corpora)
@@ -146,11 +168,16 @@ def test_interrupted_job_resumes_with_identical_outputs(tmp_path, reference):
     assert proc.wait(timeout=60) != 0
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "interrupted", status
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    # resumed with the default progress into pipes, as `> log 2>&1` or a submitted driver: lines, no redraws
+    resumed = subprocess.run(cmd[:-1], capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert b"\r" not in resumed.stdout + resumed.stderr
+    assert b"% (" in resumed.stderr and b"progress " in (out / "job.log").read_bytes()
     assert outputs_digest(out) == digest
     assert json.loads((out / "status.json").read_text())["state"] == "done"
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_job_on_slurm_workers(slurm_ready, tmp_path, reference):
     from crystal_dask.runtime.cluster import cluster_config_from_mapping, connect

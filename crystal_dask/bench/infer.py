@@ -123,11 +123,15 @@ def big_slide(path: str | Path, width: int = 40_000, height: int = 30_000, *, ti
 
 
 # ------------------------------------------------------------------------------------------ the model
-def bench_model(work: Path, slide: Path, client: Any, rows: int = 300, seed: int = 0) -> Path:
+def bench_model(work: Path, slide: Path, rows: int = 300, seed: int = 0) -> Path:
     """A real forest on `rows` tissue windows of `slide` (arbitrary labels, every class), saved with a manifest
     whose dataset folder carries the window settings (what infer renders by)."""
+    import zarr
+    from imblearn.ensemble import BalancedRandomForestClassifier
+
     from crystal_dask.stages.infer import render_windows
-    from crystal_dask.stages.train import fit
+    from crystal_dask.stages.train import RANDOM_STATE
+    from crystal_dask.store.dataset import PIXELS, Dataset
     from crystal_dask.store.files import write_json
     from crystal_dask.store.models import save_model
     from crystal_dask.wsi.patches import PatchSettings
@@ -144,10 +148,16 @@ def bench_model(work: Path, slide: Path, client: Any, rows: int = 300, seed: int
         boxes = np.stack([cx, cy, cx + 500, cy + 500], 1).astype(np.int64)
         X = render_windows(sl, boxes, s).reshape(rows, -1)
     y = np.arange(rows) % 9
-    ds = work / "model-dataset"
-    write_json(ds / "extract.json", {"settings": s.as_dict(), "plan_hash": "bench"})
-    model = fit(X, y, client)
-    save_model(model, path, {"config": {"name": "bench"}, "dataset": str(ds), "train_rows": rows})
+    # the model's dataset: its windows' pixels and labels, and the settings infer renders by
+    ds = Dataset(work / "model-dataset")
+    ds.create(rows, s.as_dict(), "bench", s.chunk_rows, {PIXELS: ((s.patch_size, s.patch_size), "uint8")})
+    group = zarr.open_group(str(ds.zarr), mode="r+")
+    group[PIXELS][:] = X.reshape(rows, s.patch_size, s.patch_size)
+    group["label"][:] = y
+    write_json(ds.manifest, {"settings": s.as_dict(), "plan_hash": "bench"})
+    # in memory: the forest the train stage fits is bit-identical (forest.py), and only its predictions matter here
+    model = BalancedRandomForestClassifier(random_state=RANDOM_STATE).fit(X, y)
+    save_model(model, path, {"config": {"name": "bench"}, "dataset": str(ds.root), "train_rows": rows})
     return path
 
 
@@ -281,7 +291,7 @@ def run(work: Path, *, slides: int = 1, slide_size: tuple[int, int] = (40_000, 3
     mem: dict[str, list[dict[str, int]]] = {k: [] for k in seconds}
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(local_client(2, "4GiB"))
-        model = bench_model(work, paths[0], client)
+        model = bench_model(work, paths[0])
         client.run(_warm)
         entries = [SlideInput(str(p), p.stem) for p in paths]
         for rep in range(repeats):

@@ -13,7 +13,8 @@ from distributed import Client
 def add_cluster_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", type=Path, default=None,
                    help="cluster.yaml saying where to run (default: an embedded LocalCluster)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress at all (by default a bar on a terminal, a few log lines elsewhere)")
 
 
 @contextlib.contextmanager
@@ -25,9 +26,8 @@ def client_for(args: argparse.Namespace) -> Iterator[Client]:
 
 
 def progress_bar(args: argparse.Namespace):
-    """A callable that shows a terminal progress bar over futures (None with --no-progress)."""
-    if getattr(args, "no_progress", False):
-        return None
-    from distributed import progress
+    """A callable that shows progress over futures fitting the output (crystal_dask.progress); None with
+    --no-progress."""
+    from crystal_dask.progress import display
 
-    return lambda futures: progress(futures)
+    return display(not getattr(args, "no_progress", False))

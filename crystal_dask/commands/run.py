@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", "-n", action="store_true",
                    help="list every step: run or skip, and why (a setting or an upstream step changed, outputs "
                         "missing or damaged, never run); starts no cluster and runs nothing")
+    p.add_argument("--performance-reports", action="store_true",
+                   help="write a Dask performance report per step that runs (<out>/reports/<step>.html; about a "
+                        "second each)")
     add_cluster_argument(p)
 
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"job {job.name}: outputs in {job.out}")
         # status.json says `starting` until the runner takes over, and why, if the cluster never comes
         with starting(job.out, job.name, job.source), client_for(args) as client:
-            report = run_job(job, client, progress_bar(args))
+            report = run_job(job, client, progress_bar(args), args.performance_reports)
     print(f"report: {report}")
     return 0
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from crystal_dask.runtime.orphans import exit_with_parent
 from crystal_dask.store.files import write_atomic
-from crystal_dask.synthetic.slide_writer import downsample, write_slide
+from crystal_dask.synthetic.slide_writer import pyramid, write_slide
 from crystal_dask.synthetic.tissue import FLAVOURS, paint_slide, warm_textures
 from crystal_dask.vocab import CLASSES, CRYSTALLINE, SPLIT_FRACTIONS, SPLITS
 from crystal_dask.wsi.annotations import Header, Region, write_imagescope_xml, write_nedc_csv
@@ -263,9 +263,9 @@ def _label_image(rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def _macro(image: np.ndarray) -> np.ndarray:
-    """Whole-glass overview: the section downsampled, on glass, with a label area at the left."""
-    small = downsample(downsample(image, 4), 4)  # two passes over memory, not sixteen
+def _macro(small: np.ndarray) -> np.ndarray:
+    """Whole-glass overview: the section at the pyramid's smallest level (1/16), on glass, with a label area at the
+    left."""
     h, w = small.shape[:2]
     macro = np.full((h + 20, w + w // 3 + 20, 3), 235, np.uint8)
     macro[10 : 10 + h, w // 3 + 10 : w // 3 + 10 + w] = small
@@ -285,8 +285,9 @@ def render(plan: SlidePlan) -> dict:
     slide = Path(plan.root) / plan.slide
     slide.parent.mkdir(parents=True, exist_ok=True)
     date = f"{int(rng.integers(1, 13)):02d}/{int(rng.integers(1, 29)):02d}/{int(rng.integers(10, 21))}"
+    levels = pyramid(image)  # once: the macro is its smallest level
     written = write_slide(slide, image, plan.mpp, quality=plan.quality, workers=plan.encode_threads,
-                          label=_label_image(rng), macro=_macro(image),
+                          label=_label_image(rng), macro=_macro(levels[-1]), levels=levels,
                           metadata={"StripeWidth": "2040", "ScanScope ID": "SS1302", "Filename": plan.bname,
                                     "Date": date, "Time": "10:00:00"})
     header = Header(plan.bname, plan.mpp, plan.width, plan.height, "breast")

@@ -53,6 +53,21 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     return ((total + factor * factor // 2) // (factor * factor)).astype(np.uint8)
 
 
+DOWNSAMPLES = (1, 4, 16)  # the pyramid levels write_slide writes by default, relative to level 0
+
+
+def pyramid(image: np.ndarray, downsamples: Sequence[int] = DOWNSAMPLES) -> list[np.ndarray]:
+    """`image` at each of `downsamples` (the first must be 1, each divides the next), each level made from the one
+    before it."""
+    downsamples = tuple(int(d) for d in downsamples)
+    if downsamples[0] != 1 or any(b % a for a, b in pairwise(downsamples)):
+        raise ValueError(f"downsamples {downsamples} must start at 1 and each divide the next")
+    levels = [image]
+    for prev, ds in pairwise(downsamples):
+        levels.append(downsample(levels[-1], ds // prev))
+    return levels
+
+
 def _encode(tile: np.ndarray, quality: int) -> bytes:
     return imagecodecs.jpeg8_encode(tile, level=quality, colorspace="RGB", outcolorspace="RGB")
 
@@ -117,7 +132,7 @@ def write_slide(
     mpp: float | None,
     *,
     tile: int = 256,
-    downsamples: Sequence[int] = (1, 4, 16),
+    downsamples: Sequence[int] = DOWNSAMPLES,
     quality: int = 80,
     workers: int = 2,
     app_mag: int = 20,
@@ -125,25 +140,28 @@ def write_slide(
     label: np.ndarray | None = None,
     macro: np.ndarray | None = None,
     metadata: Mapping[str, str] | None = None,
+    levels: Sequence[np.ndarray] | None = None,
 ) -> WrittenSlide:
     """Write `image` (H, W, 3) uint8 as a pyramidal Aperio SVS; `mpp` None leaves MPP out of the description.
 
     `downsamples` are the pyramid levels relative to level 0 (the first must be 1, each divides the next);
     `metadata` adds `key = value` fields to the description (Filename, Date, ...); `label` and `macro` are
-    optional associated images.
+    optional associated images. `levels`: pyramid(image, downsamples) when the caller made it already (a
+    caller that needs a small level too, e.g. for the macro, saves a pass over the whole image).
     """
     path = Path(path)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"{path}: image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if tile % 16:
         raise ValueError(f"{path}: tile {tile} is not a multiple of 16")
-    downsamples = tuple(int(d) for d in downsamples)
-    if downsamples[0] != 1 or any(b % a for a, b in pairwise(downsamples)):
-        raise ValueError(f"{path}: downsamples {downsamples} must start at 1 and each divide the next")
+    if levels is None:
+        try:
+            levels = pyramid(image, downsamples)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+    elif levels[0] is not image or len(levels) != len(downsamples):
+        raise ValueError(f"{path}: `levels` must be pyramid(image, downsamples)")
     height, width = image.shape[:2]
-    levels = [image]
-    for prev, ds in pairwise(downsamples):
-        levels.append(downsample(levels[-1], ds // prev))
 
     meta = dict(metadata or {})
     description = aperio_description(width, height, tile=tile, quality=quality, mpp=mpp, app_mag=app_mag,

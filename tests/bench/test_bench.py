@@ -105,6 +105,7 @@ def test_touched_tiles_are_the_tiles_under_each_box(small_scan):
 
 
 # ------------------------------------------------------------------------------------------------ benches
+@pytest.mark.slow
 def test_bench_extract_cli_prints_ratios_and_writes_json(tmp_path, capsys):
     out = tmp_path / "extract.json"
     code = main(["bench", "extract", "--corpus", "small", "--modes", "default", "--patients", "2",
@@ -151,6 +152,7 @@ def bench_work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bench")
 
 
+@pytest.mark.slow
 def test_bench_train_reports_overhead_and_identical_models(bench_work):
     r = bench_train.run(bench_work, rows=150, repeats=1, slide_size=SMALL, log=lambda _: None)
     assert r["rows"] == 150 and r["features"] == 256 * 256 and sum(r["classes"]) == 150
@@ -162,6 +164,7 @@ def test_bench_train_reports_overhead_and_identical_models(bench_work):
     assert "overhead ratio dask / default backend" in bench_train.report(r)
 
 
+@pytest.mark.slow
 def test_bench_evaluate_reports_memory_and_matches_in_memory(bench_work):
     r = bench_evaluate.run(bench_work, rows=700, source_rows=150, memory_limit="2GiB", repeats=1, slide_size=SMALL,
                            log=lambda _: None)
@@ -176,6 +179,7 @@ def test_bench_evaluate_reports_memory_and_matches_in_memory(bench_work):
     assert "speed crystal_dask / in-memory" in text and "identical predictions: True" in text
 
 
+@pytest.mark.slow
 def test_tiled_set_has_extract_output_format(bench_work):
     """The generated set reads like an extracted one: same arrays, chunks and attributes, schema-conform tables,
     every row in eval, pixels cycling through the source's real patches."""
@@ -196,3 +200,18 @@ def test_tiled_set_has_extract_output_format(bench_work):
     first = src["pixels"].get_orthogonal_selection((src_rows[:3], slice(None), slice(None)))
     assert np.array_equal(big["pixels"][k:k + 3], first)  # cycled
     assert tiled.read_manifest()["patches"] == 700
+
+
+@pytest.mark.slow
+def test_bench_infer_cli_prints_ratios_and_writes_json(tmp_path, capsys):
+    """The smallest slide the benchmark's model fits in: every contender runs once, the ratios are theirs."""
+    out = tmp_path / "infer.json"
+    assert main(["bench", "infer", "--slide-size", "6000", "4000", "--repeats", "1",
+                 "--workdir", str(tmp_path / "work"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "crystal_dask infer, 2 workers" in printed and "OpenSlide script" in printed
+    r = json.loads(out.read_text())
+    assert r["windows"] > 0 and set(r["seconds"]) == {"script", "decode_2proc", "crystal_dask_2w"}
+    assert all(len(s["values"]) == 1 and s["median"] > 0 for s in r["seconds"].values())
+    assert r["ratios"]["vs_script"] == pytest.approx(
+        r["windows_per_s"]["crystal_dask_2w"]["median"] / r["windows_per_s"]["script"]["median"])

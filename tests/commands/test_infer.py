@@ -32,6 +32,7 @@ def _run(model: Path, inputs: list[Path], out: Path, *extra: str) -> tuple[dict,
     return json.loads((out / "infer.json").read_text()), read_table(out / "rejects.parquet", REJECTS).to_pylist()
 
 
+@pytest.mark.slow
 def test_every_real_file_is_inferred_or_rejected(realdata, window_model, no_mpp_slide, tmp_path, capsys):
     files = sorted(p for p in realdata.iterdir() if p.suffix in (".svs", ".tif", ".tiff"))
     m, rejects = _run(window_model, [*files, no_mpp_slide], tmp_path / "px")
@@ -55,6 +56,7 @@ def test_every_real_file_is_inferred_or_rejected(realdata, window_model, no_mpp_
     assert "Bogus marker length" in rejects[0]["reason"]
 
 
+@pytest.mark.slow
 def test_micron_windows_reject_slides_without_mpp(realdata, window_model, no_mpp_slide, tmp_path):
     m, rejects = _run(window_model, [realdata / "CMU-1-Small-Region.svs", no_mpp_slide], tmp_path / "um",
                       "--window-size", "128", "--window-unit", "um")
@@ -63,6 +65,7 @@ def test_micron_windows_reject_slides_without_mpp(realdata, window_model, no_mpp
     assert "no MPP" in rejects[0]["reason"]
 
 
+@pytest.mark.slow
 def test_a_scan_folder_scores_against_its_annotations(small_corpus, window_model, tmp_path):
     from crystal_dask.stages.scan import scan
     from crystal_dask.store.schema import REGIONS, write_table

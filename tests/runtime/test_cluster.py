@@ -213,6 +213,7 @@ def test_local_client_sends_a_broadcast_straight_to_the_workers():
         assert relayed() == 1
 
 
+@pytest.mark.slow
 def test_address_kind_runs_on_both_spawned_workers_and_leaves_them_running(tmp_path, capfd):
     with scheduler_and_workers(2, tmp_path / "procs") as address:
         cfg = load_cluster_config(write(tmp_path, f"kind: address\naddress: {address}\n"))

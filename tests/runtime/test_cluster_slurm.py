@@ -14,7 +14,7 @@ import yaml
 
 from crystal_dask.runtime.cluster import ClusterConfig, connect, load_cluster_config
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # SLURM jobs start in seconds each
 JOB_NAME = "crystal-dask-test"
 
 

@@ -38,6 +38,7 @@ def wait_done(out: Path, timeout: float) -> dict:
     raise AssertionError(f"job in {out} not done after {timeout} s: {format_status(status(out))}")
 
 
+@pytest.mark.slow
 def test_submit_in_the_background_and_follow_with_status(tmp_path, capsys):
     path = detached_job(tmp_path)
     cluster = tmp_path / "cluster.yaml"
@@ -69,6 +70,7 @@ def test_submit_refuses_a_bad_job_before_starting_anything(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_submit_on_slurm_runs_the_driver_as_a_batch_job(slurm_ready, tmp_path):
     path = detached_job(tmp_path)

@@ -9,29 +9,27 @@ from distributed import Client, LocalCluster
 
 from crystal_dask.metrics import confusion
 from crystal_dask.stages.evaluate import evaluate, evaluation_rows, predict_partitions
-from crystal_dask.stages.extract import extract
 from crystal_dask.stages.train import TrainConfig, train
 from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model
 from crystal_dask.store.schema import PREDICTIONS, read_table
 from crystal_dask.vocab import CLASSES
-from crystal_dask.wsi.patches import PatchSettings
 
 
 @pytest.fixture(scope="module")
-def trained(small_scan, client, tmp_path_factory):
+def trained(small_dataset, client, tmp_path_factory):
+    """A folder holding m.skops, a model trained on the session's small dataset."""
     root = tmp_path_factory.mktemp("eval")
-    extract(small_scan.regions, root / "ds", PatchSettings(chunk_rows=8), client)
-    train(root / "ds", TrainConfig("crystal", crystal=True), root / "m.skops", client)
+    train(small_dataset, TrainConfig("crystal", crystal=True), root / "m.skops", client)
     return root
 
 
-def test_partitioned_predictions_equal_in_memory_predict(trained, client):
-    summary = evaluate(trained / "ds", trained / "m.skops", trained / "out", client, splits=("dev", "eval"))
+def test_partitioned_predictions_equal_in_memory_predict(trained, small_dataset, client):
+    summary = evaluate(small_dataset, trained / "m.skops", trained / "out", client, splits=("dev", "eval"))
     preds = read_table(trained / "out" / "predictions.parquet", PREDICTIONS)
-    rows = evaluation_rows(Dataset(trained / "ds").rows(), ("dev", "eval"))
+    rows = evaluation_rows(Dataset(small_dataset).rows(), ("dev", "eval"))
     assert preds["row"].to_numpy().tolist() == rows.tolist() and summary["n"] == len(rows)
-    pixels = zarr.open_group(str(trained / "ds" / "patches.zarr"), mode="r")["pixels"]
+    pixels = zarr.open_group(str(small_dataset / "patches.zarr"), mode="r")["pixels"]
     X = pixels.get_orthogonal_selection((rows, slice(None), slice(None))).reshape(len(rows), -1)
     model = load_model(trained / "m.skops")
     assert preds["y_pred"].to_numpy().tolist() == model.predict(X).tolist()
@@ -42,7 +40,7 @@ def test_partitioned_predictions_equal_in_memory_predict(trained, client):
     assert np.array_equal(np.array(summary["confusion"]), cm)
 
 
-def test_the_model_travels_once_not_in_every_task(trained, client):
+def test_the_model_travels_once_not_in_every_task(trained, small_dataset, client):
     """Our graph refers to the broadcast model by key; dask-ml's ParallelPostFit pickles it into each task."""
     import pickle
 
@@ -50,7 +48,7 @@ def test_the_model_travels_once_not_in_every_task(trained, client):
 
     model = load_model(trained / "m.skops")
     model_bytes = len(pickle.dumps(model))
-    ds = Dataset(trained / "ds")
+    ds = Dataset(small_dataset)
     pixels, labels = ds.dask_view(np.arange(ds.group()["label"].shape[0]))
     future = client.scatter(model, broadcast=True, hash=False)
     proba, _ = predict_partitions(pixels, labels, future, stage="s")
@@ -65,18 +63,19 @@ def test_the_model_travels_once_not_in_every_task(trained, client):
     assert min(theirs) > model_bytes
 
 
-def test_memory_stays_bounded_on_a_set_larger_than_its_chunks(trained, tmp_path):
+@pytest.mark.slow
+def test_memory_stays_bounded_on_a_set_larger_than_its_chunks(trained, small_dataset, tmp_path):
     """A set of many chunks: the peak memory of the workers stays far below the set's float copy.
 
     The set is the dataset repeated along N (a real zarr on disk); its float32 copy would be ~`set_mb * 4`.
     """
-    src = zarr.open_group(str(trained / "ds" / "patches.zarr"), mode="r")
+    src = zarr.open_group(str(small_dataset / "patches.zarr"), mode="r")
     n0 = src["pixels"].shape[0]
     reps = 40
     big_root = tmp_path / "big"
     import shutil
 
-    shutil.copytree(trained / "ds", big_root)
+    shutil.copytree(small_dataset, big_root)
     shutil.rmtree(big_root / "patches.zarr")
     g = zarr.open_group(str(big_root / "patches.zarr"), mode="w", attributes=dict(src.attrs))
     for name in ("pixels", "label", "crystal", "split"):
@@ -95,7 +94,7 @@ def test_memory_stays_bounded_on_a_set_larger_than_its_chunks(trained, tmp_path)
 
     from crystal_dask.store.schema import PATCHES, write_table
 
-    patches = Dataset(trained / "ds").rows()
+    patches = Dataset(small_dataset).rows()
     tables = [patches.set_column(0, "row", pa.array(patches["row"].to_numpy() + k * n0)) for k in range(reps)]
     write_table(pa.concat_tables(tables), big_root / "patches.parquet", PATCHES)
     set_bytes = n0 * reps * 256 * 256
@@ -107,7 +106,7 @@ def test_memory_stays_bounded_on_a_set_larger_than_its_chunks(trained, tmp_path)
             return psutil.Process().memory_info().rss
 
         # warm up: the workers import scikit-learn, zarr and the model once, on the small set
-        evaluate(trained / "ds", trained / "m.skops", tmp_path / "warm", cl, splits=("eval",))
+        evaluate(small_dataset, trained / "m.skops", tmp_path / "warm", cl, splits=("eval",))
         before = cl.run(rss)
         peaks: dict[str, int] = {}
         import threading

@@ -52,20 +52,13 @@ def accounted(regions: pa.Table, ds_root: Path) -> tuple[set, set, set]:
     return key(regions, "annotation"), key(Dataset(ds_root).rows(), "annotation"), key(rejects, "source")
 
 
-@pytest.fixture(scope="module")
-def region_ds(small_scan, client, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ds") / "region"
-    extract(small_scan.regions, out, SETTINGS, client, scan_rejects=small_scan.rejects)
-    return out
-
-
-def test_region_mode_accounts_for_every_region(small_scan, region_ds):
-    scanned, written, rejected = accounted(small_scan.regions, region_ds)
+def test_region_mode_accounts_for_every_region(small_scan, small_dataset):
+    scanned, written, rejected = accounted(small_scan.regions, small_dataset)
     assert scanned == written | rejected
     assert written and not (written & rejected)
-    patches = read_table(region_ds / "patches.parquet", PATCHES)
+    patches = read_table(small_dataset / "patches.parquet", PATCHES)
     assert patches.num_rows == len(written)  # one patch per region
-    group = zarr.open_group(str(region_ds / "patches.zarr"), mode="r")
+    group = zarr.open_group(str(small_dataset / "patches.zarr"), mode="r")
     assert group["pixels"].shape == (small_scan.regions.num_rows, 256, 256)
     assert group["pixels"].chunks == (8, 256, 256) and group["pixels"].dtype == np.uint8
     rows = patches["row"].to_numpy()
@@ -75,10 +68,10 @@ def test_region_mode_accounts_for_every_region(small_scan, region_ds):
     assert set(np.flatnonzero(labels < 0)) == set(range(len(labels))) - set(rows)  # rejected rows stay unlabelled
 
 
-def test_patch_pixels_match_an_independent_read(small_scan, region_ds):
+def test_patch_pixels_match_an_independent_read(small_scan, small_dataset):
     """Pixels equal tifffile's whole-level read, sliced, BT.601 greyscale (the default), anti-aliased resize."""
-    patches = Dataset(region_ds).rows()
-    pixels = zarr.open_group(str(region_ds / "patches.zarr"), mode="r")["pixels"]
+    patches = Dataset(small_dataset).rows()
+    pixels = zarr.open_group(str(small_dataset / "patches.zarr"), mode="r")["pixels"]
     for i in (0, patches.num_rows // 2, patches.num_rows - 1):
         r = patches.slice(i, 1).to_pylist()[0]
         level = r["level"]
@@ -97,24 +90,24 @@ def test_patch_pixels_match_an_independent_read(small_scan, region_ds):
         assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.98
 
 
-def test_same_bytes_on_one_worker(small_scan, region_ds, tmp_path):
+def test_same_bytes_on_one_worker(small_scan, small_dataset, tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as c, Client(c) as one:
         extract(small_scan.regions, tmp_path / "one", SETTINGS, one, scan_rejects=small_scan.rejects)
-    assert tree_digest(tmp_path / "one" / "patches.zarr") == tree_digest(region_ds / "patches.zarr")
-    assert Dataset(tmp_path / "one").rows().equals(Dataset(region_ds).rows())
+    assert tree_digest(tmp_path / "one" / "patches.zarr") == tree_digest(small_dataset / "patches.zarr")
+    assert Dataset(tmp_path / "one").rows().equals(Dataset(small_dataset).rows())
 
 
-def test_rerun_is_skipped_and_settings_change_discards_old_chunks(small_scan, region_ds, client, tmp_path):
+def test_rerun_is_skipped_and_settings_change_discards_old_chunks(small_scan, small_dataset, client, tmp_path):
     out = tmp_path / "ds"
-    shutil.copytree(region_ds, out)
+    shutil.copytree(small_dataset, out)
     ds = extract(small_scan.regions, out, SETTINGS, client)
-    assert ds.read_manifest()["chunks_run"] == len(list((region_ds / MARKERS).rglob("chunk-*.json")))
+    assert ds.read_manifest()["chunks_run"] == len(list((small_dataset / MARKERS).rglob("chunk-*.json")))
     masked = PatchSettings(chunk_rows=8, mask_outside=True)
     ds = extract(small_scan.regions, out, masked, client)
     manifest = ds.read_manifest()
     assert manifest["chunks_run"] == manifest["chunks"]  # nothing reused from the other settings
     assert len(list((out / MARKERS).iterdir())) == 1  # the old plan's markers are gone
-    old = zarr.open_group(str(region_ds / "patches.zarr"), mode="r")["pixels"][:8]
+    old = zarr.open_group(str(small_dataset / "patches.zarr"), mode="r")["pixels"][:8]
     new = zarr.open_group(str(out / "patches.zarr"), mode="r")["pixels"][:8]
     assert not np.array_equal(old, new)
 
@@ -222,7 +215,8 @@ if __name__ == "__main__":
 """
 
 
-def test_resume_after_kill_is_byte_identical(small_scan, region_ds, client, tmp_path):
+@pytest.mark.slow
+def test_resume_after_kill_is_byte_identical(small_scan, small_dataset, client, tmp_path):
     from crystal_dask.store.schema import REGIONS, write_table
 
     regions_file = write_table(small_scan.regions, tmp_path / "regions.parquet", REGIONS)
@@ -240,11 +234,12 @@ def test_resume_after_kill_is_byte_identical(small_scan, region_ds, client, tmp_
     ds = extract(small_scan.regions, out, SETTINGS, client)
     manifest = ds.read_manifest()
     assert manifest["chunks_run"] == manifest["chunks"] - done_before  # only the unfinished chunks ran again
-    assert tree_digest(out / "patches.zarr") == tree_digest(region_ds / "patches.zarr")
-    assert Dataset(out).rows().equals(Dataset(region_ds).rows())
+    assert tree_digest(out / "patches.zarr") == tree_digest(small_dataset / "patches.zarr")
+    assert Dataset(out).rows().equals(Dataset(small_dataset).rows())
 
 
-def test_killed_worker_still_gives_identical_output(small_scan, region_ds, tmp_path):
+@pytest.mark.slow
+def test_killed_worker_still_gives_identical_output(small_scan, small_dataset, tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as c, Client(c) as cl:
         pids = cl.run(os.getpid)
         out = tmp_path / "ds"
@@ -262,14 +257,14 @@ def test_killed_worker_still_gives_identical_output(small_scan, region_ds, tmp_p
         extract(small_scan.regions, out, SETTINGS, cl)
         t.join()
     assert killer_done.is_set()
-    assert tree_digest(out / "patches.zarr") == tree_digest(region_ds / "patches.zarr")
+    assert tree_digest(out / "patches.zarr") == tree_digest(small_dataset / "patches.zarr")
 
 
-def test_orphans_of_killed_writers_are_swept_on_resume(small_scan, region_ds, client, tmp_path):
+def test_orphans_of_killed_writers_are_swept_on_resume(small_scan, small_dataset, client, tmp_path):
     """A writer killed mid-write leaves zarr's `<chunk>.<uuid>.partial` or our `.<marker>.<pid>.tmp` behind.
     (CI caught the first one once in the killed-worker test.) The resumed run must end byte-identical anyway."""
     out = tmp_path / "ds"
-    shutil.copytree(region_ds, out)
+    shutil.copytree(small_dataset, out)
     (out / "extract.json").unlink()  # the run "died" before it finished
     markers = sorted((out / MARKERS).rglob("chunk-*.json"))
     markers[-1].unlink()  # ... while writing the last chunk
@@ -279,4 +274,4 @@ def test_orphans_of_killed_writers_are_swept_on_resume(small_scan, region_ds, cl
     ds = extract(small_scan.regions, out, SETTINGS, client)
     assert ds.read_manifest()["chunks_run"] == 1
     assert not list(out.rglob("*.partial")) and not list(out.rglob(".*.tmp"))
-    assert tree_digest(out / "patches.zarr") == tree_digest(region_ds / "patches.zarr")
+    assert tree_digest(out / "patches.zarr") == tree_digest(small_dataset / "patches.zarr")

@@ -213,6 +213,7 @@ def test_undescribable_rows_are_rejects_with_reasons_and_unusable(described, han
     assert res == SETTINGS.um_per_px and rgb.min() >= 200
 
 
+@pytest.mark.slow
 def test_training_on_features_uses_usable_rows_and_evaluation_the_model_features(described, hand_regions, client,
                                                                                  tmp_path):
     ds, _ = described

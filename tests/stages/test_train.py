@@ -8,18 +8,14 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from crystal_dask.stages.extract import extract
 from crystal_dask.stages.train import LEAKAGE_WARNING, TrainConfig, select_rows, train
 from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model
-from crystal_dask.wsi.patches import PatchSettings
 
 
 @pytest.fixture(scope="module")
-def dataset(small_scan, client, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "ds"
-    extract(small_scan.regions, out, PatchSettings(chunk_rows=16), client)
-    return out
+def dataset(small_dataset):
+    return small_dataset
 
 
 def test_configurations_select_the_right_rows(dataset):

@@ -31,10 +31,9 @@ def zarr_digest(ds: Dataset) -> str:
 
 
 @pytest.fixture(scope="module")
-def pristine(small_scan, client, tmp_path_factory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("integrity") / "ds"
-    extract(small_scan.regions, root, SETTINGS, client)
-    return root, zarr_digest(Dataset(root))
+def pristine(small_dataset) -> tuple[Path, str]:
+    """The session's small dataset (extracted with SETTINGS: never written to here) and its zarr digest."""
+    return small_dataset, zarr_digest(Dataset(small_dataset))
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Report: files written, JSON numbers equal to the metrics, Markdown tables, determinism, paired data; feature
-importances and the gallery on a tiny experiment made by the real stages (extract, train, evaluate)."""
+"""write_report (and the report stage's collect): files written, JSON numbers equal to the metrics, Markdown tables,
+determinism inline and on the workers, paired data; feature importances and the gallery on a tiny experiment made
+by the real stages (train, evaluate on the session's small dataset)."""
 
 from __future__ import annotations
 
@@ -12,31 +13,21 @@ from imblearn.ensemble import BalancedRandomForestClassifier
 
 from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import compare, confusion, summarize
+from crystal_dask.report.gallery import BORDER, CRYSTAL_RGB, GALLERY_ERRORS, THUMB
+from crystal_dask.report.importances import feature_names, importances
+from crystal_dask.report.markdown import GALLERY_PER_CLASS
+from crystal_dask.report.paired import load_paired
+from crystal_dask.report.write import write_report
 from crystal_dask.stages import evaluate as evaluate_stage
 from crystal_dask.stages import train as train_stage
 from crystal_dask.stages.evaluate import EvalSet, evaluate
-from crystal_dask.stages.extract import extract
-from crystal_dask.stages.report import (
-    BORDER,
-    CRYSTAL_RGB,
-    GALLERY_ERRORS,
-    GALLERY_PER_CLASS,
-    THUMB,
-    choose_examples,
-    collect,
-    feature_names,
-    importances,
-    load_paired,
-    thumbnail,
-    write_report,
-)
+from crystal_dask.stages.report import collect
 from crystal_dask.stages.train import TrainConfig, TrainSettings, train
 from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model, save_model
 from crystal_dask.store.schema import PREDICTIONS, make_table, read_table, write_table
 from crystal_dask.vocab import CLASSES as CLASSES_9
 from crystal_dask.vocab import LabelMap
-from crystal_dask.wsi.patches import PatchSettings
 
 CLASSES = ["c0", "c1", "c2"]
 Y = np.array([0] * 5 + [1] * 6 + [2] * 4)
@@ -203,17 +194,17 @@ def _magenta_pixels(png: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def job(small_scan, client, tmp_path_factory: pytest.TempPathFactory) -> Experiment:
-    """A tiny experiment made by the real stages: extract, train baseline and crystal, evaluate on one set."""
+def job(small_dataset, client, tmp_path_factory: pytest.TempPathFactory) -> Experiment:
+    """A tiny experiment made by the real stages on the session's small dataset: train baseline and crystal,
+    evaluate on one set."""
     out = tmp_path_factory.mktemp("job")
     configs = (TrainConfig("baseline"), TrainConfig("crystal", crystal=True))
     eval_set = EvalSet("FCBR dev+eval", "fcbr", ("dev", "eval"))
     exp = Experiment(name="tiny", source=out / "job.yaml", out=out, corpora={}, labels=LabelMap(),
                      settings={"train": TrainSettings("fcbr", configs), "evaluate": (eval_set,)})
-    extract(small_scan.regions, out / "ds", PatchSettings(chunk_rows=16), client)
     for cfg in configs:
-        train(out / "ds", cfg, train_stage.model_path(exp, cfg.name), client)
-        evaluate(out / "ds", train_stage.model_path(exp, cfg.name), evaluate_stage.output_dir(exp, eval_set.name,
+        train(small_dataset, cfg, train_stage.model_path(exp, cfg.name), client)
+        evaluate(small_dataset, train_stage.model_path(exp, cfg.name), evaluate_stage.output_dir(exp, eval_set.name,
                  cfg.name), client, splits=eval_set.splits)
     return exp
 
@@ -225,14 +216,14 @@ def full(job: Experiment) -> tuple[dict, dict[str, Path], dict]:
     return results, written, json.loads(written["report.json"].read_text())
 
 
-def test_collect_carries_model_files_and_dataset_roots(job: Experiment, full) -> None:
+def test_collect_carries_model_files_and_dataset_roots(job: Experiment, small_dataset: Path, full) -> None:
     results, _, doc = full
     for config in ("baseline", "crystal"):
         m = results["models"][config]
         assert m["model"] == str(job.out / "models" / f"{config}.skops") and Path(m["model"]).is_file()
         assert m["features"] == ["pixels"] and m["columns"] is None  # main's manifests: pixels, unnamed
         entry = results["sets"]["FCBR dev+eval"][config]
-        assert entry["dataset"] == str((job.out / "ds").resolve())
+        assert entry["dataset"] == str(small_dataset.resolve())
         assert set(entry) == {"confusion", "n", "predictions", "dataset"}  # the documented shape, one key more
     assert doc["models"] == results["models"]
 
@@ -259,11 +250,12 @@ def test_importances_top20_match_the_forest(job: Experiment, full) -> None:
         assert png == job.out / "report" / e["figure"] and 10_000 < png.stat().st_size < 1_000_000
 
 
-def test_gallery_shows_each_class_and_marks_exactly_the_crystalline_rows(job: Experiment, full) -> None:
+def test_gallery_shows_each_class_and_marks_exactly_the_crystalline_rows(job: Experiment, small_dataset: Path,
+                                                                        full) -> None:
     _, written, doc = full
     g = doc["sets"]["FCBR dev+eval"]["gallery"]
     assert g["config"] == "crystal" and g["figure"] == "gallery_FCBR_dev_eval.png"
-    ds = Dataset(job.out / "ds")
+    ds = Dataset(small_dataset)
     crystal = ds.group()["crystal"][:]
     label = ds.group()["label"][:]
     preds = read_table(evaluate_stage.output_dir(job, "FCBR dev+eval", "crystal") / "predictions.parquet",
@@ -297,9 +289,9 @@ def test_gallery_shows_each_class_and_marks_exactly_the_crystalline_rows(job: Ex
     assert f"![FCBR dev+eval: gallery]({g['figure']})" in written["report.md"].read_text().splitlines()
 
 
-def test_report_deterministic_with_gallery_and_importances(job: Experiment, full, tmp_path: Path) -> None:
+def test_report_deterministic_with_gallery_and_importances(job: Experiment, full, client, tmp_path: Path) -> None:
     results, written, _ = full
-    again = write_report(results, tmp_path)
+    again = write_report(results, tmp_path, client=client)  # the figures drawn on the workers this time
     assert set(again) == set(written)
     for name in ("report.json", "report.md", "gallery_FCBR_dev_eval.png", "importances_crystal.png"):
         assert again[name].read_bytes() == written[name].read_bytes(), name
@@ -321,9 +313,9 @@ def test_old_results_without_the_new_keys_still_report(full, tmp_path: Path) -> 
     assert "## Feature importances" not in written["report.md"].read_text()
 
 
-def test_named_feature_columns(job: Experiment, tmp_path: Path) -> None:
+def test_named_feature_columns(job: Experiment, small_dataset: Path, tmp_path: Path) -> None:
     """A forest on named feature columns (band means of the real patches): importances carry those names."""
-    ds = Dataset(job.out / "ds")
+    ds = Dataset(small_dataset)
     rows = ds.rows()["row"].to_numpy()
     bands = ds.matrix(rows).reshape(len(rows), 32, -1).mean(axis=2)  # 32 horizontal bands of 8 lines
     names = [f"band {i} mean" for i in range(32)]
@@ -339,22 +331,3 @@ def test_named_feature_columns(job: Experiment, tmp_path: Path) -> None:
     # pixels beside a feature array, as Dataset.columns names them
     mixed = [f"pixels[{i}]" for i in range(9)] + ["stain_h_mean"]
     assert feature_names(10, mixed) == [f"pixel ({i // 3}, {i % 3})" for i in range(9)] + ["stain_h_mean"]
-
-
-def test_gallery_choice_and_thumbnails() -> None:
-    """Half the places to crystalline rows when there are enough; spread over the rows; area-averaged thumbnails."""
-    cls = np.array(["a"] * 20 + ["b"] * 3)
-    crystal = np.array([i % 5 == 0 for i in range(20)] + [True, False, False])
-    rows = np.arange(23)[::-1].copy()  # table order need not be row order
-    got = choose_examples(cls, crystal, rows, ["b", "a"], per_class=6)
-    assert list(got) == ["b", "a"] and got["b"] == [0, 1, 2]
-    a_rows = got["a"]
-    a_cry = [r for r in a_rows if crystal[np.flatnonzero(rows == r)[0]]]
-    assert len(a_rows) == 6 and len(a_cry) == 3 and a_rows == sorted(a_rows)
-    patch = np.arange(256 * 256, dtype=np.int64).reshape(256, 256) % 251
-    t = thumbnail(patch.astype(np.uint8))
-    assert t.shape == (96, 96) and t.dtype == np.uint8
-    edges = [*((np.arange(96) * 256) // 96), 256]  # boxes of 2 or 3 input pixels a side
-    for i, j in ((0, 0), (1, 40), (95, 95), (50, 7)):
-        assert t[i, j] == round(patch[edges[i]:edges[i + 1], edges[j]:edges[j + 1]].mean())
-    assert thumbnail(np.full((256, 256), 77, np.uint8)).tolist() == np.full((96, 96), 77).tolist()
