@@ -70,8 +70,8 @@ def test_performance_reports_only_on_request(tmp_path, client, reports):
                      settings={})
     runner = Runner(exp, client, performance_reports=reports)
     made = exp.out / "made"
-    assert runner.step(Step("extract:x", "k", (made,), lambda: made.write_text(str(client.submit(sum, [1, 2])
-                                                                                    .result()))))
+    step = Step("extract:x", (), {}, (made,), lambda: made.write_text(str(client.submit(sum, [1, 2]).result())))
+    assert runner.step(runner.planner.decide(step))
     assert made.read_text() == "3"
     assert (exp.out / "reports" / "extract-x.html").is_file() == reports
     assert (exp.out / "reports").exists() == reports
