@@ -147,6 +147,19 @@ def importances_markdown(imps: dict[str, Any]) -> list[str]:
 
 
 
+def calcification_markdown(signal: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Per set: how often the calcification family found a deposit, per class and crystalline/other row."""
+    from crystal_dask.features.calcification_summary import markdown as groups_table
+
+    out = ["## Calcification signal", "",
+           "Rows whose calcification columns are non-zero (at least one deposit detected), per class and per "
+           "crystalline / other row: read beside the importances, a family that finds nothing on the crystalline "
+           "rows cannot be what the forest learnt from.", ""]
+    for set_name, groups in signal.items():
+        out += [f"### {set_name}", "", *groups_table(groups), ""]
+    return out
+
+
 def gallery_markdown(set_name: str, g: dict[str, Any]) -> list[str]:
     return ["### Gallery", "",
             f"Up to {GALLERY_PER_CLASS} patches per class (crystalline rows framed in magenta, about half the "

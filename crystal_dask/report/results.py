@@ -4,7 +4,8 @@
      "sets": {set: {config: {"confusion": [[int]], "n": int, "predictions": path | None, "dataset": root}}},
      "models": {config: {"train_rows": int, "class_counts": {code: int}, "manifest": path,
                          "model": path, "features": [family], "columns": [name] | None}},
-     "notes": [str], "infer": {set: {config: summary}} (only when an infer stage ran)}
+     "notes": [str], "infer": {set: {config: summary}} (only when an infer stage ran),
+     "calcification": {set: [{cls, crystal, rows, with_deposit, fraction}]} (only when a model uses that family)}
 
 `dataset`, `model`, `features` and `columns` are optional (results written before them still report). The first
 config is the baseline; every other config is compared with it on every set.

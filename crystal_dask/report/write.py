@@ -160,6 +160,8 @@ def write_report(results: dict[str, Any], out_dir: Path, paired: dict | None = N
         written[e["figure"]] = out_dir / e["figure"]
     if imps:
         md += markdown.importances_markdown(imps)
+    if results.get("calcification"):
+        md += markdown.calcification_markdown(results["calcification"])
     if results.get("infer"):
         md += markdown.infer_markdown(results["infer"], classes)
     if results["notes"]:
@@ -168,6 +170,8 @@ def write_report(results: dict[str, Any], out_dir: Path, paired: dict | None = N
               "models": results["models"], "notes": list(results["notes"])}
     if imps:
         report["importances"] = imps
+    if results.get("calcification"):
+        report["calcification"] = results["calcification"]
     if results.get("infer"):
         report["infer"] = results["infer"]  # a key of its own: the keys above stay as they were
     written["report.json"] = write_atomic(

@@ -14,7 +14,7 @@ from crystal_dask.experiment import Experiment
 from crystal_dask.report.write import write_report
 from crystal_dask.stages import evaluate, train
 from crystal_dask.stages.base import Context, Step
-from crystal_dask.store.dataset import PIXELS
+from crystal_dask.store.dataset import PIXELS, Dataset
 from crystal_dask.store.files import write_json
 
 NAME = "report"
@@ -43,12 +43,28 @@ def collect(exp: Experiment) -> dict[str, Any]:
     results = {"job": exp.name, "classes": list(CLASSES),
                "configs": [c.name for c in exp.settings[train.SECTION].configs],
                "sets": sets, "models": models, "notes": notes}
+    if any("calcification" in m["features"] for m in models.values()):
+        results["calcification"] = calcification_signal(exp, sets)
     from crystal_dask.stages import infer
 
     inferred = infer.results(exp)
     if inferred:  # only when an infer stage ran: results.json of other jobs is unchanged
         results["infer"] = inferred
     return results
+
+
+def calcification_signal(exp: Experiment, sets: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """set -> how often its rows' calcification columns are non-zero, per class and crystalline/other row (read
+    beside the importances: did calcification signal reach the forest at all?)."""
+    from crystal_dask.features.calcification_summary import from_dataset
+
+    splits = {s.name: s.splits for s in exp.settings[evaluate.SECTION]}
+    out = {}
+    for set_name, by_config in sets.items():
+        dataset = next(iter(by_config.values()))["dataset"]  # one dataset per set, whatever the configuration
+        if "calcification" in Dataset(Path(dataset)).array_names():
+            out[set_name] = from_dataset(dataset, splits[set_name])
+    return out
 
 
 def steps(ctx: Context) -> Iterator[Step]:

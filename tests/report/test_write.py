@@ -331,3 +331,17 @@ def test_named_feature_columns(job: Experiment, small_dataset: Path, tmp_path: P
     # pixels beside a feature array, as Dataset.columns names them
     mixed = [f"pixels[{i}]" for i in range(9)] + ["stain_h_mean"]
     assert feature_names(10, mixed) == [f"pixel ({i // 3}, {i % 3})" for i in range(9)] + ["stain_h_mean"]
+
+
+def test_calcification_signal_is_reported_per_set(tmp_path: Path) -> None:
+    """results['calcification'] (the report stage adds it when a model uses the family) becomes a section beside
+    the importances and a key of report.json; without it neither appears."""
+    groups = [{"cls": "c0", "crystal": True, "rows": 4, "with_deposit": 3, "fraction": 0.75},
+              {"cls": "c0", "crystal": False, "rows": 5, "with_deposit": 0, "fraction": 0.0}]
+    written = write_report({**_results(), "calcification": {"toy-eval": groups}}, tmp_path / "with", _paired())
+    md = written["report.md"].read_text()
+    assert "## Calcification signal" in md and "### toy-eval" in md and "| c0 | 75% (3/4) | 0% (0/5) |" in md
+    assert json.loads(written["report.json"].read_text())["calcification"] == {"toy-eval": groups}
+    plain = write_report(_results(), tmp_path / "without", _paired())
+    assert "Calcification signal" not in plain["report.md"].read_text()
+    assert "calcification" not in json.loads(plain["report.json"].read_text())
