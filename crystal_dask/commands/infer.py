@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def collect_inputs(inputs: list[Path], splits: list[str] | None = None) -> tuple[list, str]:
     """SlideInputs of the command's INPUT (files, one corpus folder or one scan folder) and a corpus name."""
-    from crystal_dask.stages.infer import SlideInput, slide_stem, slides_from_regions
+    from crystal_dask.infer.run import SlideInput, slide_stem, slides_from_regions
     from crystal_dask.store.schema import REGIONS, read_table
     from crystal_dask.wsi.layout import SLIDE_SUFFIXES
 
@@ -57,7 +57,8 @@ def collect_inputs(inputs: list[Path], splits: list[str] | None = None) -> tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.stages.infer import InferSettings, infer_slides
+    from crystal_dask.infer.run import infer_slides
+    from crystal_dask.infer.settings import InferSettings
 
     settings = InferSettings(tissue_threshold=args.tissue_threshold, window_size=args.window_size,
                              window_step=args.window_step, window_unit=args.window_unit,

@@ -177,10 +177,11 @@ def window_grid(width: int, height: int, size: float, step: float) -> tuple[int,
 
 
 def window_boxes(rows: int, cols: int, size: float, step: float,
-                 origin: tuple[float, float] = (0, 0)) -> np.ndarray:
-    """(rows * cols, 4) int64 level-0 boxes (x0, y0, x1, y1), row-major (window (r, c) is row r * cols + c)."""
-    xs = origin[0] + np.round(np.arange(cols) * step)
-    ys = origin[1] + np.round(np.arange(rows) * step)
+                 origin: tuple[float, float] = (0, 0), first: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """(rows * cols, 4) int64 level-0 boxes (x0, y0, x1, y1), row-major (window (r, c) is row r * cols + c), of
+    the grid's windows from (row, col) `first` on: a block of the grid has the boxes the whole grid has there."""
+    xs = origin[0] + np.round(np.arange(first[1], first[1] + cols) * step)
+    ys = origin[1] + np.round(np.arange(first[0], first[0] + rows) * step)
     x0 = np.broadcast_to(xs[None, :], (rows, cols)).ravel()
     y0 = np.broadcast_to(ys[:, None], (rows, cols)).ravel()
     side = round(size)

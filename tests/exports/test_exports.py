@@ -15,11 +15,11 @@ from crystal_dask.exports.geojson import class_map_to_geojson, write_geojson
 from crystal_dask.exports.overlay import class_overlay, heatmap_png, overlay_png
 from crystal_dask.exports.polygons import bridge_holes, signed_area, trace_components
 from crystal_dask.exports.region_decisions import write_region_decisions
+from crystal_dask.infer.scoring import dice_per_class, label_windows, score_windows
 from crystal_dask.synthetic.corpus import place_regions
 from crystal_dask.synthetic.slide_writer import write_slide
 from crystal_dask.synthetic.tissue import paint_slide
 from crystal_dask.vocab import CLASSES
-from crystal_dask.window_scoring import dice_per_class, label_windows, score_windows
 from crystal_dask.wsi.annotations import Header, read_nedc_csv
 from crystal_dask.wsi.patches import cell_mask, plan_windows
 from crystal_dask.wsi.slides import Slide

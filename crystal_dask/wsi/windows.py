@@ -1,0 +1,85 @@
+"""Many windows of one slide rendered from one read of the area they cover, byte for byte as `render_patch`
+renders each alone.
+
+Whole-slide inference renders a block of grid windows at once. Rendering them one by one (`render_patch`) decodes
+every JPEG tile a window touches, so neighbouring and overlapping windows decode the tiles they share again (500 px
+windows on 256 px tiles: ~2.3 decodes per tile). Here the windows' decoded pixels are computed as `grey_read`
+plans them for each window, the area covering a band of windows is decoded once (DCT-scaled and luma-only on the
+same path as `read_grey`), and each window is cut from it, padded, block-averaged and resized exactly as
+`read_grey` and `render_patch` do. The bytes are therefore identical wherever windows share a level and scale.
+
+Memory: a band holds at most `BLOCK_PIXELS` decoded bytes (uint8 grey on the luma-only path, else uint8 RGB); each
+window becomes float32 grey only once cut, as `read_grey` converts what it decoded. A window larger than a band
+alone is rendered through `render_patch`, in its own bands.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from crystal_dask.wsi.patches import (
+    GreyRead,
+    PatchSettings,
+    as_grey,
+    choose_level,
+    decode_pixels,
+    finish_band,
+    grey_read,
+    render_patch,
+    resize_grey,
+)
+from crystal_dask.wsi.slides import Slide
+
+__all__ = ["BLOCK_PIXELS", "render_windows"]
+
+BLOCK_PIXELS = 64 * 1024 * 1024  # decoded bytes held at once: one 16 x 16 block of 500 px windows, luma only
+
+
+def render_windows(slide: Slide, boxes: np.ndarray, s: PatchSettings, budget: int = BLOCK_PIXELS) -> np.ndarray:
+    """(n, p, p) uint8: each level-0 box (n, 4: x0, y0, x1, y1) rendered as `render_patch(slide, box, s)` renders
+    it (no polygon), reading each band of windows' covering area once."""
+    boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
+    out = np.empty((len(boxes), s.patch_size, s.patch_size), np.uint8)
+    groups: dict[tuple, list[tuple[int, GreyRead]]] = defaultdict(list)
+    for i, box in enumerate(boxes.tolist()):
+        g = grey_read(slide, choose_level(slide, box[2] - box[0], box[3] - box[1], s), tuple(box), s)
+        groups[(g.level, g.f, g.fast, g.k)].append((i, g))
+    for (_level, _f, fast, _k), members in groups.items():
+        limit = budget if fast and s.grey == "bt601" else budget // 3  # uint8 grey, or RGB
+        members.sort(key=lambda m: (m[1].iy0, m[1].ix0))
+        band: list[tuple[int, GreyRead]] = []
+        for member in members:
+            i, g = member
+            if g.rw * min(g.h, g.rh) > limit:  # one window larger than a band: read_grey reads it in bands
+                out[i], _ = render_patch(slide, tuple(boxes[i].tolist()), s)
+                continue
+            if band and _area([*band, member]) > limit:
+                _render_band(slide, band, s, out)
+                band = []
+            band.append(member)
+        if band:
+            _render_band(slide, band, s, out)
+    return out
+
+
+def _extent(band: list[tuple[int, GreyRead]]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the decoded pixels a band of windows takes."""
+    return (min(g.ix0 for _, g in band), min(g.iy0 for _, g in band),
+            max(g.ix0 + g.rw for _, g in band), max(g.iy0 + min(g.h, g.rh) for _, g in band))
+
+
+def _area(band: list[tuple[int, GreyRead]]) -> int:
+    x0, y0, x1, y1 = _extent(band)
+    return (x1 - x0) * (y1 - y0)
+
+
+def _render_band(slide: Slide, band: list[tuple[int, GreyRead]], s: PatchSettings, out: np.ndarray) -> None:
+    """Decode the area under a band of windows once, then cut, pad, reduce and resize each window from it."""
+    x0, y0, x1, y1 = _extent(band)
+    area = decode_pixels(slide, band[0][1], x0, y0, x1 - x0, y1 - y0, s)
+    for i, g in band:
+        cut = area[g.iy0 - y0:g.iy0 - y0 + min(g.h, g.rh), g.ix0 - x0:g.ix0 - x0 + g.rw]
+        grey = finish_band(as_grey(cut, s), g.h, g.w, g.k)
+        out[i] = resize_grey(grey, g.where, s.patch_size)
