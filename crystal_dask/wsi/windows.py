@@ -77,9 +77,32 @@ def _area(band: list[tuple[int, GreyRead]]) -> int:
 
 def _render_band(slide: Slide, band: list[tuple[int, GreyRead]], s: PatchSettings, out: np.ndarray) -> None:
     """Decode the area under a band of windows once, then cut, pad, reduce and resize each window from it."""
-    x0, y0, x1, y1 = _extent(band)
-    area = decode_pixels(slide, band[0][1], x0, y0, x1 - x0, y1 - y0, s)
+    area = _band_pixels(slide, band, s)
+    x0, y0 = _extent(band)[:2]
     for i, g in band:
         cut = area[g.iy0 - y0:g.iy0 - y0 + min(g.h, g.rh), g.ix0 - x0:g.ix0 - x0 + g.rw]
         grey = finish_band(as_grey(cut, s), g.h, g.w, g.k)
         out[i] = resize_grey(grey, g.where, s.patch_size)
+
+
+def _band_pixels(slide: Slide, band: list[tuple[int, GreyRead]], s: PatchSettings) -> np.ndarray:
+    """The decoded pixels of a band's extent, tile row by tile row, each row only across the windows that reach
+    into it: at the ragged edge of the tissue, glass beside the windows is not decoded. Pixels no window takes
+    are left white."""
+    x0, y0, x1, y1 = _extent(band)
+    g0 = band[0][1]
+    info = slide.info()["levels"][g0.level]
+    seg = (info["tile"][1] if info["tile"] else info["rows_per_strip"]) // g0.f
+    seg = seg if seg >= 1 and info["tile"] else y1 - y0  # strips: one piece (a strip is decoded whole anyway)
+    area = None
+    for r in range(y0 // seg, (y1 - 1) // seg + 1):
+        ry0, ry1 = max(y0, r * seg), min(y1, (r + 1) * seg)
+        spans = [(g.ix0, g.ix0 + g.rw) for _, g in band if g.iy0 < ry1 and g.iy0 + min(g.h, g.rh) > ry0]
+        if not spans:
+            continue
+        rx0, rx1 = min(a for a, _ in spans), max(b for _, b in spans)
+        piece = decode_pixels(slide, g0, rx0, ry0, rx1 - rx0, ry1 - ry0, s)
+        if area is None:
+            area = np.full((y1 - y0, x1 - x0, *piece.shape[2:]), 255, piece.dtype)
+        area[ry0 - y0:ry1 - y0, rx0 - x0:rx1 - x0] = piece
+    return area
