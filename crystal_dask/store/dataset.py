@@ -41,10 +41,10 @@ from crystal_dask.vocab import CLASSES, SPLITS
 FORMAT_VERSION = 4  # bump when the pixels (or their stored bytes) a plan produces change for the same settings
 ZARR_NAME = "patches.zarr"
 _SLAB_BYTES = 64 * 2**20  # bytes (as stored) per zarr read of scattered rows
-# Bytes (as stored) per block of `dask_view`: a predict call pays a fixed cost per tree, so 64-row blocks of pixels
-# spent more in that than in the forest; 3 chunks of 64 rows keep the forest's float32 copy (48 MiB) under the
-# 64 MiB mmap threshold roomy_malloc sets, so it reuses warm heap pages instead of faulting in fresh ones.
-VIEW_BLOCK_BYTES = 12 * 2**20
+# Bytes (as stored) per block of `dask_view`, in whole chunks: one 64-row chunk of 256 x 256 pixels (a worker then
+# holds ~20 MiB of a block and its float32 copy; tests/stages/test_evaluate.py bounds that), many chunks of a narrow
+# feature array (a predict call pays a fixed cost per tree, so tiny blocks would spend more on that than on rows).
+VIEW_BLOCK_BYTES = 4 * 2**20
 MARKERS = ".extract"
 PIXELS = "pixels"
 # The per-row bookkeeping arrays every dataset has: name -> (dtype, fill value of a rejected row)
@@ -341,17 +341,17 @@ class Dataset:
         self.check_rows(rows, "label")
         return self.group()["label"].get_orthogonal_selection(rows).astype(np.int64)
 
-    def dask_view(self, rows: Sequence[int] | np.ndarray,
-                  arrays: str | Sequence[str] = (PIXELS,)) -> tuple[da.Array, da.Array]:
+    def dask_view(self, rows: Sequence[int] | np.ndarray, arrays: str | Sequence[str] = (PIXELS,),
+                  block_bytes: int = VIEW_BLOCK_BYTES) -> tuple[da.Array, da.Array]:
         """Lazy (data as flattened rows, labels) over the given sorted rows, arrays side by side as in `matrix`;
-        each block is whole zarr chunks, about `VIEW_BLOCK_BYTES` of the widest array, read where it is computed,
-        so no process holds more than a block."""
+        each block is whole zarr chunks, about `block_bytes` of the widest array (at least one chunk), read where
+        it is computed, so no process holds more than a block."""
         group = self.group()
         names = (arrays,) if isinstance(arrays, str) else tuple(arrays)
         label = group["label"]
         c = int(label.chunks[0])  # every array of a dataset is chunked along rows alike
         widest = max(int(np.prod(self._array(n).shape[1:])) * self._array(n).dtype.itemsize for n in names)
-        block = c * max(1, VIEW_BLOCK_BYTES // (c * widest))
+        block = c * max(1, block_bytes // (c * widest))
         parts = []
         for name in names:
             part = self._verified(self._array(name), block)[rows]

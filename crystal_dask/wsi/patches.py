@@ -235,15 +235,23 @@ def grey_read(slide: Slide, level: int, box: tuple[int, int, int, int], s: Patch
     return GreyRead(level, f, fast, ux, uy, ix0, iy0, -(-w // k) * k, -(-h // k) * k, rw, rh, k, where)
 
 
-def decode_pixels(slide: Slide, g: GreyRead, x: int, y: int, width: int, height: int,
-                  s: PatchSettings) -> np.ndarray:
+def luma_only(g: GreyRead, s: PatchSettings) -> bool:
+    """True when the decoder itself gives the grey (`decode_pixels` returns 2-D uint8)."""
+    return g.fast and s.grey == "bt601"
+
+
+def decode_pixels(slide: Slide, g: GreyRead, x: int, y: int, width: int, height: int, s: PatchSettings,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Decoded pixels [x, x + width) x [y, y + height) at `g`'s level and scale, uint8: grey (2-D) straight from
-    the decoder on the fast BT.601 path (a JPEG's Y channel, or BT.601 of RGB data; DCT-scaled), else RGB."""
-    if g.fast and s.grey == "bt601":
-        return slide.read_scaled(g.level, x, y, width, height, g.f, grey=True)
+    the decoder on the fast BT.601 path (a JPEG's Y channel, or BT.601 of RGB data; DCT-scaled), else RGB.
+    `out`: a white array of that shape to decode into (the fast path) or to copy into."""
     if g.fast:
-        return slide.read_scaled(g.level, x, y, width, height, g.f, grey=False)
-    return slide.read(g.level, x, y, width, height)
+        return slide.read_scaled(g.level, x, y, width, height, g.f, grey=luma_only(g, s), out=out)
+    rgb = slide.read(g.level, x, y, width, height)
+    if out is None:
+        return rgb
+    out[...] = rgb
+    return out
 
 
 def as_grey(pixels: np.ndarray, s: PatchSettings) -> np.ndarray:

@@ -27,6 +27,7 @@ from crystal_dask.wsi.patches import (
     decode_pixels,
     finish_band,
     grey_read,
+    luma_only,
     render_patch,
     resize_grey,
 )
@@ -46,8 +47,8 @@ def render_windows(slide: Slide, boxes: np.ndarray, s: PatchSettings, budget: in
     for i, box in enumerate(boxes.tolist()):
         g = grey_read(slide, choose_level(slide, box[2] - box[0], box[3] - box[1], s), tuple(box), s)
         groups[(g.level, g.f, g.fast, g.k)].append((i, g))
-    for (_level, _f, fast, _k), members in groups.items():
-        limit = budget if fast and s.grey == "bt601" else budget // 3  # uint8 grey, or RGB
+    for members in groups.values():
+        limit = budget if luma_only(members[0][1], s) else budget // 3  # uint8 grey, or RGB
         members.sort(key=lambda m: (m[1].iy0, m[1].ix0))
         band: list[tuple[int, GreyRead]] = []
         for member in members:
@@ -94,15 +95,11 @@ def _band_pixels(slide: Slide, band: list[tuple[int, GreyRead]], s: PatchSetting
     info = slide.info()["levels"][g0.level]
     seg = (info["tile"][1] if info["tile"] else info["rows_per_strip"]) // g0.f
     seg = seg if seg >= 1 and info["tile"] else y1 - y0  # strips: one piece (a strip is decoded whole anyway)
-    area = None
+    area = np.full((y1 - y0, x1 - x0) if luma_only(g0, s) else (y1 - y0, x1 - x0, 3), 255, np.uint8)
     for r in range(y0 // seg, (y1 - 1) // seg + 1):
         ry0, ry1 = max(y0, r * seg), min(y1, (r + 1) * seg)
         spans = [(g.ix0, g.ix0 + g.rw) for _, g in band if g.iy0 < ry1 and g.iy0 + min(g.h, g.rh) > ry0]
-        if not spans:
-            continue
-        rx0, rx1 = min(a for a, _ in spans), max(b for _, b in spans)
-        piece = decode_pixels(slide, g0, rx0, ry0, rx1 - rx0, ry1 - ry0, s)
-        if area is None:
-            area = np.full((y1 - y0, x1 - x0, *piece.shape[2:]), 255, piece.dtype)
-        area[ry0 - y0:ry1 - y0, rx0 - x0:rx1 - x0] = piece
+        if spans:  # decoded straight into the band's array
+            rx0, rx1 = min(a for a, _ in spans), max(b for _, b in spans)
+            decode_pixels(slide, g0, rx0, ry0, rx1 - rx0, ry1 - ry0, s, area[ry0 - y0:ry1 - y0, rx0 - x0:rx1 - x0])
     return area
