@@ -41,10 +41,6 @@ from crystal_dask.vocab import CLASSES, SPLITS
 FORMAT_VERSION = 4  # bump when the pixels (or their stored bytes) a plan produces change for the same settings
 ZARR_NAME = "patches.zarr"
 _SLAB_BYTES = 64 * 2**20  # bytes (as stored) per zarr read of scattered rows
-# Bytes (as stored) per block of `dask_view`, in whole chunks: one 64-row chunk of 256 x 256 pixels (a worker then
-# holds ~20 MiB of a block and its float32 copy; tests/stages/test_evaluate.py bounds that), many chunks of a narrow
-# feature array (a predict call pays a fixed cost per tree, so tiny blocks would spend more on that than on rows).
-VIEW_BLOCK_BYTES = 4 * 2**20
 MARKERS = ".extract"
 PIXELS = "pixels"
 # The per-row bookkeeping arrays every dataset has: name -> (dtype, fill value of a rejected row)
@@ -341,49 +337,37 @@ class Dataset:
         self.check_rows(rows, "label")
         return self.group()["label"].get_orthogonal_selection(rows).astype(np.int64)
 
-    def dask_view(self, rows: Sequence[int] | np.ndarray, arrays: str | Sequence[str] = (PIXELS,),
-                  block_bytes: int = VIEW_BLOCK_BYTES) -> tuple[da.Array, da.Array]:
+    def dask_view(self, rows: Sequence[int] | np.ndarray,
+                  arrays: str | Sequence[str] = (PIXELS,)) -> tuple[da.Array, da.Array]:
         """Lazy (data as flattened rows, labels) over the given sorted rows, arrays side by side as in `matrix`;
-        each block is whole zarr chunks, about `block_bytes` of the widest array (at least one chunk), read where
-        it is computed, so no process holds more than a block."""
+        blocks follow the zarr chunks, so each block is read where it is computed and no process holds more."""
         group = self.group()
-        names = (arrays,) if isinstance(arrays, str) else tuple(arrays)
-        label = group["label"]
-        c = int(label.chunks[0])  # every array of a dataset is chunked along rows alike
-        widest = max(int(np.prod(self._array(n).shape[1:])) * self._array(n).dtype.itemsize for n in names)
-        block = c * max(1, block_bytes // (c * widest))
         parts = []
-        for name in names:
-            part = self._verified(self._array(name), block)[rows]
+        for name in ((arrays,) if isinstance(arrays, str) else arrays):
+            part = self._verified(self._array(name))[rows]
             parts.append(part.reshape(part.shape[0], -1))  # whole rows per chunk: no rechunk
         data = parts[0] if len(parts) == 1 else da.concatenate([p.astype(np.float32) for p in parts],
                                                                axis=1).rechunk({1: -1})  # whole rows per block
-        labels = self._verified(label, block)[rows].rechunk((data.chunks[0],))
+        labels = self._verified(group["label"])[rows].rechunk((data.chunks[0],))
         return data, labels
 
-    def _verified(self, a: zarr.Array, block: int) -> da.Array:
-        """`a` as a dask array of `block` rows per block (whole chunks) whose every block checks its chunk files'
-        checksums before reading them."""
-        chunks = da.core.normalize_chunks((block, *a.shape[1:]), a.shape)
-        checked = not integrity.unchecked(self.root, self.group(), [a.path])  # decided once, not per block
-        return da.map_blocks(_read_verified_chunks, str(self.root), a.path, block, checked, dtype=a.dtype,
-                             chunks=chunks, meta=np.empty((0,) * a.ndim, a.dtype))
+    def _verified(self, a: zarr.Array) -> da.Array:
+        """`a` as a dask array whose every block checks its chunk file's checksum before reading it."""
+        chunks = da.core.normalize_chunks(a.chunks, a.shape)
+        return da.map_blocks(_read_verified_chunk, str(self.root), a.path, dtype=a.dtype, chunks=chunks,
+                             meta=np.empty((0,) * a.ndim, a.dtype))
 
 
-def _read_verified_chunks(root: str, array: str, block: int, checked: bool,
-                          block_id: tuple[int, ...] | None = None) -> np.ndarray:
-    """Rows [block_id * block, + block) of `array`, read (on a worker) only after each of their chunk files
-    matched its checksum (when the array has checksums: `checked`)."""
+def _read_verified_chunk(root: str, array: str, block_id: tuple[int, ...] | None = None) -> np.ndarray:
+    """One row-chunk of `array`, read (on a worker) only after its stored bytes matched their checksum."""
     group_path = Path(root) / ZARR_NAME
     a = zarr.open_array(str(group_path / array), mode="r")  # the array alone: opening the group costs more
+    k = block_id[0]
+    key = integrity.chunk_key(a, k, array)
+    recorded = integrity.load_checksums(Path(root))
+    problem = integrity.check_chunk(group_path, key, recorded.get(key), full=True) if integrity.unchecked(
+        Path(root), zarr.open_group(str(group_path), mode="r"), [array]) == [] else None
+    if problem is not None:
+        raise DamagedDataError(root, [Damage(array, k, str(group_path / key), problem)])
     c = a.chunks[0]
-    start = block_id[0] * block
-    stop = min(start + block, a.shape[0])
-    if checked:
-        recorded = integrity.load_checksums(Path(root))
-        for k in range(start // c, -(-stop // c)):
-            key = integrity.chunk_key(a, k, array)
-            problem = integrity.check_chunk(group_path, key, recorded.get(key), full=True)
-            if problem is not None:
-                raise DamagedDataError(root, [Damage(array, k, str(group_path / key), problem)])
-    return a[start:stop]
+    return a[k * c:(k + 1) * c]
