@@ -1,14 +1,20 @@
-"""`crystal-dask bench infer`: windows per second of whole-slide inference on 2 workers against (a) the script a
-competent user would write (OpenSlide under `multiprocessing.Pool(2)`: one handle per slide per process, each
-window read at the best level, converted, resized and `predict_proba` called in the same processes) and (b) the
-decode limit: only decoding, once each, the JPEG tiles the tissue windows touch at the level crystal_dask reads,
-split over 2 processes. Also the peak memory of every process.
+"""`crystal-dask bench infer`: windows per second of whole-slide inference (`infer_slides`: tissue, windows,
+exports) on 1 and 2 workers, in one run against
+  (a) the script a competent user would write: OpenSlide under `multiprocessing.Pool(2)`, its tissue mask from
+      `get_thumbnail` (Otsu on saturation), one slide handle per process, each window read with `read_region` at
+      `get_best_level_for_downsample`, PIL grey and resize to 256, the model loaded once per process (skops) and
+      one `predict_proba` per chunk of windows;
+  (b) the decode limit: only decoding, once each, the JPEG tiles crystal_dask's tissue windows touch at the level
+      it reads them, split over 2 processes.
+A pixel model and a feature model (stain + texture + calcification) are both run; the per-window cost of the
+steps (rendering, features, predict) is measured on its own on one block. Also every process's peak memory and
+the compute time of each kind of task (tissue, windows, export).
 
 The slides are realistic in size, generated here from a tile iterator (`big_slide`): a 40,000 x 30,000 px Aperio
 -style pyramid is mostly one repeated glass tile with an ellipse of tissue tiles drawn from a small pool, so it
-is written in seconds and never held in memory. The model is a real BalancedRandomForestClassifier trained on
-windows of the first slide (labels arbitrary: the benchmark measures throughput, not accuracy) and saved with a
-manifest pointing at a dataset folder whose settings are the windows'.
+is written in seconds and never held in memory. The models come from the project's own path (`bench_models`): a
+generated corpus extracted into 256 px windows, its feature families computed, each model fitted by the train
+stage; inference is told to use 500 px windows, as the script does.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +38,7 @@ from crystal_dask.bench.common import (
     fmt_bytes,
     fmt_stat,
     merge_peaks,
+    patch_dataset,
     peak_rss,
     peaks,
     rate,
@@ -39,8 +47,11 @@ from crystal_dask.bench.common import (
     table,
 )
 
-TARGETS = {"vs_script": 2.0, "vs_decode_limit": 0.7}
-WINDOW = {"mode": "window", "window_size": 500.0, "window_step": 500.0, "chunk_rows": 64}
+TARGETS = {"vs_script": 2.0, "vs_decode_limit": 0.7, "scaling": 1.7}
+MAX_PEAK = 1.5 * 1024**3  # bytes, every process
+SIZE = 500  # window side and step in level-0 px, for every contender
+FAMILIES = ("stain", "texture", "calcification")
+CONTENDERS = ("script", "decode_2proc", "crystal_dask_1w", "crystal_dask_2w", "crystal_dask_2w_features")
 
 
 # ------------------------------------------------------------------------------------------ the slides
@@ -122,63 +133,52 @@ def big_slide(path: str | Path, width: int = 40_000, height: int = 30_000, *, ti
     return path
 
 
-# ------------------------------------------------------------------------------------------ the model
-def bench_model(work: Path, slide: Path, rows: int = 300, seed: int = 0) -> Path:
-    """A real forest on `rows` tissue windows of `slide` (arbitrary labels, every class), saved with a manifest
-    whose dataset folder carries the window settings (what infer renders by)."""
-    import zarr
-    from imblearn.ensemble import BalancedRandomForestClassifier
+# ------------------------------------------------------------------------------------------ the models
+def bench_models(work: Path, client: Any, rows: int = 300, seed: int = 0,
+                 slide_size: tuple[int, int] = (6000, 4000)) -> dict[str, Path]:
+    """A pixel model and a feature model (FAMILIES) made the way a job makes them: a generated corpus extracted
+    into windows (bench.common.patch_dataset), the features stage run on it, each model fitted by the train
+    stage. Returns {"pixels": model path, "features": model path}."""
+    from crystal_dask.stages.features import FeatureSettings, compute
+    from crystal_dask.stages.train import TrainConfig, train
+    from crystal_dask.store.dataset import PIXELS
 
-    from crystal_dask.stages.infer import render_windows
-    from crystal_dask.stages.train import RANDOM_STATE
-    from crystal_dask.store.dataset import PIXELS, Dataset
-    from crystal_dask.store.files import write_json
-    from crystal_dask.store.models import save_model
-    from crystal_dask.wsi.patches import PatchSettings
-    from crystal_dask.wsi.slides import Slide
+    folder = work / "models"
+    ds = patch_dataset(folder, client, rows, seed, slide_size)
+    compute(ds, FeatureSettings(families=FAMILIES), client)
+    out = {}
+    for name, arrays in (("pixels", (PIXELS,)), ("features", FAMILIES)):
+        out[name] = folder / f"{name}.skops"
+        train(ds.root, TrainConfig(name, features=arrays), out[name], client)
+    return out
 
-    path = work / "model.skops"
-    if path.exists():
-        return path
-    s = PatchSettings(**WINDOW)
-    rng = np.random.default_rng(seed)
-    with Slide(slide) as sl:
-        w, h = sl.width, sl.height
-        cx, cy = rng.uniform(0.35, 0.65, rows) * w, rng.uniform(0.35, 0.65, rows) * h  # inside the tissue ellipse
-        boxes = np.stack([cx, cy, cx + 500, cy + 500], 1).astype(np.int64)
-        X = render_windows(sl, boxes, s).reshape(rows, -1)
-    y = np.arange(rows) % 9
-    # the model's dataset: its windows' pixels and labels, and the settings infer renders by
-    ds = Dataset(work / "model-dataset")
-    ds.create(rows, s.as_dict(), "bench", s.chunk_rows, {PIXELS: ((s.patch_size, s.patch_size), "uint8")})
-    group = zarr.open_group(str(ds.zarr), mode="r+")
-    group[PIXELS][:] = X.reshape(rows, s.patch_size, s.patch_size)
-    group["label"][:] = y
-    write_json(ds.manifest, {"settings": s.as_dict(), "plan_hash": "bench"})
-    # in memory: the forest the train stage fits is bit-identical (forest.py), and only its predictions matter here
-    model = BalancedRandomForestClassifier(random_state=RANDOM_STATE).fit(X, y)
-    save_model(model, path, {"config": {"name": "bench"}, "dataset": str(ds.root), "train_rows": rows})
-    return path
+
+def infer_settings() -> Any:
+    """What every crystal_dask run is told: SIZE px windows, SIZE apart (the script's grid)."""
+    from crystal_dask.infer.settings import InferSettings
+
+    return InferSettings(window_size=float(SIZE), window_step=float(SIZE), window_unit="px")
 
 
 # ------------------------------------------------------------------------------------------ the plan
-def tissue_windows(slides: Sequence[Path], size: int = 500) -> tuple[list[list], list[tuple[str, int, list[int]]]]:
+def tissue_windows(slides: Sequence[Path], model: Path) -> tuple[list[list], list[tuple[str, int, list[int]]]]:
     """The tissue windows infer will predict (as its tissue task finds them) and, per slide, the unique tiles they
     touch at the level it reads them: ([slide, x0, y0, x1, y1] boxes, [(slide, level, tile indices)])."""
-    from crystal_dask.stages.infer import InferSettings
-    from crystal_dask.wsi.patches import PatchSettings, choose_level
+    from crystal_dask.infer.settings import model_context, render_settings
+    from crystal_dask.wsi.patches import choose_level
     from crystal_dask.wsi.slides import Slide
     from crystal_dask.wsi.tissue_mask import mask_from_rgb, thumbnail, tissue_fraction, window_boxes, window_grid
 
-    s, thr = PatchSettings(**WINDOW), InferSettings().tissue_threshold
+    settings = infer_settings()
+    s, _ = render_settings(model_context(model), settings)
     boxes, tiles = [], []
     for path in slides:
         with Slide(path) as sl:
-            rgb, ds = thumbnail(sl, InferSettings().thumbnail_side)
-            rows, cols = window_grid(sl.width, sl.height, size, size)
-            b = window_boxes(rows, cols, size, size)
-            b = b[tissue_fraction(mask_from_rgb(rgb, ds), ds, b) >= thr]
-            level = choose_level(sl, size, size, s)
+            rgb, ds = thumbnail(sl, settings.thumbnail_side)
+            rows, cols = window_grid(sl.width, sl.height, SIZE, SIZE)
+            b = window_boxes(rows, cols, SIZE, SIZE)
+            b = b[tissue_fraction(mask_from_rgb(rgb, ds), ds, b) >= settings.tissue_threshold]
+            level = choose_level(sl, SIZE, SIZE, s)
             lv = sl.info()["levels"][level]
             tw, th = lv["tile"]
             d = lv["downsample"]
@@ -225,13 +225,35 @@ def _pool_chunk(boxes: list[list]) -> tuple[int, int, int]:
     return os.getpid(), len(boxes), peak_rss()
 
 
-def prepare_script(boxes: str, model: str, chunk: int = 64) -> Callable[[], dict]:
-    """Child process: a Pool(2) started and each process's model loaded (untimed); then (timed) every window."""
-    todo = json.loads(Path(boxes).read_text())
+def script_windows(path: str, threshold: float = 0.5, size: int = SIZE) -> list[list]:
+    """The user's tissue mask and grid: a 1024 px `get_thumbnail`, Otsu on its HSV saturation, and every whole
+    size x size window whose share of mask pixels is at least `threshold`."""
+    import openslide
+    from skimage.filters import threshold_otsu
+
+    with openslide.OpenSlide(path) as slide:
+        sat = np.asarray(slide.get_thumbnail((1024, 1024)).convert("HSV"))[..., 1]
+        width, height = slide.dimensions
+    mask = sat > threshold_otsu(sat)
+    fy, fx = mask.shape[0] / height, mask.shape[1] / width
+    out = []
+    for y in range(0, height - size + 1, size):
+        for x in range(0, width - size + 1, size):
+            r0, c0 = int(y * fy), int(x * fx)
+            m = mask[r0:max(r0 + 1, int((y + size) * fy)), c0:max(c0 + 1, int((x + size) * fx))]
+            if m.mean() >= threshold:
+                out.append([path, x, y, x + size, y + size])
+    return out
+
+
+def prepare_script(slides: list[str], model: str, chunk: int = 64) -> Callable[[], dict]:
+    """Child process: a Pool(2) started and each process's model loaded (untimed); then (timed) each slide's
+    tissue mask and windows, and every window read and predicted in the pool."""
     pool = multiprocessing.get_context("fork").Pool(2, initializer=_pool_init, initargs=(model,))
     pool.map(abs, range(4))  # both processes are up and have loaded the model
 
     def work() -> dict:
+        todo = [box for path in slides for box in script_windows(path)]
         chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
         out = pool.map(_pool_chunk, chunks, chunksize=1)
         pool.close()
@@ -244,26 +266,83 @@ def prepare_script(boxes: str, model: str, chunk: int = 64) -> Callable[[], dict
     return work
 
 
-# ------------------------------------------------------------------------------------------ the benchmark
+# ------------------------------------------------------------------------------------------ crystal_dask
 def _warm() -> None:
     """The modules an infer task needs, imported before the timer starts (the script's are, in its prepare)."""
     import matplotlib.figure  # noqa: F401
     import skimage.filters  # noqa: F401
     import zarr  # noqa: F401
 
-    import crystal_dask.exports.geojson  # noqa: F401
-    import crystal_dask.exports.overlay  # noqa: F401
-    import crystal_dask.exports.region_decisions  # noqa: F401
-    import crystal_dask.stages.infer  # noqa: F401
+    import crystal_dask.exports.slide  # noqa: F401
+    import crystal_dask.features  # noqa: F401
+    import crystal_dask.infer.tasks  # noqa: F401
+    import crystal_dask.infer.windows  # noqa: F401
+    import crystal_dask.stages.features  # noqa: F401
     import crystal_dask.wsi.tissue_mask  # noqa: F401
 
 
+PHASES = ("infer-tissue", "infer-windows", "infer-export")
+
+
+def timed_infer(client: Any, entries: list, model: Path, out: Path) -> tuple[float, dict[str, int], dict, int]:
+    """One `infer_slides` run into a fresh `out`: (wall seconds, peak RSS per process, compute seconds and task
+    count per kind of task, windows predicted)."""
+    from distributed import get_task_stream
+
+    from crystal_dask.infer.run import infer_slides
+
+    shutil.rmtree(out, ignore_errors=True)
+    with peaks(client) as pk, get_task_stream(client) as stream:
+        t0 = time.perf_counter()
+        m = infer_slides(entries, model, out, client, infer_settings())
+        seconds = time.perf_counter() - t0
+    phases = {p: {"seconds": 0.0, "tasks": 0} for p in PHASES}
+    for t in stream.data:
+        kind = "-".join(str(t["key"]).strip("()'").split("-")[:2])
+        if kind in phases:
+            phases[kind]["tasks"] += 1
+            phases[kind]["seconds"] += sum(s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute")
+    return seconds, pk, phases, m["windows"]
+
+
+def per_window_costs(slide: Path, boxes: list[list], models: dict[str, Path]) -> dict[str, float]:
+    """Seconds per window of each step on one block of the first slide's tissue windows, in this process:
+    rendering the pixels (the block's area decoded once), the feature families (read at their resolution +
+    stain, texture, calcification), and each model's one predict call."""
+    from crystal_dask.infer.settings import model_context, render_settings
+    from crystal_dask.infer.windows import window_matrix
+    from crystal_dask.predict import predict_proba
+    from crystal_dask.store.models import load_model
+    from crystal_dask.wsi.slides import Slide
+
+    b = np.array([bx[1:] for bx in boxes if bx[0] == str(slide)], np.int64)
+    x0, y0 = np.median(b[:, 0]), np.median(b[:, 1])  # one block of tissue windows, near the slide's centre
+    near = (np.abs(b[:, 0] - x0) < 8 * SIZE) & (np.abs(b[:, 1] - y0) < 8 * SIZE)
+    b = b[near][:256]
+    out: dict[str, float] = {"windows": len(b)}
+    with Slide(slide) as sl:
+        for name, path in models.items():
+            mm = model_context(path)
+            mm["render_settings"] = render_settings(mm, infer_settings())[0].as_dict()
+            model = load_model(path)
+            window_matrix(sl, b[:4], mm)  # first calls (imports, lazy set-up) are not what a window costs
+            t0 = time.perf_counter()
+            X, ok = window_matrix(sl, b, mm)
+            out["render" if name == "pixels" else "features"] = (time.perf_counter() - t0) / len(b)
+            predict_proba(X[ok][:4], model)
+            t0 = time.perf_counter()
+            predict_proba(X[ok], model)
+            out[f"predict_{name}"] = (time.perf_counter() - t0) / max(1, int(ok.sum()))
+    return out
+
+
 def run(work: Path, *, slides: int = 1, slide_size: tuple[int, int] = (40_000, 30_000), tissue: float = 0.3,
-        repeats: int = 1, seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+        repeats: int = 1, seed: int = 0, source_rows: int = 300, source_slide_size: tuple[int, int] = (6000, 4000),
+        log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the inference benchmark in `work`; return every number (see `report`)."""
     from crystal_dask.bench.extract import split_work
+    from crystal_dask.infer.run import SlideInput
     from crystal_dask.runtime.cluster import local_client
-    from crystal_dask.stages.infer import InferSettings, SlideInput, infer_slides
 
     started = time.perf_counter()
     paths = []
@@ -272,73 +351,99 @@ def run(work: Path, *, slides: int = 1, slide_size: tuple[int, int] = (40_000, 3
         if not p.exists():
             big_slide(p, *slide_size, tissue=tissue, seed=seed + k)
         paths.append(p)
-    boxes, tiles = tissue_windows(paths)
-    n = len(boxes)
-    n_tiles = sum(len(t) for _, _, t in tiles)
-    log(f"{slides} slide(s) {slide_size[0]}x{slide_size[1]}: {n} tissue windows of 500 px, {n_tiles} tiles "
-        f"touched (level {tiles[0][1]}); {sum(p.stat().st_size for p in paths) / 2**20:.0f} MiB "
-        f"(ready in {time.perf_counter() - started:.0f} s)")
-    (work / "boxes.json").write_text(json.dumps(boxes))
-    parts = []
-    for k, part in enumerate(split_work([(p, lvl, [i]) for p, lvl, idx in tiles for i in idx], 2)):
-        parts.append(work / f"tiles-{k}.json")
-        merged: dict[tuple[str, int], list[int]] = {}
-        for p, lvl, idx in part:
-            merged.setdefault((p, lvl), []).extend(idx)
-        parts[-1].write_text(json.dumps([[p, lvl, sorted(idx)] for (p, lvl), idx in merged.items()]))
-
-    seconds: dict[str, list[float]] = {"script": [], "decode_2proc": [], "crystal_dask_2w": []}
-    mem: dict[str, list[dict[str, int]]] = {k: [] for k in seconds}
+    seconds: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    mem: dict[str, list[dict[str, int]]] = {k: [] for k in CONTENDERS}
+    phases: dict[str, list[dict]] = {k: [] for k in CONTENDERS if k.startswith("crystal_dask")}
+    loads, script_windows_n = [], 0
     with contextlib.ExitStack() as stack:
-        client = stack.enter_context(local_client(2, "4GiB"))
-        model = bench_model(work, paths[0])
-        client.run(_warm)
+        two = stack.enter_context(local_client(2, "4GiB"))
+        models = bench_models(work, two, source_rows, seed, source_slide_size)
+        boxes, tiles = tissue_windows(paths, models["pixels"])
+        n = len(boxes)
+        n_tiles = sum(len(t) for _, _, t in tiles)
+        log(f"{slides} slide(s) {slide_size[0]}x{slide_size[1]}: {n} tissue windows of {SIZE} px, {n_tiles} tiles "
+            f"touched (level {tiles[0][1]}); {sum(p.stat().st_size for p in paths) / 2**20:.0f} MiB; models "
+            f"trained (ready in {time.perf_counter() - started:.0f} s)")
+        parts = []
+        for k, part in enumerate(split_work([(p, lvl, [i]) for p, lvl, idx in tiles for i in idx], 2)):
+            parts.append(work / f"tiles-{k}.json")
+            merged: dict[tuple[str, int], list[int]] = {}
+            for p, lvl, idx in part:
+                merged.setdefault((p, lvl), []).extend(idx)
+            parts[-1].write_text(json.dumps([[p, lvl, sorted(idx)] for (p, lvl), idx in merged.items()]))
+        one = stack.enter_context(local_client(1, "4GiB"))
+        for c in (one, two):
+            c.run(_warm)
         entries = [SlideInput(str(p), p.stem) for p in paths]
+        runs = {"crystal_dask_2w": (two, models["pixels"]), "crystal_dask_2w_features": (two, models["features"]),
+                "crystal_dask_1w": (one, models["pixels"])}
         for rep in range(repeats):
+            loads.append(os.getloadavg())
             _, (res,) = run_together("crystal_dask.bench.infer:prepare_script",
-                                     [{"boxes": str(work / "boxes.json"), "model": str(model)}])
+                                     [{"slides": [str(p) for p in paths], "model": str(models["pixels"])}])
             seconds["script"].append(res.seconds)
+            script_windows_n = res.result["windows"]
             mem["script"].append({"parent": res.peak_rss, **{f"pool-{i}": v for i, v in
                                                             enumerate(res.result["pool_peaks"])}})
             wall, results = run_together("crystal_dask.bench.extract:prepare_decode", [{"tiles": str(p)}
                                                                                       for p in parts])
             seconds["decode_2proc"].append(wall)
             mem["decode_2proc"].append({f"process-{k}": r.peak_rss for k, r in enumerate(results)})
-            out = work / "out"
-            shutil.rmtree(out, ignore_errors=True)
-            with peaks(client) as pk:
-                t0 = time.perf_counter()
-                m = infer_slides(entries, model, out, client, InferSettings())
-                seconds["crystal_dask_2w"].append(time.perf_counter() - t0)
-            mem["crystal_dask_2w"].append(pk)
-            if m["windows"] != n:
-                raise RuntimeError(f"infer predicted {m['windows']} windows, the plan has {n}")
-            log(f"repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()))
-    rates = {k: rate(n, v) for k, v in seconds.items()}
+            for name, (client, model) in runs.items():
+                secs, pk, ph, windows = timed_infer(client, entries, model, work / "out")
+                if windows != n:
+                    raise RuntimeError(f"infer ({name}) predicted {windows} windows, the plan has {n}")
+                seconds[name].append(secs)
+                mem[name].append(pk)
+                phases[name].append(ph)
+            loads[-1] = (*loads[-1], *os.getloadavg())
+            log(f"repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items())
+                + f"; load average {loads[-1][0]:.1f} -> {loads[-1][3]:.1f}")
+        costs = per_window_costs(paths[0], boxes, models)
+    counts = {k: script_windows_n if k == "script" else n for k in CONTENDERS}
+    rates = {k: rate(counts[k], v) for k, v in seconds.items()}
     ratios = {"vs_script": ratio(rates["crystal_dask_2w"], rates["script"]),
-              "vs_decode_limit": ratio(rates["crystal_dask_2w"], rates["decode_2proc"])}
+              "vs_decode_limit": ratio(rates["crystal_dask_2w"], rates["decode_2proc"]),
+              "scaling": ratio(rates["crystal_dask_2w"], rates["crystal_dask_1w"]),
+              "features_vs_pixels": ratio(rates["crystal_dask_2w_features"], rates["crystal_dask_2w"])}
+    peak = {k: merge_peaks(v) for k, v in mem.items()}
+    ours = max(v for k, p in peak.items() if k.startswith("crystal_dask") for v in p.values())
+    targets = {k: {"target": t, "met": ratios[k] >= t} for k, t in TARGETS.items()}
+    targets["peak_rss"] = {"target": MAX_PEAK, "met": ours <= MAX_PEAK}
     return {
-        "bench": "infer", "repeats": repeats, "windows": n, "tiles_touched": n_tiles,
-        "slides": {"count": slides, "size": list(slide_size), "tissue": tissue,
-                   "bytes": sum(p.stat().st_size for p in paths)},
+        "bench": "infer", "repeats": repeats, "windows": n, "script_windows": script_windows_n,
+        "tiles_touched": n_tiles, "slides": {"count": slides, "size": list(slide_size), "tissue": tissue,
+                                             "bytes": sum(p.stat().st_size for p in paths)},
         "seconds": {k: Stat(tuple(v)).as_dict() for k, v in seconds.items()},
         "windows_per_s": {k: v.as_dict() for k, v in rates.items()},
-        "ratios": ratios, "targets": {k: {"target": t, "met": ratios[k] >= t} for k, t in TARGETS.items()},
-        "peak_rss": {k: merge_peaks(v) for k, v in mem.items()},
+        "ratios": ratios, "targets": targets, "peak_rss": peak,
+        "phases": {k: {p: {"seconds": statistics.median(r[p]["seconds"] for r in v), "tasks": v[0][p]["tasks"]}
+                       for p in PHASES} for k, v in phases.items()},
+        "per_window_seconds": costs, "load_average": [list(v) for v in loads],
         "total_seconds": time.perf_counter() - started,
     }
 
 
-_LABELS = {"script": "OpenSlide script, multiprocessing.Pool(2)", "decode_2proc": "decode limit, 2 processes",
-           "crystal_dask_2w": "crystal_dask infer, 2 workers (tissue + windows + exports)"}
+_LABELS = {"script": "OpenSlide script, Pool(2) (its own tissue mask from a thumbnail)",
+           "decode_2proc": "decode limit, 2 processes (touched tiles, each once)",
+           "crystal_dask_1w": "crystal_dask infer, 1 worker, pixel model",
+           "crystal_dask_2w": "crystal_dask infer, 2 workers, pixel model",
+           "crystal_dask_2w_features": "crystal_dask infer, 2 workers, feature model (" + " + ".join(FAMILIES) + ")"}
+
+
+def _met(t: dict) -> str:
+    return "met" if t["met"] else "MISSED"
 
 
 def report(r: dict[str, Any]) -> str:
-    """The benchmark's tables: medians (min-max) over the repeats, the ratios, peak memory per process."""
+    """The benchmark's tables: medians (min-max) over the repeats, the ratios, the per-window costs, the compute
+    time per kind of task and the peak memory per process."""
     s = r["slides"]
-    lines = [f"infer: {r['windows']} tissue windows (500 px) on {s['count']} generated {s['size'][0]}x{s['size'][1]} "
-             f"px slide(s) ({s['bytes'] / 2**20:.0f} MiB, tissue {s['tissue']:.0%}); {r['tiles_touched']} JPEG "
-             f"tiles touched; {r['repeats']} repeat(s), median (min-max)", ""]
+    lines = [f"infer: {r['windows']} tissue windows ({SIZE} px; the script's own mask finds {r['script_windows']}) "
+             f"on {s['count']} generated {s['size'][0]}x{s['size'][1]} px slide(s) ({s['bytes'] / 2**20:.0f} MiB, "
+             f"tissue {s['tissue']:.0%}); {r['tiles_touched']} JPEG tiles touched; {r['repeats']} repeat(s), median "
+             f"(min-max); load average (1 min) before/after each repeat: "
+             + ", ".join(f"{v[0]:.1f}/{v[3]:.1f}" for v in r["load_average"]), ""]
     rows = [("contender", "seconds", "windows/s", "peak RSS per process")]
     for k, label in _LABELS.items():
         mem = ", ".join(f"{name} {fmt_bytes(v)}" for name, v in r["peak_rss"][k].items())
@@ -347,9 +452,26 @@ def report(r: dict[str, Any]) -> str:
     t, q = r["targets"], r["ratios"]
     lines += ["", table([("ratio (of medians)", "value", "target"),
                          ("crystal_dask 2 workers / OpenSlide Pool(2) script", f"{q['vs_script']:.2f}x",
-                          f">= {t['vs_script']['target']:g}: {'met' if t['vs_script']['met'] else 'MISSED'}"),
+                          f">= {t['vs_script']['target']:g}: {_met(t['vs_script'])}"),
                          ("crystal_dask 2 workers / decode limit on 2 processes", f"{q['vs_decode_limit']:.2f}",
-                          f">= {t['vs_decode_limit']['target']:g}: "
-                          f"{'met' if t['vs_decode_limit']['met'] else 'MISSED'}")])]
+                          f">= {t['vs_decode_limit']['target']:g}: {_met(t['vs_decode_limit'])}"),
+                         ("crystal_dask 2 workers / 1 worker", f"{q['scaling']:.2f}x",
+                          f">= {t['scaling']['target']:g}: {_met(t['scaling'])}"),
+                         ("feature model / pixel model (2 workers)", f"{q['features_vs_pixels']:.2f}x", ""),
+                         ("largest crystal_dask process", fmt_bytes(max(v for k, p in r["peak_rss"].items()
+                                                                        if k.startswith("crystal_dask")
+                                                                        for v in p.values())),
+                          f"<= 1.5 GiB: {_met(t['peak_rss'])}")])]
+    c = r["per_window_seconds"]
+    lines += ["", f"per window, on one block of {c['windows']} tissue windows in one process:",
+              table([("step", "ms per window"),
+                     ("render pixels (block area decoded once, grey, resize to 256)", f"{c['render'] * 1e3:.2f}"),
+                     ("predict, pixel model (one call per block)", f"{c['predict_pixels'] * 1e3:.2f}"),
+                     ("features: read at their resolution + " + " + ".join(FAMILIES), f"{c['features'] * 1e3:.2f}"),
+                     ("predict, feature model (one call per block)", f"{c['predict_features'] * 1e3:.2f}")])]
+    rows = [("crystal_dask run", *(f"{p} s (tasks)" for p in PHASES))]
+    for k, ph in r["phases"].items():
+        rows.append((k, *(f"{ph[p]['seconds']:.2f} ({ph[p]['tasks']})" for p in PHASES)))
+    lines += ["", "compute seconds summed over workers per kind of task (median over repeats):", table(rows)]
     lines.append(f"\nbench took {r['total_seconds']:.0f} s")
     return "\n".join(lines)

@@ -67,12 +67,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--memory-limit", default="4GiB", help="memory_limit of each of the 2 workers (default 4GiB)")
     v.add_argument("--no-in-memory", action="store_true", help="skip the in-memory scikit-learn baseline")
     _common(v)
-    i = sub.add_parser("infer", help="whole-slide windows/s on 2 workers vs an OpenSlide Pool(2) script and the "
-                                     "decode limit")
+    i = sub.add_parser("infer", help="whole-slide windows/s on 1 and 2 workers, pixel and feature models, vs an "
+                                     "OpenSlide Pool(2) script and the decode limit")
     i.add_argument("--slides", type=int, default=1, help="generated slides (default 1)")
     i.add_argument("--slide-size", type=int, nargs=2, default=(40_000, 30_000), metavar=("W", "H"),
                    help="level-0 size in pixels (default 40000 30000)")
     i.add_argument("--tissue", type=float, default=0.3, help="fraction of the slide that is tissue (default 0.3)")
+    i.add_argument("--source-rows", type=int, default=300,
+                   help="extracted patches the models are trained on (default 300)")
     _common(i)
     c = sub.add_parser("calcification", help="recall of deposits painted on real H&E vs darkness and size, and "
                                              "false objects per mm² of real tissue without deposits")
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             from crystal_dask.bench import infer as bench
 
             result = bench.run(work, slides=args.slides, slide_size=tuple(args.slide_size), tissue=args.tissue,
-                               repeats=args.repeats, seed=args.seed, log=log)
+                               repeats=args.repeats, seed=args.seed, source_rows=args.source_rows, log=log)
         elif args.stage == "calcification":
             from crystal_dask.bench import calcification as bench
 

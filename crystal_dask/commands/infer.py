@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def collect_inputs(inputs: list[Path], splits: list[str] | None = None) -> tuple[list, str]:
     """SlideInputs of the command's INPUT (files, one corpus folder or one scan folder) and a corpus name."""
-    from crystal_dask.stages.infer import SlideInput, slide_stem, slides_from_regions
+    from crystal_dask.infer.run import SlideInput, slide_stem, slides_from_regions
     from crystal_dask.store.schema import REGIONS, read_table
     from crystal_dask.wsi.layout import SLIDE_SUFFIXES
 
@@ -58,17 +58,23 @@ def collect_inputs(inputs: list[Path], splits: list[str] | None = None) -> tuple
 
 def run(args: argparse.Namespace) -> int:
     from crystal_dask.runtime.lock import hold
-    from crystal_dask.stages.infer import InferSettings, infer_slides
+
+    with hold(args.out, "crystal-dask infer"):  # one command per output folder; the stage imports inside it
+        return _infer(args)
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from crystal_dask.infer.run import infer_slides
+    from crystal_dask.infer.settings import InferSettings
 
     settings = InferSettings(tissue_threshold=args.tissue_threshold, window_size=args.window_size,
                              window_step=args.window_step, window_unit=args.window_unit,
                              magnification=args.magnification, heatmap_class=args.heatmap_class, block=args.block,
                              skip_errors=not args.stop_on_error)
-    with hold(args.out, "crystal-dask infer"):  # one command per output folder
-        slides, corpus = collect_inputs(args.input, args.splits)
-        with client_for(args) as client:
-            m = infer_slides(slides, args.model, args.out, client, settings, corpus=corpus,
-                             show_progress=progress_bar(args))
+    slides, corpus = collect_inputs(args.input, args.splits)
+    with client_for(args) as client:
+        m = infer_slides(slides, args.model, args.out, client, settings, corpus=corpus,
+                         show_progress=progress_bar(args))
     score = m["score"]["summary"] if m["score"] else None
     print(json.dumps({"slides": m["slides_in"], "done": m["slides_done"], "rejects": m["rejects"],
                       "windows": m["windows"], "window": m["window_source"],

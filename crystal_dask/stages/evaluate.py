@@ -24,6 +24,7 @@ from distributed import Client
 from crystal_dask.checks import ConfigError, need, section, text, texts
 from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import confusion
+from crystal_dask.predict import predict_proba
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
 from crystal_dask.stages import train
 from crystal_dask.stages.base import Context, Step
@@ -39,12 +40,10 @@ N_CLASSES = len(CLASSES)
 
 
 def _predict_block(block: np.ndarray, model, stage: str) -> np.ndarray:
-    """Class probabilities (rows, 9) of one block; columns for classes the model never saw stay 0."""
-    out = np.zeros((block.shape[0], N_CLASSES), dtype=np.float32)
+    """Class probabilities (rows, 9) of one block (crystal_dask.predict, as whole-slide inference predicts)."""
     if len(block):
         roomy_malloc(stage)
-        out[:, model.classes_] = model.predict_proba(block.astype(np.float32))
-    return out
+    return predict_proba(block, model)
 
 
 def _confusion_block(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:

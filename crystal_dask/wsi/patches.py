@@ -195,13 +195,29 @@ def decode_scale(slide: Slide, level: int, box: tuple[int, int, int, int], s: Pa
     return next((f for f in jpeg.SCALES if f <= room and slide.can_scale(level, f)), 1)
 
 
-def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: PatchSettings,
-              polygon: tuple[list[float], list[float]] | None) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Greyscale float32 image covering a level-0 box read at `level`, block-averaged in bands when it is large,
-    and where the exact box lies in it: (image, (left, top, right, bottom)) in the image's fractional pixels.
+@dataclass(frozen=True)
+class GreyRead:
+    """Where one level-0 box lies in the pixels `read_grey` decodes for it: decoded at 1/`f` of `level`, pixel
+    (`ix0`, `iy0`) first, `w` x `h` pixels wanted (whole `k` x `k` blocks) of which `rw` x `rh` come from the
+    slide (the rest repeats the edge), and the exact box at `where` in the k-reduced image."""
 
-    The fast path decodes JPEG tiles reduced in the DCT domain (`decode_scale`) and, for BT.601, luma only.
-    """
+    level: int
+    f: int
+    fast: bool
+    ux: float
+    uy: float
+    ix0: int
+    iy0: int
+    w: int
+    h: int
+    rw: int
+    rh: int
+    k: int
+    where: tuple[float, float, float, float]
+
+
+def grey_read(slide: Slide, level: int, box: tuple[int, int, int, int], s: PatchSettings) -> GreyRead:
+    """The decoded pixels `read_grey` takes for a box: scale, origin, size, pre-reduction and the exact box."""
     f = decode_scale(slide, level, box, s)
     fast = s.decode == "fast" and slide.can_scale(level, f)
     sx, sy = level_scale(slide, level)
@@ -215,29 +231,63 @@ def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: Patch
     lvl = slide.levels[level]
     rw = max(w, min(-(-w // k) * k, -(-lvl.width // f) - ix0))
     rh = max(h, min(-(-h // k) * k, -(-lvl.height // f) - iy0))
-    w, h = -(-w // k) * k, -(-h // k) * k
+    where = ((gx0 - ix0) / k, (gy0 - iy0) / k, (gx1 - ix0) / k, (gy1 - iy0) / k)
+    return GreyRead(level, f, fast, ux, uy, ix0, iy0, -(-w // k) * k, -(-h // k) * k, rw, rh, k, where)
+
+
+def luma_only(g: GreyRead, s: PatchSettings) -> bool:
+    """True when the decoder itself gives the grey (`decode_pixels` returns 2-D uint8)."""
+    return g.fast and s.grey == "bt601"
+
+
+def decode_pixels(slide: Slide, g: GreyRead, x: int, y: int, width: int, height: int, s: PatchSettings,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Decoded pixels [x, x + width) x [y, y + height) at `g`'s level and scale, uint8: grey (2-D) straight from
+    the decoder on the fast BT.601 path (a JPEG's Y channel, or BT.601 of RGB data; DCT-scaled), else RGB.
+    `out`: a white array of that shape to decode into (the fast path) or to copy into."""
+    if g.fast:
+        return slide.read_scaled(g.level, x, y, width, height, g.f, grey=luma_only(g, s), out=out)
+    rgb = slide.read(g.level, x, y, width, height)
+    if out is None:
+        return rgb
+    out[...] = rgb
+    return out
+
+
+def as_grey(pixels: np.ndarray, s: PatchSettings) -> np.ndarray:
+    """float32 grey of `decode_pixels`' output."""
+    return pixels.astype(np.float32) if pixels.ndim == 2 else to_grey(pixels, s.grey)
+
+
+def finish_band(grey: np.ndarray, bh: int, w: int, k: int) -> np.ndarray:
+    """A band of decoded grey padded by edge repetition to `bh` x `w` and block-averaged k x k."""
+    if grey.shape != (bh, w):
+        grey = np.pad(grey, ((0, bh - grey.shape[0]), (0, w - grey.shape[1])), mode="edge")
+    if k > 1:
+        grey = grey.reshape(bh // k, k, w // k, k).mean(axis=(1, 3))
+    return grey
+
+
+def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: PatchSettings,
+              polygon: tuple[list[float], list[float]] | None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Greyscale float32 image covering a level-0 box read at `level`, block-averaged in bands when it is large,
+    and where the exact box lies in it: (image, (left, top, right, bottom)) in the image's fractional pixels.
+
+    The fast path decodes JPEG tiles reduced in the DCT domain (`decode_scale`) and, for BT.601, luma only.
+    """
+    g = grey_read(slide, level, box, s)
+    k, w, h = g.k, g.w, g.h
     band = max(k, (BAND_PIXELS // max(w, 1)) // k * k)
     if polygon is not None:  # in x-units throughout, so that one cell size serves both axes
-        polygon = (polygon[0], [v * ux / uy for v in polygon[1]])
+        polygon = (polygon[0], [v * g.ux / g.uy for v in polygon[1]])
     parts = []
     for by in range(0, h, band):
         bh = min(band, h - by)
-        n = min(bh, rh - by)
-        if fast and s.grey == "bt601":  # the decoder's own grey: a JPEG's Y channel, or BT.601 of RGB data
-            grey = slide.read_scaled(level, ix0, iy0 + by, rw, n, f, grey=True).astype(np.float32)
-        else:
-            rgb = (slide.read_scaled(level, ix0, iy0 + by, rw, n, f, grey=False) if fast
-                   else slide.read(level, ix0, iy0 + by, rw, n))
-            grey = to_grey(rgb, s.grey)
+        grey = as_grey(decode_pixels(slide, g, g.ix0, g.iy0 + by, g.rw, min(bh, g.rh - by), s), s)
         if polygon is not None:
-            grey = _mask_outside(grey, polygon, ix0, iy0 + by, ux, s.background)
-        if grey.shape != (bh, w):
-            grey = np.pad(grey, ((0, bh - n), (0, w - rw)), mode="edge")
-        if k > 1:
-            grey = grey.reshape(bh // k, k, w // k, k).mean(axis=(1, 3))
-        parts.append(grey)
-    where = ((gx0 - ix0) / k, (gy0 - iy0) / k, (gx1 - ix0) / k, (gy1 - iy0) / k)
-    return np.concatenate(parts, axis=0), where
+            grey = _mask_outside(grey, polygon, g.ix0, g.iy0 + by, g.ux, s.background)
+        parts.append(finish_band(grey, bh, w, k))
+    return np.concatenate(parts, axis=0), g.where
 
 
 def _mask_outside(grey: np.ndarray, polygon, lx0: int, ly0: int, unit: float, background: int) -> np.ndarray:
@@ -258,6 +308,12 @@ def render_patch(slide: Slide, box: tuple[int, int, int, int], s: PatchSettings,
     """
     level = choose_level(slide, box[2] - box[0], box[3] - box[1], s)
     grey, where = read_grey(slide, level, box, s, polygon if s.mask_outside else None)
+    return resize_grey(grey, where, s.patch_size), level
+
+
+def resize_grey(grey: np.ndarray, where: tuple[float, ...], size: int) -> np.ndarray:
+    """The exact box `where` of a float32 grey image, Pillow's bilinear (anti-aliased) resize to size x size,
+    rounded to uint8."""
     image = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32))  # mode "F"
-    out = np.asarray(image.resize((s.patch_size, s.patch_size), Image.Resampling.BILINEAR, box=where))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8), level
+    out = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=where))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -357,15 +357,21 @@ class Slide:
         return r.scalable and scale in jpeg.SCALES and r.seg_w % scale == 0 and r.seg_h % scale == 0
 
     def read_scaled(self, level: int, x: int, y: int, width: int, height: int, scale: int,
-                    grey: bool) -> np.ndarray:
+                    grey: bool, out: np.ndarray | None = None) -> np.ndarray:
         """A rectangle of `level` reduced `scale` times by the JPEG decoder, in reduced pixels ((x, y) covers
         level pixels [x * scale, (x + 1) * scale)): (height, width) uint8 BT.601 grey when `grey`, else
-        (height, width, 3) RGB; outside the level is white. Needs `can_scale(level, scale)`."""
+        (height, width, 3) RGB; outside the level is white. Needs `can_scale(level, scale)`. `out`: decode into
+        this array of that shape instead (a view into a larger one saves a copy); outside the level it keeps
+        its values."""
         if not self.can_scale(level, scale):
             raise ValueError(f"{self.path}: level {level} cannot be decoded at 1/{scale}")
         if width <= 0 or height <= 0:
             raise ValueError(f"{self.path}: empty region {width}x{height} at ({x}, {y}) of level {level}")
-        out = np.full((height, width) if grey else (height, width, 3), 255, np.uint8)
+        shape = (height, width) if grey else (height, width, 3)
+        if out is None:
+            out = np.full(shape, 255, np.uint8)
+        elif out.shape != shape or out.dtype != np.uint8:
+            raise ValueError(f"out must be {shape} uint8; got {out.shape} {out.dtype}")
         self._readers[level].paste_scaled(self._tif.filehandle, self._lock, out, x, y, scale, grey)
         return out
 

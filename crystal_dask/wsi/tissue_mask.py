@@ -76,9 +76,13 @@ def thumbnail(slide: Slide, max_side: int = 2048) -> tuple[np.ndarray, float]:
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation (max - min) / max in [0, 1], float32."""
-    f = rgb.astype(np.float32)
-    mx, mn = f.max(axis=-1), f.min(axis=-1)
+    mx, mn = _channels(np.maximum, rgb), _channels(np.minimum, rgb)
     return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0).astype(np.float32)
+
+
+def _channels(op: np.ufunc, rgb: np.ndarray) -> np.ndarray:
+    """op over the 3 channels as float32, pairwise (a reduction over a length-3 last axis is ~10x slower)."""
+    return op(op(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
@@ -115,7 +119,8 @@ def mask_from_rgb(rgb: np.ndarray, downsample: float, *, od_min: float = 0.05, e
     spread = float(sat.max() - sat.min())
     thr = threshold_otsu(sat) if spread > 1e-6 else S_MAX
     thr = min(max(thr, S_MIN), S_MAX)
-    tissue = (sat > thr) & (optical_density(rgb).max(axis=-1) >= od_min)
+    # the densest channel is the darkest: the log of the darkest alone (OD falls as intensity rises)
+    tissue = (sat > thr) & (optical_density(_channels(np.minimum, rgb)) >= od_min)
     if exclude_pen:
         tissue &= ~pen_mask(rgb, downsample)
     radius = max(1, round(close_px0 / downsample))
@@ -177,10 +182,11 @@ def window_grid(width: int, height: int, size: float, step: float) -> tuple[int,
 
 
 def window_boxes(rows: int, cols: int, size: float, step: float,
-                 origin: tuple[float, float] = (0, 0)) -> np.ndarray:
-    """(rows * cols, 4) int64 level-0 boxes (x0, y0, x1, y1), row-major (window (r, c) is row r * cols + c)."""
-    xs = origin[0] + np.round(np.arange(cols) * step)
-    ys = origin[1] + np.round(np.arange(rows) * step)
+                 origin: tuple[float, float] = (0, 0), first: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """(rows * cols, 4) int64 level-0 boxes (x0, y0, x1, y1), row-major (window (r, c) is row r * cols + c), of
+    the grid's windows from (row, col) `first` on: a block of the grid has the boxes the whole grid has there."""
+    xs = origin[0] + np.round(np.arange(first[1], first[1] + cols) * step)
+    ys = origin[1] + np.round(np.arange(first[0], first[0] + rows) * step)
     x0 = np.broadcast_to(xs[None, :], (rows, cols)).ravel()
     y0 = np.broadcast_to(ys[:, None], (rows, cols)).ravel()
     side = round(size)

@@ -1,5 +1,5 @@
-"""Exports of a window grid: exact polygons, QuPath GeoJSON, NEDC REGIONDECISIONS round trip, overlay PNGs, and
-window labelling/scoring; end to end on a real TIFF pyramid with known regions."""
+"""Exports of a window grid: exact polygons, QuPath GeoJSON, NEDC REGIONDECISIONS round trip, overlay PNGs; end to
+end on a real TIFF pyramid with known regions (labelled and scored by infer/scoring.py)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from crystal_dask.exports.geojson import class_map_to_geojson, write_geojson
 from crystal_dask.exports.overlay import class_overlay, heatmap_png, overlay_png
 from crystal_dask.exports.polygons import bridge_holes, signed_area, trace_components
 from crystal_dask.exports.region_decisions import write_region_decisions
+from crystal_dask.infer.scoring import label_windows, score_windows
 from crystal_dask.synthetic.corpus import place_regions
 from crystal_dask.synthetic.slide_writer import write_slide
 from crystal_dask.synthetic.tissue import paint_slide
 from crystal_dask.vocab import CLASSES
-from crystal_dask.window_scoring import dice_per_class, label_windows, score_windows
 from crystal_dask.wsi.annotations import Header, read_nedc_csv
-from crystal_dask.wsi.patches import cell_mask, plan_windows
+from crystal_dask.wsi.patches import cell_mask
 from crystal_dask.wsi.slides import Slide
 from crystal_dask.wsi.tissue_mask import thumbnail, tissue_fraction, tissue_mask, window_boxes, window_grid
 
@@ -148,38 +148,6 @@ def test_overlay_and_heatmap_png(tmp_path):
     for p in (a, h):
         with Image.open(p) as im:
             assert im.size == (260, 190) and im.mode == "RGB"
-
-
-def test_label_windows_frame_rule_and_scores():
-    boxes = window_boxes(4, 4, 100, 100)
-    square = ([0, 250, 250, 0], [0, 0, 150, 150])  # covers windows fully, or by half / quarter
-    label, overlap = label_windows(boxes, [square], [6], min_overlap=0.5)
-    grid = overlap.reshape(4, 4)
-    np.testing.assert_allclose(grid[0], [1, 1, 0.5, 0])
-    np.testing.assert_allclose(grid[1], [0.5, 0.5, 0.25, 0])
-    assert label.reshape(4, 4)[:2].tolist() == [[6, 6, 6, -1], [6, 6, -1, -1]]
-    pred = np.array([[6, 6, 8, -1], [6, 1, -1, 8]])
-    truth = label.reshape(4, 4)[:2]
-    dice = dice_per_class(pred, truth)
-    assert dice["dcis"] == pytest.approx(2 * 3 / (3 + 5)) and dice["indc"] == 0.0 and dice["bckg"] is None
-    scores = score_windows(pred, truth)
-    assert scores["windows_scored"] == 5 and scores["summary"]["n"] == 5 and scores["summary"]["correct"] == 3
-
-
-def test_label_windows_matches_extract_overlap():
-    """On extract's own windows of a region, label_windows measures the overlap extract measured."""
-    rng = np.random.default_rng(4)
-    (region,) = place_regions(["dcis"], 3000, 2400, rng)
-    x0, y0, x1, y1 = region.bbox
-    row = {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "polygon_x": list(region.x), "polygon_y": list(region.y),
-           "mpp": 0.5, "slide_width": 3000, "slide_height": 2400}
-    from crystal_dask.wsi.patches import PatchSettings
-
-    windows, _ = plan_windows(row, PatchSettings(mode="window", window_size=200, window_step=200, min_overlap=0.01))
-    boxes = np.array([w[:4] for w in windows])
-    boxes = np.concatenate([[[x0, y0, x0 + 200, y0 + 200]], boxes])  # extract's lattice starts at the bbox
-    _, overlap = label_windows(boxes, [(region.x, region.y)], [6], min_overlap=0.5)
-    np.testing.assert_allclose(overlap[1:], [w[4] for w in windows])
 
 
 def test_end_to_end_on_a_real_pyramid(tmp_path):

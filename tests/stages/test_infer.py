@@ -14,14 +14,9 @@ import pytest
 import zarr
 
 from crystal_dask.exports.polygons import signed_area
-from crystal_dask.stages.infer import (
-    InferSettings,
-    infer_slides,
-    model_context,
-    render_settings,
-    slides_from_regions,
-    window_matrix,
-)
+from crystal_dask.infer.run import SlideInput, infer_slides, slides_from_regions
+from crystal_dask.infer.settings import InferSettings, model_context, render_settings
+from crystal_dask.infer.windows import window_matrix
 from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model
 from crystal_dask.store.schema import INFER_SUMMARY, read_table
@@ -248,7 +243,6 @@ def test_a_40000_by_30000_slide_stays_under_1_5_gib_per_process(window_model, tm
     from crystal_dask.bench.common import peaks
     from crystal_dask.bench.infer import big_slide
     from crystal_dask.runtime.cluster import local_client
-    from crystal_dask.stages.infer import SlideInput
 
     slide = big_slide(tmp_path / "big.svs", 40_000, 30_000, tissue=0.3)
     with local_client(2, "4GiB") as client, peaks(client) as pk:

@@ -1,11 +1,11 @@
 """Scoring a slide's window predictions against its annotations: window labels by NEDC's frame rule, the
-published tables (crystal_dask.metrics) on the labelled windows, and per-class Dice of predicted against
-annotated area on the window grid.
+published tables (crystal_dask.metrics) on the labelled windows, per-class Dice of predicted against annotated
+area on the window grid, and the scores of a run's slides added up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ import numpy as np
 from crystal_dask.metrics import confusion, summarize
 from crystal_dask.vocab import CLASSES
 from crystal_dask.wsi.patches import cell_mask
+from crystal_dask.wsi.tissue_mask import window_boxes
 
 
 def label_windows(boxes: np.ndarray, polygons: Sequence[tuple[Sequence[float], Sequence[float]]],
@@ -92,3 +93,34 @@ def score_windows(pred: np.ndarray, truth: np.ndarray, class_names: Sequence[str
                                       len(class_names)), class_names)
     return {"windows_scored": int(both.sum()), "summary": summary,
             "dice": dice_per_class(pred, truth, class_names)}
+
+
+def score_slide(classes: np.ndarray, regions: Sequence[Sequence[Any]], size: float, step: float,
+                min_overlap: float) -> dict[str, Any]:
+    """Window labels by NEDC's frame rule, then the published tables and per-class Dice, plus the counts that
+    add up over slides (confusion; Dice numerators and denominators). `regions`: (xs, ys, class index)."""
+    rows, cols = classes.shape
+    truth, _ = label_windows(window_boxes(rows, cols, size, step), [(r[0], r[1]) for r in regions],
+                             [int(r[2]) for r in regions], min_overlap)
+    pred = classes.ravel()
+    out = score_windows(pred, truth)
+    both = (pred >= 0) & (truth >= 0)
+    out["confusion"] = confusion(truth[both], pred[both], len(CLASSES)).tolist()
+    out["dice_counts"] = {c: [2 * int(((pred == k) & (truth == k)).sum()), int((pred == k).sum() + (truth == k).sum())]
+                          for k, c in enumerate(CLASSES)}
+    return out
+
+
+def combine_scores(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Slides' scores added up: the published tables of the summed confusion and Dice of the summed areas."""
+    scores = [s for s in scores if s]
+    if not scores:
+        return None
+    cm = np.sum([np.array(s["confusion"]) for s in scores], axis=0)
+    dice = {}
+    for c in CLASSES:
+        num = sum(s["dice_counts"][c][0] for s in scores)
+        den = sum(s["dice_counts"][c][1] for s in scores)
+        dice[c] = num / den if den else None
+    return {"slides": len(scores), "windows_scored": int(cm.sum()),
+            "summary": summarize(cm, CLASSES) if cm.sum() else None, "dice": dice}

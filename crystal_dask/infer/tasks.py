@@ -1,0 +1,189 @@
+"""The Dask tasks of whole-slide inference, and the slide's zarr grid they fill.
+
+Per slide:
+    infer-tissue   detect tissue on a low-res view (wsi/tissue_mask.py), create the slide's zarr (proba: rows x
+                   cols x 9 float32, 0 where no window was scored; tissue: rows x cols bool; tissue_fraction) and
+                   save the thumbnail;
+    infer-windows  one block of block x block windows: its tissue windows rendered from one read of the area they
+                   cover (infer/windows.py), predicted in one call (crystal_dask.predict), its whole zarr chunk
+                   written;
+    infer-export   the slide's grid -> PNGs, GeoJSON, region decisions (exports/slide.py), summary rows, scores.
+Block tasks read through the worker's slide cache (one open slide per file per worker for the stage) and use
+the broadcast model (one copy per worker). Each task leaves a done-marker under <slide>/.infer/<digest>/, so a
+rerun resumes block by block. No process holds a whole slide: a block decodes at most wsi.windows.BLOCK_PIXELS at
+once, the tissue view is bounded by the thumbnail's side, and the export works on the window grid only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crystal_dask.predict import predict_proba
+from crystal_dask.store.files import write_atomic, write_json
+from crystal_dask.vocab import CLASSES
+from crystal_dask.wsi.slides import Slide, SlideError
+
+N_CLASSES = len(CLASSES)
+FORMAT_VERSION = 1  # bump when the bytes a slide's outputs hold change for the same inputs
+
+
+def _fail(task: Mapping[str, Any], what: str, exc: BaseException) -> dict:
+    if not task["skip_errors"]:
+        raise exc
+    return {"error": f"{what}: {type(exc).__name__}: {exc}" if not isinstance(exc, SlideError) else f"{what}: {exc}"}
+
+
+def marker(task: Mapping[str, Any], name: str) -> Path:
+    """The done-marker of one task of a slide."""
+    return Path(task["markers"]) / f"{name}.json"
+
+
+def _done(path: Path, result: dict) -> dict:
+    write_json(path, result, indent=None)
+    return result
+
+
+def create_grid(task: Mapping[str, Any], tissue: np.ndarray, frac: np.ndarray) -> None:
+    """The slide's windows.zarr: empty probabilities, the tissue grid and fractions, one chunk per block."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    rows, cols, b = task["rows"], task["cols"], task["block"]
+    zstd = ZstdCodec(level=2)
+    group = zarr.open_group(task["zarr"], mode="w", zarr_format=3, attributes={
+        "digest": task["digest"], "classes": list(CLASSES), "size": task["size"], "step": task["step"],
+        "origin": [0, 0], "width": task["width"], "height": task["height"], "mpp": task["mpp"],
+        "tissue_threshold": task["tissue_threshold"], "format_version": FORMAT_VERSION})
+    group.create_array("proba", shape=(rows, cols, N_CLASSES), chunks=(b, b, N_CLASSES), dtype="float32",
+                       fill_value=0.0, compressors=zstd, dimension_names=("row", "col", "class"))
+    for name, values, dtype in (("tissue", tissue, "bool"), ("tissue_fraction", frac.astype(np.float32),
+                                                            "float32")):
+        arr = group.create_array(name, shape=(rows, cols), chunks=(b, b), dtype=dtype, fill_value=0,
+                                 compressors=zstd, dimension_names=("row", "col"))
+        arr.with_config({"write_empty_chunks": True})[...] = values
+
+
+def infer_tissue(task: dict) -> dict:
+    """Task infer-tissue: the slide's tissue grid, thumbnail and empty zarr; idempotent through its marker."""
+    from PIL import Image
+
+    from crystal_dask.wsi.tissue_mask import mask_from_rgb, thumbnail, tissue_fraction, window_boxes
+
+    done = marker(task, "tissue")
+    if done.exists():
+        return json.loads(done.read_text())
+    rows, cols = task["rows"], task["cols"]
+    try:
+        with Slide(task["slide"]) as slide:
+            rgb, ds = thumbnail(slide, task["thumbnail_side"])
+        mask = mask_from_rgb(rgb, ds)
+        frac = tissue_fraction(mask, ds, window_boxes(rows, cols, task["size"], task["step"])).reshape(rows, cols)
+    except (SlideError, OSError, ValueError, MemoryError) as exc:
+        return _done(done, _fail(task, "tissue", exc))
+    tissue = frac >= task["tissue_threshold"]
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    write_atomic(task["thumbnail"], buf.getvalue())
+    create_grid(task, tissue, frac)
+    return _done(done, {"tissue_windows": int(tissue.sum()), "downsample": float(ds)})
+
+
+def infer_block(task: dict, tissue_done: dict, model: Any) -> dict:
+    """Task infer-windows: predict one block's tissue windows in one call and write its whole zarr chunk, then
+    its marker."""
+    import zarr
+
+    from crystal_dask.infer.windows import window_matrix
+    from crystal_dask.runtime.allocator import roomy_malloc
+    from crystal_dask.wsi.slide_cache import cached_slide
+    from crystal_dask.wsi.tissue_mask import window_boxes
+
+    done = marker(task, f"block-{task['r0']:05d}-{task['c0']:05d}")
+    if done.exists():
+        return json.loads(done.read_text())
+    if "error" in tissue_done:
+        return {"error": "no tissue grid"}
+    roomy_malloc(task["stage"])
+    r0, c0, b = task["r0"], task["c0"], task["block"]
+    group = zarr.open_group(task["zarr"], mode="r+")
+    tissue = group["tissue"][r0:r0 + b, c0:c0 + b]
+    h, w = tissue.shape
+    boxes = window_boxes(h, w, task["size"], task["step"], first=(r0, c0))
+    keep = tissue.ravel()
+    proba = np.zeros((h * w, N_CLASSES), np.float32)
+    try:
+        if keep.any():
+            with cached_slide(task["slide"], task["stage"]) as slide:
+                X, described = window_matrix(slide, boxes[keep], task["model_manifest"])
+            scored = np.flatnonzero(keep)[described]
+            proba[scored] = predict_proba(X[described], model)
+            keep[:] = False
+            keep[scored] = True
+    except (SlideError, OSError, ValueError, MemoryError) as exc:
+        return _done(done, _fail(task, f"windows {r0},{c0}", exc))
+    group["proba"].with_config({"write_empty_chunks": True})[r0:r0 + h, c0:c0 + w] = proba.reshape(h, w, N_CLASSES)
+    return _done(done, {"windows": int(keep.sum())})
+
+
+def class_grid(proba: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """Predicted class index per window (argmax; ties to the lower index), -1 where no window was scored."""
+    return np.where(tissue, proba.argmax(axis=-1), -1).astype(np.int64)
+
+
+def summary_rows(task: Mapping[str, Any], proba: np.ndarray, classes: np.ndarray) -> list[dict]:
+    """The slide's INFER_SUMMARY rows: per predicted class, its windows, area and probabilities."""
+    size, step = task["size"], task["step"]
+    cell = (min(step, size) if step <= size else size) ** 2  # area one window stands for (px^2)
+    rows = []
+    for c in range(N_CLASSES):
+        where = classes == c
+        if not where.any():
+            continue
+        p = proba[..., c][where]
+        area = None if not task["mpp"] else float(where.sum() * cell * task["mpp"] ** 2 / 1e6)
+        rows.append({"corpus": task["corpus"], "slide": task["slide"], "bname": task["bname"],
+                     "cls": CLASSES[c], "windows": int(where.sum()), "area_mm2": area,
+                     "mean_probability": float(p.mean()), "max_probability": float(p.max())})
+    return rows
+
+
+def infer_export(task: dict, tissue_done: dict, blocks: list[dict]) -> dict:
+    """Task infer-export: a slide's grid -> overlay and heatmap PNGs, GeoJSON, region decisions, summary rows and
+    (with annotations) scores. Returns {"rows": summary rows, "score": ...} or {"error": reason}."""
+    import zarr
+    from PIL import Image
+
+    from crystal_dask.exports.slide import write_slide_exports
+    from crystal_dask.infer.scoring import score_slide
+    from crystal_dask.wsi.annotations import Header
+
+    done = marker(task, "export")
+    if done.exists():
+        return json.loads(done.read_text())
+    errors = [x["error"] for x in (tissue_done, *blocks) if "error" in x]
+    if errors:
+        return _done(done, {"error": errors[0] if errors[0] != "no tissue grid" else "tissue: failed"})
+    try:
+        group = zarr.open_group(task["zarr"], mode="r")
+        proba, tissue = group["proba"][...], group["tissue"][...]
+        classes = class_grid(proba, tissue)
+        paths = {k: Path(v) for k, v in task["paths"].items()}
+        thumb = np.asarray(Image.open(paths["thumbnail"]).convert("RGB"))
+        header = Header(task["bname"], task["mpp"], task["width"], task["height"])
+        write_slide_exports(paths, thumb, tissue_done["downsample"], proba, classes, task["heatmap_class"], header,
+                            size=task["size"], step=task["step"])
+        rows = summary_rows(task, proba, classes)
+        score = None
+        if task["regions"]:
+            score = score_slide(classes, task["regions"], task["size"], task["step"], task["min_overlap"])
+            write_json(paths["score"], score)
+    except (OSError, ValueError, MemoryError) as exc:
+        return _done(done, _fail(task, "export", exc))
+    return _done(done, {"rows": rows, "score": score, "windows": int(tissue.sum()),
+                        "grid": [int(v) for v in classes.shape]})
