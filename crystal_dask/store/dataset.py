@@ -99,7 +99,7 @@ class ZarrRows:
         out = np.empty((len(rows), n_features), dtype=np.dtype(dtype) if dtype is not None else arr.dtype)
         cache = rowcache.open_cache(self.path, self.array, arr) if self.cache else None
         if cache is not None:
-            cache.read(ranked, order, out)
+            cache.read(rows, out)
             return out
         chunk = int(arr.chunks[0])
         per_slab = max(1, self.slab_bytes // max(1, chunk * n_features * arr.dtype.itemsize))  # chunks per read

@@ -119,9 +119,9 @@ class RowCache:
     def done_file(self) -> Path:
         return self.where / f"{self.key}.done"
 
-    def read(self, ranked: np.ndarray, order: np.ndarray, out: np.ndarray) -> int:
-        """out[order[i]] = row ranked[i] (ranked sorted, repeats allowed), filling the chunks it needs first;
-        returns how many chunks this call decoded."""
+    def read(self, rows: np.ndarray, out: np.ndarray) -> int:
+        """out[i] = row rows[i] (any order, repeats allowed), filling the chunks it needs first; returns how many
+        chunks this call decoded."""
         chunk = int(self.arr.chunks[0])
         n_rows, n_features = int(self.arr.shape[0]), out.shape[1]
         n_chunks = -(-n_rows // chunk)
@@ -133,11 +133,13 @@ class RowCache:
                 if os.fstat(f.fileno()).st_size < size:
                     os.ftruncate(f.fileno(), size)  # every creator sets the same size: idempotent
             os.utime(done.fileno())  # last use, for eviction
-            filled = self._fill(data, done, np.unique(ranked // chunk), chunk, row_bytes)
-            per_block = max(1, _BLOCK_BYTES // max(1, row_bytes))
-            for i in range(0, len(ranked), per_block):
+            filled = self._fill(data, done, np.unique(rows // chunk), chunk, row_bytes)
+            # blocks of output rows, straight into their slice of `out`: the stored-dtype gather is the only
+            # temporary (a scatter into out[order] would first cast the whole block to out's dtype)
+            per_block = max(1, _BLOCK_BYTES // max(1, n_features * max(out.itemsize, self.arr.dtype.itemsize)))
+            for i in range(0, len(rows), per_block):
                 view = np.memmap(data, dtype=self.arr.dtype, mode="r", shape=(n_rows, n_features))
-                out[order[i:i + per_block]] = view[ranked[i:i + per_block]]
+                out[i:i + per_block] = view[rows[i:i + per_block]]
                 del view  # unmapped: the pages just read leave this process's resident set
         return filled
 
