@@ -112,10 +112,13 @@ class TrainingRows:
 @dataclass(frozen=True)
 class TreeTiming:
     """Where one tree's time went, measured in its task: reading its sample (decoding any chunk its machine had not
-    decoded yet included) and fitting; the sample's shape; the process that ran it."""
+    decoded yet included) and fitting, in wall seconds and in CPU seconds of the task's thread (what the tree
+    costs on a core of its own, however loaded the machine); the sample's shape; the process that ran it."""
 
     read: float
     fit: float
+    read_cpu: float
+    fit_cpu: float
     rows: int
     features: int
     pid: int
@@ -134,7 +137,7 @@ def fit_tree(
     `strata` (encoded like y): balance the sample over these groups instead of the classes (e.g. raw labels,
     so crystalline and plain rows of one class are drawn equally); the tree still learns the classes.
     """
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.thread_time()
     sampler = RandomUnderSampler(sampling_strategy="all", replacement=True, random_state=sampler_seed)
     placeholder = np.zeros((len(y_encoded), 1), dtype=np.uint8)
     _, y_sample = sampler.fit_resample(placeholder, y_encoded if strata is None else strata)
@@ -147,10 +150,11 @@ def fit_tree(
         # trees could then differ from the in-memory fit's, so refuse rather than fit something else silently.
         raise ValueError(f"{reader}: NaN in the training rows; the per-tree fit needs "
                          "NaN-free features to match BalancedRandomForestClassifier.fit")
-    read = time.perf_counter()
+    read, read_cpu = time.perf_counter(), time.thread_time()
     tree = DecisionTreeClassifier(max_features="sqrt", random_state=tree_seed)
     tree.fit(X, y_sample)
-    timing = TreeTiming(read - started, time.perf_counter() - read, X.shape[0], X.shape[1], os.getpid())
+    timing = TreeTiming(read - started, time.perf_counter() - read, read_cpu - started_cpu,
+                        time.thread_time() - read_cpu, X.shape[0], X.shape[1], os.getpid())
     return sampler, tree, timing
 
 

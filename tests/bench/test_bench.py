@@ -165,6 +165,7 @@ def test_bench_train_reports_overhead_and_identical_models(bench_work):
     pt = r["per_tree"]
     assert pt["trees"] == 100 and r["cold_per_tree"]["trees"] == 100 and pt["processes"] == 2
     assert pt["read"] > 0 and pt["fit"] > 0 and 0 < pt["read_share"] <= pt["read_share_max"] < 1
+    assert 0 < pt["fit_cpu"] and 0 < pt["read_share_cpu"] < 1
     assert pt["features"] == 256 * 256 and pt["rows"] == 9 * min(r["classes"])
     sc = r["scale"]
     assert sc["rows"] == 400 and sc["classes"][0] == 20 and sum(sc["classes"]) == 400
