@@ -7,7 +7,9 @@ label-encoded `y` alone; the tree is fitted on those rows only (float32). So eac
 that reads just its ~n_classes x smallest-class rows from the dataset, and the fitted trees and samplers can be
 assembled into an ordinary forest whose `predict_proba` is bit-identical to the in-memory fit's. The client holds
 the labels and row numbers, never the matrix; a worker holds one tree's sample at a time (as float32:
-about n_classes x smallest class x n_features x 4 bytes, plus one slab of about 64 MiB as stored).
+about n_classes x smallest class x n_features x 4 bytes, plus one block of about 64 MiB as stored). Trees read
+through their machine's decoded copy of the arrays (store/rowcache.py): each chunk is decoded once per machine,
+not once per tree.
 
 Only the default forest parameters are reproduced (bootstrap=False, no class_weight, no oob_score, no
 warm_start, sampling_strategy="all", replacement=True); `fit_forest` does not take others.
@@ -16,6 +18,8 @@ warm_start, sampling_strategy="all", replacement=True); `fit_forest` does not ta
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass
@@ -36,7 +40,7 @@ from sklearn.utils.multiclass import check_classification_targets
 
 from crystal_dask.store.dataset import PIXELS, Dataset, ZarrRows
 
-__all__ = ["IMBLEARN_CHECKED", "MAX_INT", "TrainingRows", "fit_forest", "fit_tree", "tree_seeds"]
+__all__ = ["IMBLEARN_CHECKED", "MAX_INT", "TreeTiming", "TrainingRows", "fit_forest", "fit_tree", "tree_seeds"]
 
 # imblearn.ensemble._forest.MAX_INT: the bound of every per-tree seed (sklearn's _set_random_states uses it too).
 MAX_INT = int(np.iinfo(np.int32).max)
@@ -74,9 +78,10 @@ class Reader(Protocol):
 
 @dataclass(frozen=True)
 class TrainingRows:
-    """A dataset's training matrix as trees read it: the named arrays side by side, through each worker's chunk
-    cache (store.dataset.ZarrRows(cache=True)). Only the folder and the array names travel with a task. The
-    chunks' checksums are checked once, on the client, before the fit (stages.train), not by every tree."""
+    """A dataset's training matrix as trees read it: the named arrays side by side, through each machine's
+    decoded copy of them (store.dataset.ZarrRows(cache=True), store/rowcache.py). Only the folder and the array
+    names travel with a task. The chunks' checksums are checked on the client before the fit (stages.train), and
+    each chunk again when its machine decodes it into the copy, not by every tree."""
 
     root: str
     arrays: tuple[str, ...] = (PIXELS,)
@@ -104,10 +109,25 @@ class TrainingRows:
         return f"{self.root}[{', '.join(self.arrays)}]"
 
 
+@dataclass(frozen=True)
+class TreeTiming:
+    """Where one tree's time went, measured in its task: reading its sample (decoding any chunk its machine had not
+    decoded yet included) and fitting, in wall seconds and in CPU seconds of the task's thread (what the tree
+    costs on a core of its own, however loaded the machine); the sample's shape; the process that ran it."""
+
+    read: float
+    fit: float
+    read_cpu: float
+    fit_cpu: float
+    rows: int
+    features: int
+    pid: int
+
+
 def fit_tree(
     reader: Reader, rows: np.ndarray, y_encoded: np.ndarray, tree_seed: int, sampler_seed: int,
     strata: np.ndarray | None = None,
-) -> tuple[RandomUnderSampler, DecisionTreeClassifier]:
+) -> tuple[RandomUnderSampler, DecisionTreeClassifier, TreeTiming]:
     """Fit one tree of the forest where it runs: undersample `y_encoded`, read those rows, fit the tree.
 
     `rows[i]` is the dataset row of training position i and `y_encoded` (float64, shape (n, 1), values
@@ -117,6 +137,7 @@ def fit_tree(
     `strata` (encoded like y): balance the sample over these groups instead of the classes (e.g. raw labels,
     so crystalline and plain rows of one class are drawn equally); the tree still learns the classes.
     """
+    started, started_cpu = time.perf_counter(), time.thread_time()
     sampler = RandomUnderSampler(sampling_strategy="all", replacement=True, random_state=sampler_seed)
     placeholder = np.zeros((len(y_encoded), 1), dtype=np.uint8)
     _, y_sample = sampler.fit_resample(placeholder, y_encoded if strata is None else strata)
@@ -129,9 +150,12 @@ def fit_tree(
         # trees could then differ from the in-memory fit's, so refuse rather than fit something else silently.
         raise ValueError(f"{reader}: NaN in the training rows; the per-tree fit needs "
                          "NaN-free features to match BalancedRandomForestClassifier.fit")
+    read, read_cpu = time.perf_counter(), time.thread_time()
     tree = DecisionTreeClassifier(max_features="sqrt", random_state=tree_seed)
     tree.fit(X, y_sample)
-    return sampler, tree
+    timing = TreeTiming(read - started, time.perf_counter() - read, read_cpu - started_cpu,
+                        time.thread_time() - read_cpu, X.shape[0], X.shape[1], os.getpid())
+    return sampler, tree, timing
 
 
 def fit_forest(
@@ -143,13 +167,15 @@ def fit_forest(
     random_state: int = 42,
     trees_per_task: int = 1,
     strata: Sequence | np.ndarray | None = None,
+    timings: list[TreeTiming] | None = None,
 ) -> BalancedRandomForestClassifier:
     """`BalancedRandomForestClassifier(n_estimators, random_state).fit(reader(rows), y)`, one task per tree.
 
     The trees run through joblib's dask backend on `client`'s cluster (tasks named
     `batch_of_fit_tree_<trees_per_task>_calls-<uuid>`); the row numbers and encoded labels are broadcast to
     every worker once, and each task reads its own rows from zarr. The result is an ordinary fitted forest
-    with the same attributes as the in-memory fit (n_jobs left at None).
+    with the same attributes as the in-memory fit (n_jobs left at None). `timings`: a list that receives each
+    tree's TreeTiming, in tree order.
     """
     if trees_per_task < 1:
         raise ValueError(f"trees_per_task must be >= 1; got {trees_per_task!r}")
@@ -187,7 +213,9 @@ def fit_forest(
             if attempt == _ATTEMPTS:
                 raise
             log.warning("forest: %s; fitting again (attempt %d of %d)", exc, attempt + 1, _ATTEMPTS)
-    samplers, trees = (list(t) for t in zip(*fitted, strict=True))
+    samplers, trees, timed = (list(t) for t in zip(*fitted, strict=True))
+    if timings is not None:
+        timings.extend(timed)
     return _assemble(model, samplers, trees, classes, n_features)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import pyarrow as pa
 import zarr
 from zarr.codecs import ZstdCodec
 
-from crystal_dask.store import integrity
+from crystal_dask.store import integrity, rowcache
 from crystal_dask.store.files import write_json
 from crystal_dask.store.integrity import Damage, DamagedDataError
 from crystal_dask.store.schema import PATCHES, REJECTS, read_table, write_table
@@ -58,7 +57,7 @@ class ZarrRows:
     path: str
     array: str
     slab_bytes: int = _SLAB_BYTES  # bytes (as stored) per zarr read; at least one chunk
-    cache: bool = False  # keep decoded chunks in this process (when the whole array fits CACHE_BYTES)
+    cache: bool = False  # read through this machine's decoded copy of the array (store/rowcache.py)
 
     def _open(self) -> zarr.Array:
         return zarr.open_group(self.path, mode="r")[self.array]
@@ -98,43 +97,22 @@ class ZarrRows:
             bad = ranked[0] if ranked[0] < 0 else ranked[-1]
             raise IndexError(f"{self.path}[{self.array}]: row {bad} is outside 0..{n_rows - 1}")
         out = np.empty((len(rows), n_features), dtype=np.dtype(dtype) if dtype is not None else arr.dtype)
+        cache = rowcache.open_cache(self.path, self.array, arr) if self.cache else None
+        if cache is not None:
+            cache.read(rows, out)
+            return out
         chunk = int(arr.chunks[0])
         per_slab = max(1, self.slab_bytes // max(1, chunk * n_features * arr.dtype.itemsize))  # chunks per read
         touched = np.unique(ranked // chunk)
         runs = np.split(touched, np.flatnonzero(np.diff(touched) != 1) + 1) if touched.size else []
-        if self.cache and n_rows * n_features * arr.dtype.itemsize <= CACHE_BYTES:
-            per_slab = 1  # chunk by chunk, each decoded once per process
         for run in runs:  # consecutive touched chunks, read per_slab at a time
             for i in range(0, len(run), per_slab):
                 last = int(run[min(i + per_slab, len(run)) - 1])
                 start, stop = int(run[i]) * chunk, min((last + 1) * chunk, n_rows)
-                slab = (_cached_slab(arr, self, start, stop) if per_slab == 1 and self.cache
-                        else arr[start:stop].reshape(stop - start, n_features))
+                slab = arr[start:stop].reshape(stop - start, n_features)
                 lo, hi = np.searchsorted(ranked, [start, stop])
                 out[order[lo:hi]] = slab[ranked[lo:hi] - start]
         return out
-
-
-# Decoded chunks kept by ZarrRows(cache=True), per process: the trees of one forest read their scattered rows from
-# the same chunks again and again; decoding them once per worker instead of once per tree is what makes the
-# per-tree fit cheaper than the in-memory one. Only arrays that fit whole are cached (no thrashing).
-CACHE_BYTES = 768 * 2**20
-_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
-
-
-def _cached_slab(arr: zarr.Array, reader: ZarrRows, start: int, stop: int) -> np.ndarray:
-    # identity of the stored contents: the path, and the array's zarr.json (rewritten with every new array)
-    meta = Path(reader.path) / reader.array / "zarr.json"
-    key = (reader.path, reader.array, meta.stat().st_mtime_ns, start)
-    slab = _CACHE.get(key)
-    if slab is None:
-        slab = arr[start:stop].reshape(stop - start, -1)
-        _CACHE[key] = slab
-        while sum(v.nbytes for v in _CACHE.values()) > CACHE_BYTES:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
-    return slab
 
 
 @dataclass(frozen=True)

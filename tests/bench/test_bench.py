@@ -154,7 +154,8 @@ def bench_work(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_bench_train_reports_overhead_and_identical_models(bench_work):
-    r = bench_train.run(bench_work, rows=150, repeats=1, slide_size=SMALL, log=lambda _: None)
+    r = bench_train.run(bench_work, rows=150, repeats=1, slide_size=SMALL, scale_rows=400, scale_smallest=20,
+                        scale_trees=4, model_rows=(20, 60), model_features=(1024, 65536), log=lambda _: None)
     assert r["rows"] == 150 and r["features"] == 256 * 256 and sum(r["classes"]) == 150
     assert all(r["seconds"][k]["median"] > 0 for k in ("dask", "local", "broadcast_fit"))
     assert r["ratios"]["overhead"] == pytest.approx(r["seconds"]["dask"]["median"] / r["seconds"]["local"]["median"])
@@ -162,6 +163,27 @@ def test_bench_train_reports_overhead_and_identical_models(bench_work):
     assert r["identical"]["rows_checked"] == min(300, r["dataset_patches"]) > 150  # training rows + held-out ones
     assert set(r["peak_rss"]["dask"]) == {"client", "worker-0", "worker-1"}
     assert "overhead ratio dask / default backend" in bench_train.report(r)
+    # every tree's read and fit seconds, from both workers, the warm repeat's 100 trees and the cold fit's
+    pt = r["per_tree"]
+    assert pt["trees"] == 100 and r["cold_per_tree"]["trees"] == 100 and pt["processes"] == 2
+    assert pt["read"] > 0 and pt["fit"] > 0 and 0 < pt["read_share"] <= pt["read_share_max"] < 1
+    assert 0 < pt["fit_cpu"] and 0 < pt["read_share_cpu"] < 1
+    assert pt["features"] == 256 * 256 and pt["rows"] == 9 * min(r["classes"])
+    sc = r["scale"]
+    assert sc["rows"] == 400 and sc["classes"][0] == 20 and sum(sc["classes"]) == 400
+    assert sc["per_tree"]["trees"] == 4 and sc["per_tree"]["rows"] == 9 * 20
+    assert sc["seconds"] == pytest.approx(sc["fill_seconds"] + sc["forest_seconds"])
+    assert set(sc["peak_rss"]) == {"client", "worker-0", "worker-1"} and sc["under_2gib"]
+    assert 1 <= sc["touched"]["as_stored"] <= sc["touched"]["shuffled"] <= sc["touched"]["chunks"]
+    # the cost model is fitted to its grid and predicts a tree's fit within the grid's spread
+    m = r["cost_model"]
+    assert len(m["grid"]) == 4 and m["fit"]["worst_ratio"] >= 1 and m["read_seconds_per_value"] > 0
+    assert bench_train.predict_fit(m, 60, 65536) > 0 and [c["forest"] for c in m["checks"]] == [
+        "150-row forest", "scale forest"]
+    z = r["sizing"]
+    assert z["rows"] == 1_000_000 and z["sample_rows"] == 9 * z["smallest"]
+    assert z["seconds"] == pytest.approx(z["fill_seconds"] + z["trees"] * z["seconds_per_tree"] / z["workers"])
+    assert "cost model" in bench_train.report(r) and "scale per tree" in bench_train.report(r)
 
 
 @pytest.mark.slow
