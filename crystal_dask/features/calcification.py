@@ -17,7 +17,8 @@ validation harness (`crystal-dask bench calcification`, deposits painted on real
    dark nucleus on purple cytoplasm) by at most TEXTURE_MAX (30 %) of the plateau level, on average over a
    window of 2 x TEXTURE_UM; the glassy plateau is opened again by the CORE_UM disk, so what remains is a core
    of homogeneous mineral at least 12 µm across (an opening by a disk smaller by TEXTURE_UM found 0.94 of the
-   deposits instead of 0.87, but 77 false objects per mm² instead of 28: specificity first).
+   deposits instead of 0.87, but 77 false objects per mm² instead of 28, with rule 6's earlier quarter border:
+   specificity first).
 4. Basophilic: a core's median eosin amount is at most E_PER_H_MAX (1x) its median haematoxylin.
 5. The deposit is its core grown by GROW_UM (4 µm) into the closed H >= DEPOSIT_H_OD (rim and protrusions).
 6. Sharp border: the BORDER_Q-th percentile (50th) of H in a BORDER_UM (2 µm) ring just outside the deposit is
