@@ -268,8 +268,8 @@ def plots(result: dict[str, Any], folder: Path, before: dict[str, Any] | None = 
                               ("recall_vs_diameter", "diameter, µm (H >= 0.5)", "diameter")):
         fig, ax = plt.subplots(figsize=(4, 2.6))
         for label, res in (("this run", result), *((("before", before),) if before else ())):
-            xs = list(res[key])
-            ax.plot(xs, [res[key][x] for x in xs], "o-", label=f"v{res['detector_version']} ({label})")
+            points = sorted((float(x), y) for x, y in res[key].items())  # keys are strings once read back from JSON
+            ax.plot(*zip(*points, strict=True), "o-", label=f"v{res['detector_version']} ({label})")
         ax.axhline(0.9, color="grey", lw=0.8, ls="--")
         ax.set(xlabel=xlabel, ylabel="recall", ylim=(-0.03, 1.03))
         if name == "diameter":
