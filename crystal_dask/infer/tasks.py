@@ -17,7 +17,6 @@ once, the tissue view is bounded by the thumbnail's side, and the export works o
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from crystal_dask.predict import predict_proba
+from crystal_dask.runtime.tasks import resumable
 from crystal_dask.store.files import write_atomic, write_json
 from crystal_dask.vocab import CLASSES
 from crystal_dask.wsi.slides import Slide, SlideError
@@ -42,11 +42,6 @@ def _fail(task: Mapping[str, Any], what: str, exc: BaseException) -> dict:
 def marker(task: Mapping[str, Any], name: str) -> Path:
     """The done-marker of one task of a slide."""
     return Path(task["markers"]) / f"{name}.json"
-
-
-def _done(path: Path, result: dict) -> dict:
-    write_json(path, result, indent=None)
-    return result
 
 
 def create_grid(task: Mapping[str, Any], tissue: np.ndarray, frac: np.ndarray) -> None:
@@ -69,15 +64,13 @@ def create_grid(task: Mapping[str, Any], tissue: np.ndarray, frac: np.ndarray) -
         arr.with_config({"write_empty_chunks": True})[...] = values
 
 
+@resumable(done_at=lambda task: marker(task, "tissue"))
 def infer_tissue(task: dict) -> dict:
     """Task infer-tissue: the slide's tissue grid, thumbnail and empty zarr; idempotent through its marker."""
     from PIL import Image
 
     from crystal_dask.wsi.tissue_mask import mask_from_rgb, thumbnail, tissue_fraction, window_boxes
 
-    done = marker(task, "tissue")
-    if done.exists():
-        return json.loads(done.read_text())
     rows, cols = task["rows"], task["cols"]
     try:
         with Slide(task["slide"]) as slide:
@@ -85,15 +78,16 @@ def infer_tissue(task: dict) -> dict:
         mask = mask_from_rgb(rgb, ds)
         frac = tissue_fraction(mask, ds, window_boxes(rows, cols, task["size"], task["step"])).reshape(rows, cols)
     except (SlideError, OSError, ValueError, MemoryError) as exc:
-        return _done(done, _fail(task, "tissue", exc))
+        return _fail(task, "tissue", exc)
     tissue = frac >= task["tissue_threshold"]
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     write_atomic(task["thumbnail"], buf.getvalue())
     create_grid(task, tissue, frac)
-    return _done(done, {"tissue_windows": int(tissue.sum()), "downsample": float(ds)})
+    return {"tissue_windows": int(tissue.sum()), "downsample": float(ds)}
 
 
+@resumable(done_at=lambda task: marker(task, f"block-{task['r0']:05d}-{task['c0']:05d}"))
 def infer_block(task: dict, tissue_done: dict, model: Any) -> dict:
     """Task infer-windows: predict one block's tissue windows in one call and write its whole zarr chunk, then
     its marker."""
@@ -104,9 +98,6 @@ def infer_block(task: dict, tissue_done: dict, model: Any) -> dict:
     from crystal_dask.wsi.slide_cache import cached_slide
     from crystal_dask.wsi.tissue_mask import window_boxes
 
-    done = marker(task, f"block-{task['r0']:05d}-{task['c0']:05d}")
-    if done.exists():
-        return json.loads(done.read_text())
     if "error" in tissue_done:
         return {"error": "no tissue grid"}
     roomy_malloc(task["stage"])
@@ -126,9 +117,9 @@ def infer_block(task: dict, tissue_done: dict, model: Any) -> dict:
             keep[:] = False
             keep[scored] = True
     except (SlideError, OSError, ValueError, MemoryError) as exc:
-        return _done(done, _fail(task, f"windows {r0},{c0}", exc))
+        return _fail(task, f"windows {r0},{c0}", exc)
     group["proba"].with_config({"write_empty_chunks": True})[r0:r0 + h, c0:c0 + w] = proba.reshape(h, w, N_CLASSES)
-    return _done(done, {"windows": int(keep.sum())})
+    return {"windows": int(keep.sum())}
 
 
 def class_grid(proba: np.ndarray, tissue: np.ndarray) -> np.ndarray:
@@ -153,6 +144,7 @@ def summary_rows(task: Mapping[str, Any], proba: np.ndarray, classes: np.ndarray
     return rows
 
 
+@resumable(done_at=lambda task: marker(task, "export"))
 def infer_export(task: dict, tissue_done: dict, blocks: list[dict]) -> dict:
     """Task infer-export: a slide's grid -> overlay and heatmap PNGs, GeoJSON, region decisions, summary rows and
     (with annotations) scores. Returns {"rows": summary rows, "score": ...} or {"error": reason}."""
@@ -163,12 +155,9 @@ def infer_export(task: dict, tissue_done: dict, blocks: list[dict]) -> dict:
     from crystal_dask.infer.scoring import score_slide
     from crystal_dask.wsi.annotations import Header
 
-    done = marker(task, "export")
-    if done.exists():
-        return json.loads(done.read_text())
     errors = [x["error"] for x in (tissue_done, *blocks) if "error" in x]
     if errors:
-        return _done(done, {"error": errors[0] if errors[0] != "no tissue grid" else "tissue: failed"})
+        return {"error": errors[0] if errors[0] != "no tissue grid" else "tissue: failed"}
     try:
         group = zarr.open_group(task["zarr"], mode="r")
         proba, tissue = group["proba"][...], group["tissue"][...]
@@ -184,6 +173,5 @@ def infer_export(task: dict, tissue_done: dict, blocks: list[dict]) -> dict:
             score = score_slide(classes, task["regions"], task["size"], task["step"], task["min_overlap"])
             write_json(paths["score"], score)
     except (OSError, ValueError, MemoryError) as exc:
-        return _done(done, _fail(task, "export", exc))
-    return _done(done, {"rows": rows, "score": score, "windows": int(tissue.sum()),
-                        "grid": [int(v) for v in classes.shape]})
+        return _fail(task, "export", exc)
+    return {"rows": rows, "score": score, "windows": int(tissue.sum()), "grid": [int(v) for v in classes.shape]}

@@ -12,17 +12,25 @@ from typing import Any
 from crystal_dask.store.files import write_json
 
 
-def resumable(task_fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
-    """Make a task (a dict with a "marker" path) leave its JSON result as a done-marker once it finished, and
-    return that result without running again when the marker exists (a retried task on a lost worker, or a
-    resumed run). Used as a decorator on a module-level function, so the task still pickles by reference."""
+def _marker_key(task: dict) -> Path:
+    return Path(task["marker"])
+
+
+def resumable(task_fn: Callable[..., dict] | None = None, *,
+              done_at: Callable[[dict], Path] = _marker_key) -> Callable[..., dict]:
+    """Make a task (a dict, then any further arguments) leave its JSON result as a done-marker once it finished,
+    and return that result without running again when the marker exists (a retried task on a lost worker, or a
+    resumed run). The marker is `task["marker"]`, or `done_at(task)`. Used as a decorator on a module-level
+    function (`@resumable` or `@resumable(done_at=...)`), so the task still pickles by reference."""
+    if task_fn is None:
+        return functools.partial(resumable, done_at=done_at)
 
     @functools.wraps(task_fn)
-    def run(task: dict) -> dict:
-        marker = Path(task["marker"])
+    def run(task: dict, *args: Any) -> dict:
+        marker = done_at(task)
         if marker.exists():
             return json.loads(marker.read_text())
-        result = task_fn(task)
+        result = task_fn(task, *args)
         write_json(marker, result, indent=None)
         return result
 
@@ -37,4 +45,4 @@ def map_tasks(client: Any, fn: Callable[[dict], Any], tasks: Sequence[dict],
     futures = client.compute(db.from_sequence(tasks, npartitions=len(tasks)).map(fn).to_delayed())
     if show_progress is not None:
         show_progress(futures)
-    return client.gather(futures)
+    return [result for partition in client.gather(futures) for result in partition]  # one task per partition

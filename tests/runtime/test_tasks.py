@@ -1,0 +1,55 @@
+"""runtime/tasks.py: a resumable task runs once and answers from its marker after; map_tasks on a real cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from crystal_dask.runtime.tasks import map_tasks, resumable
+
+CALLS: list[str] = []
+
+
+@resumable
+def _square(task: dict) -> dict:
+    CALLS.append(task["marker"])
+    return {"square": task["x"] ** 2}
+
+
+@resumable(done_at=lambda task: Path(task["folder"]) / f"block-{task['x']}.json")
+def _scaled(task: dict, factor: int) -> dict:
+    CALLS.append(f"scaled {task['x']}")
+    return {"value": task["x"] * factor}
+
+
+def test_a_resumable_task_runs_once_and_then_answers_from_its_marker(tmp_path):
+    CALLS.clear()
+    task = {"x": 3, "marker": str(tmp_path / "sq.json")}
+    assert _square(task) == {"square": 9}
+    assert json.loads((tmp_path / "sq.json").read_text()) == {"square": 9}
+    assert _square(task) == {"square": 9} and CALLS == [task["marker"]]  # not run again
+
+
+def test_a_marker_placed_by_the_task_and_further_arguments(tmp_path):
+    CALLS.clear()
+    task = {"x": 4, "folder": str(tmp_path)}
+    assert _scaled(task, 10) == {"value": 40} and _scaled(task, 10) == {"value": 40}
+    assert CALLS == ["scaled 4"] and (tmp_path / "block-4.json").is_file()
+
+
+def test_a_failing_task_leaves_no_marker(tmp_path):
+    @resumable
+    def boom(task: dict) -> dict:
+        raise ValueError("no")
+
+    try:
+        boom({"marker": str(tmp_path / "m.json")})
+    except ValueError:
+        pass
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_map_tasks_returns_results_in_task_order(client, tmp_path):
+    tasks = [{"x": x, "marker": str(tmp_path / f"{x}.json")} for x in (5, 1, 4)]
+    assert map_tasks(client, _square, tasks) == [{"square": 25}, {"square": 1}, {"square": 16}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.json", "4.json", "5.json"]
