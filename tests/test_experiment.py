@@ -108,3 +108,10 @@ def test_a_configuration_may_only_name_arrays_the_job_makes(tmp_path):
     with pytest.raises(ExperimentError, match=r"train.configs.c.balance: must be one of class, label; got 'raw'"):
         load_experiment(write_job(tmp_path, {**TINY, "train": {"corpus": "fcbr", "configs": {
             "c": {"balance": "raw"}}}}, "bal.yaml"))
+
+
+def test_a_configuration_name_with_a_colon_is_refused(tmp_path):
+    """Step names join their parts with ':' (the pca step is train:pca:fit): a configuration cannot take one."""
+    path = write_job(tmp_path, {**TINY, "train": {**TINY["train"], "configs": {"pca:fit": {}}}})
+    with pytest.raises(ExperimentError, match=r"train\.configs\.pca:fit: a configuration's name cannot hold ':'"):
+        load_experiment(path)

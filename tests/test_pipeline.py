@@ -333,6 +333,6 @@ def test_pca_is_fitted_again_when_training_moves_to_another_corpus(tmp_path):
     _simulate(_load(tmp_path, base))
     why = {d.step.name: d.why for d in _plan(_load(tmp_path, {**base, "train": {"corpus": "fcbr"}}, "moved.yaml"))
            if d.run}
-    assert why["train:pca"] == "setting fitted_on changed"
-    assert set(why) == {"train:pca", "train:baseline", "train:crystal", "evaluate:FOX:baseline",
+    assert why["train:pca:fit"] == "setting fitted_on changed"
+    assert set(why) == {"train:pca:fit", "train:baseline", "train:crystal", "evaluate:FOX:baseline",
                         "evaluate:FOX:crystal", "infer:slides:baseline", "report"}

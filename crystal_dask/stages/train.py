@@ -2,7 +2,7 @@
 
 Settings: the job file's `train:` section (`corpus`, `configs.<name>`). Outputs: <out>/models/<config>.skops beside
 its manifest <config>.json; redone when the configuration or a step it reads (the corpus's extract and features
-steps) changes. With `features.pca` this stage also fits the pca family on its corpus (step train:pca).
+steps) changes. With `features.pca` this stage also fits the pca family on its corpus (step train:pca:fit).
 """
 
 from __future__ import annotations
@@ -169,6 +169,8 @@ def parse(cfg: Mapping[str, Any], exp: Experiment, where: str) -> TrainSettings:
         raise ConfigError(f"{where}.corpus: {corpus!r} is not one of the corpora ({', '.join(exp.corpora)})")
     configs = []
     for name, c in section(cfg.get("configs") or dict.fromkeys(BUILTIN_CONFIGS), f"{where}.configs").items():
+        if ":" in str(name):  # step names join their parts with ':' (train:<config>, evaluate:<set>:<config>)
+            raise ConfigError(f"{where}.configs.{name}: a configuration's name cannot hold ':'")
         c = section(c, f"{where}.configs.{name}")
         base = BUILTIN_CONFIGS.get(name)
         if base is not None and "crystal" not in c:
@@ -183,7 +185,7 @@ def model_path(exp: Experiment, config: str) -> Path:
     return exp.out / "models" / f"{config}.skops"
 
 
-PCA_STEP = f"{NAME}:pca"
+PCA_STEP = f"{NAME}:pca:fit"  # two colons: no configuration's step (train:<config>) can take this name
 
 
 def dataset_reads(exp: Experiment, corpus: str) -> tuple[str, ...]:
