@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 # Above this many discordant pairs McNemar uses the chi-square approximation (a common rule of thumb).
 MCNEMAR_EXACT_BELOW = 25
@@ -121,6 +120,8 @@ def _check_level(level: float) -> None:
 
 
 def _z(level: float) -> float:
+    from scipy import stats  # here, as in mcnemar: 0.3 s of import that confusion matrices do not need
+
     return float(stats.norm.ppf(1.0 - (1.0 - level) / 2.0))
 
 
@@ -172,6 +173,8 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact: bool | None = N
     m = b01 + b10
     if exact is None:
         exact = m < MCNEMAR_EXACT_BELOW
+    from scipy import stats
+
     if m == 0:
         statistic, p = 0.0, 1.0
     elif exact:

@@ -132,3 +132,16 @@ def test_status_and_help_stay_light(tmp_path: Path, argv):
     assert done.stdout.strip().splitlines()[-1] == "HEAVY []", done.stdout + done.stderr
     if argv[0] == "status" and len(argv) == 2:
         assert "scan:fcbr" in done.stdout and "running" in done.stdout
+
+
+def test_a_dry_run_loads_no_model_library_no_statistics_and_no_figures(tmp_path: Path):
+    """`run --dry-run` declares every step without skops/scikit-learn, scipy.stats or matplotlib (~1 s)."""
+    from tests.helpers.jobs import tiny_job
+
+    job = tiny_job(tmp_path)
+    code = ("import sys\nfrom crystal_dask.cli import main\n"
+            f"rc = main(['run', {str(job)!r}, '--dry-run'])\n"
+            "heavy = ('skops', 'sklearn', 'imblearn', 'scipy.stats', 'matplotlib')\n"
+            "print('HEAVY', rc, sorted(m for m in heavy if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY 0 []", done.stdout + done.stderr

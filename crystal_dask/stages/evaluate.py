@@ -13,13 +13,12 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from distributed import Client
 
 from crystal_dask.checks import ConfigError, need, section, text, texts
 from crystal_dask.experiment import Experiment
@@ -33,6 +32,9 @@ from crystal_dask.store.files import write_json
 from crystal_dask.store.models import load_model, read_manifest
 from crystal_dask.store.schema import PREDICTIONS, make_table, write_table
 from crystal_dask.vocab import CLASSES, EVAL_SPLITS, SPLITS
+
+if TYPE_CHECKING:  # a dry run declares this stage's steps without importing distributed
+    from distributed import Client
 
 NAME = "evaluate"
 SECTION = "evaluate"

@@ -21,9 +21,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import skops.io as sio
-from skops.io.exceptions import UntrustedTypesFoundException
-
 import crystal_dask
 from crystal_dask.store.files import write_atomic
 
@@ -127,6 +124,8 @@ def save_model(model: Any, path: Path, manifest: dict[str, Any]) -> dict[str, An
     clash = [k for k in _RESERVED if k in manifest]
     if clash:
         raise ValueError(f"manifest for {path}: key(s) {clash} are reserved (filled in by save_model)")
+    import skops.io as sio  # here: skops imports scikit-learn (~1 s), which reading a manifest does not need
+
     data = sio.dumps(model, compression=zipfile.ZIP_DEFLATED)  # forests shrink ~10x
     versions = _versions()
     full = {**manifest, "sha256": hashlib.sha256(data).hexdigest(), "skops_version": versions["skops"],
@@ -167,6 +166,9 @@ def load_model(path: Path, trusted: Sequence[str] | None = None) -> Any:
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ValueError(f"{path}: sha256 {actual} differs from the manifest's {expected}; file changed or corrupt")
+    import skops.io as sio
+    from skops.io.exceptions import UntrustedTypesFoundException
+
     allowed = sorted({*TRUSTED_TYPES, *(trusted or ())})
     try:
         found = model_types(data)
