@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from crystal_dask.infer.settings import InferSettings, model_context, render_settings
 from crystal_dask.infer.tasks import FORMAT_VERSION, infer_block, infer_export, infer_tissue, marker
 from crystal_dask.stages.base import fingerprint
-from crystal_dask.store.files import write_json
+from crystal_dask.store.files import remove_partial_writes, write_json
 from crystal_dask.store.schema import INFER_SUMMARY, REGIONS, REJECTS, conform, make_table, reject_row, write_table
 from crystal_dask.vocab import CLASSES
 from crystal_dask.wsi.patches import PatchSettings, window_px
@@ -110,14 +110,6 @@ def prune_slides(out: Path, entries: Sequence[SlideInput]) -> None:
             shutil.rmtree(folder)
 
 
-def _sweep(folder: Path) -> None:
-    """Remove temporary files of writers killed mid-write (zarr's `*.partial`, our `.*.tmp`): see
-    store/dataset.py's sweep_partial_writes; left in place a resumed run would differ on disk."""
-    for pattern in ("*.partial", ".*.tmp"):
-        for orphan in folder.rglob(pattern):
-            orphan.unlink(missing_ok=True)
-
-
 def infer_slides(
     slides: Sequence[SlideInput],
     model_path: str | Path,
@@ -163,7 +155,7 @@ def infer_slides(
         if not markers.exists():  # another model, settings or slide file: nothing old is kept
             shutil.rmtree(plan["dir"], ignore_errors=True)
             markers.mkdir(parents=True)
-        _sweep(Path(plan["dir"]))
+        remove_partial_writes(Path(plan["dir"]))
         plans.append((entry, plan))
 
     results = _compute(plans, model_path, model_manifest, out, client, settings, corpus, show_progress)

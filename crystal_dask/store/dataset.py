@@ -32,7 +32,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from crystal_dask.store import integrity, rowcache
-from crystal_dask.store.files import write_json
+from crystal_dask.store.files import PARTIAL_CHUNKS, PARTIAL_FILES, remove_partial_writes, write_json
 from crystal_dask.store.integrity import Damage, DamagedDataError
 from crystal_dask.store.schema import PATCHES, REJECTS, read_table, write_table
 from crystal_dask.vocab import CLASSES, SPLITS
@@ -234,9 +234,8 @@ class Dataset:
         """Remove the temporary files of writers killed mid-write (zarr's `<chunk>.<uuid>.partial`, our own
         `.<name>.<pid>-<thread>.tmp`). Every chunk and marker is whole by now, so these are orphans; left in place
         they would make a resumed or worker-loss run differ on disk from an undisturbed one."""
-        for pattern, folder in (("*.partial", self.zarr), (".*.tmp", self.root / MARKERS)):
-            for orphan in folder.rglob(pattern):
-                orphan.unlink(missing_ok=True)
+        remove_partial_writes(self.zarr, (PARTIAL_CHUNKS,))
+        remove_partial_writes(self.root / MARKERS, (PARTIAL_FILES,))
 
     # ------------------------------------------------------------------------------------------ reading
     def complete(self) -> bool:

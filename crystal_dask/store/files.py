@@ -26,3 +26,15 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     """Strict JSON (a NaN or infinity is a ValueError, not a file other parsers refuse), written atomically."""
     return write_atomic(path, json.dumps(obj, indent=indent, sort_keys=indent is not None, allow_nan=False))
+
+
+# what a writer killed mid-write leaves: zarr's `<chunk>.<uuid>.partial`, write_atomic's `.<name>.<pid>-<thread>.tmp`
+PARTIAL_CHUNKS, PARTIAL_FILES = "*.partial", ".*.tmp"
+
+
+def remove_partial_writes(folder: Path, patterns: tuple[str, ...] = (PARTIAL_CHUNKS, PARTIAL_FILES)) -> None:
+    """Remove the temporary files of writers killed mid-write under `folder`. Called once every chunk and marker is
+    whole, they are orphans; left in place they would make a resumed run differ on disk from an undisturbed one."""
+    for pattern in patterns:
+        for orphan in Path(folder).rglob(pattern):
+            orphan.unlink(missing_ok=True)
