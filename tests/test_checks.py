@@ -17,7 +17,8 @@ from tests.helpers.jobs import TINY, write_job
 # the error is and what it says
 MALFORMED = [
     ("name: x\n  out: y\n", "2:6", "mapping values are not allowed here"),
-    ("corpora: [fcbr\nname: x\n", "2:5", "expected ',' or ']', but got ':' (while parsing a flow sequence started at 1:10)"),
+    ("corpora: [fcbr\nname: x\n", "2:5",
+     "expected ',' or ']', but got ':' (while parsing a flow sequence started at 1:10)"),
     ("name: *nowhere\n", "1:7", "found undefined alias 'nowhere'"),
     ("name: !!python/object:os.system x\n", "1:7", "could not determine a constructor for the tag"),
     ("name: x\nout: \"y\x00\"\n", "2:8", "unacceptable character #x0000: special characters are not allowed"),
