@@ -10,11 +10,35 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 
 class ConfigError(ValueError):
     """A configuration value crystal_dask cannot use; the message starts with the key (and, at the edge, the file)."""
+
+
+def read_yaml(path: Path, error: type[ConfigError] = ConfigError) -> Any:
+    """The YAML document in `path` (null when empty). A syntax error is one line, `<file>:<line>:<column>: not
+    valid YAML: <problem>`: PyYAML's own message spans several lines (the offending line quoted, a caret below).
+    An unreadable file is left to the caller (an OSError or UnicodeDecodeError). safe_load raises only these two
+    kinds of YAMLError."""
+    source = path.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(source)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or type(exc).__name__
+        if exc.context and exc.problem and exc.context_mark is not None:  # where the broken construct began
+            problem += f" ({exc.context} started at {exc.context_mark.line + 1}:{exc.context_mark.column + 1})"
+        at = f"{mark.line + 1}:{mark.column + 1}" if mark is not None else "1:1"
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses, e.g. a NUL: marked by its offset only
+        before = source[:exc.position]
+        at = f"{before.count(chr(10)) + 1}:{exc.position - before.rfind(chr(10))}"
+        problem = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+    raise error(f"{path}:{at}: not valid YAML: {problem}") from None
 
 
 def is_integer(value: Any) -> bool:

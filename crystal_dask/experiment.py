@@ -12,9 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
-from crystal_dask.checks import ConfigError, integer, need, number, section, text, texts
+from crystal_dask.checks import ConfigError, integer, need, number, read_yaml, section, text, texts
 from crystal_dask.vocab import LabelMap
 from crystal_dask.wsi.patches import PatchSettings
 
@@ -64,8 +62,8 @@ class Experiment:
 def read_file(path: Path) -> dict[str, Any]:
     """The job file as a mapping; an unreadable file or bad YAML is an ExperimentError naming the file."""
     try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        cfg = read_yaml(path, ExperimentError)
+    except (OSError, UnicodeDecodeError) as exc:
         raise ExperimentError(f"{path}: cannot read the job file: {exc}") from None
     try:
         return section(cfg, "(top level)")

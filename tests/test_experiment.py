@@ -84,7 +84,7 @@ def test_wrong_types_are_refused_naming_file_and_key(tmp_path, change, message):
 def test_yaml_errors_and_non_mappings_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("corpora: [unclosed\n")
-    with pytest.raises(ExperimentError, match=f"^{bad}: cannot read the job file"):
+    with pytest.raises(ExperimentError, match=f"^{bad}:2:1: not valid YAML: expected ',' or ']'"):
         load_experiment(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ExperimentError, match=f"^{bad}: \\(top level\\): must be a mapping"):

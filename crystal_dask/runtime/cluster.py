@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import dask.config
-import yaml
 from distributed import Client
 from distributed.security import Security
 
@@ -28,6 +27,7 @@ from crystal_dask.checks import (
     byte_size_or_auto,
     flag,
     host_port,
+    read_yaml,
     seconds,
     section,
     text,
@@ -117,10 +117,7 @@ def load_cluster_config(path: Path | None) -> ClusterConfig:
     if path is None:
         return cluster_config_from_mapping({}, source="<defaults>")
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ClusterConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, ClusterConfigError)
     return cluster_config_from_mapping(data if data is not None else {}, source=str(path), base=path.parent)
 
 

@@ -35,8 +35,8 @@ class DriverResources:
 
 
 def _driver_command(job_file: Path, cluster_file: Path | None, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "crystal_dask.cli", "run", str(job_file.resolve()), "--out", str(out),
-           "--no-progress"]
+    # its output is a log file, so progress shows as plain lines there (crystal_dask.progress decides)
+    cmd = [sys.executable, "-m", "crystal_dask.cli", "run", str(job_file.resolve()), "--out", str(out)]
     if cluster_file is not None:
         cmd += ["--cluster", str(cluster_file.resolve())]
     return cmd

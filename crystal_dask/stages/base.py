@@ -5,6 +5,10 @@ A stage is a module with
     SECTION: str (optional)                     the job-file section it owns ...
     parse(cfg, experiment, where) -> settings   ... checked at load (errors name the key)
     steps(ctx: Context) -> Iterable[Step]       its units of work: declarations only, reading no file
+    report_inputs(ctx, results) -> dict         (optional) what it hands the report: keys of results.json, read
+                                                from its steps' products through `Context.output` (the report
+                                                step reads every step of such a stage); `results` holds what the
+                                                earlier stages handed, and `notes` lists add up
 
 A step declares what it reads (the names of earlier steps) and its own settings (with the code and format
 versions its outputs depend on); the runner derives its key from those settings and the keys of the steps it

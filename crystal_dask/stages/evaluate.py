@@ -148,6 +148,11 @@ def output_dir(exp: Experiment, set_name: str, config: str) -> Path:
     return exp.out / "eval" / set_name / config
 
 
+def step_name(set_name: str, config: str) -> str:
+    """The step that evaluates configuration `config` on set `set_name`; its product is its output folder."""
+    return f"{NAME}:{set_name}:{config}"
+
+
 def predictions_path(folder: Path) -> Path:
     """The per-row predictions table of one evaluation folder (schema PREDICTIONS)."""
     return Path(folder) / "predictions.parquet"
@@ -159,21 +164,40 @@ def steps(ctx: Context) -> Iterator[Step]:
         data = train.dataset_reads(exp, s.corpus)
         for cfg in exp.settings[train.SECTION].configs:
             out = output_dir(exp, s.name, cfg.name)
-            reads = (f"{train.NAME}:{cfg.name}", *data)
-            yield Step(f"{NAME}:{s.name}:{cfg.name}", reads, {"splits": list(s.splits)},
+            reads = (train.step_name(cfg.name), *data)
+            yield Step(step_name(s.name, cfg.name), reads, {"splits": list(s.splits)},
                        (out / "confusion.json", predictions_path(out)),
                        lambda out=out, s=s, reads=reads: evaluate(
                            ctx.output(reads[1]).root, ctx.output(reads[0]), out, ctx.client, splits=s.splits,
-                           show_progress=ctx.show_progress))
+                           show_progress=ctx.show_progress), product=out)
 
 
-def results(exp: Experiment) -> dict[str, dict[str, dict[str, Any]]]:
-    """set -> config -> {confusion, n, predictions}: every evaluation, as the report reads it."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+def report_inputs(ctx: Context, results: Mapping[str, Any]) -> dict[str, Any]:
+    """set -> config -> {confusion, n, predictions, dataset}: every evaluation; with a model trained on the
+    calcification family, also how often each set's calcification columns are non-zero."""
+    exp = ctx.experiment
+    sets: dict[str, dict[str, dict[str, Any]]] = {}
     for s in exp.settings[SECTION]:
         for cfg in exp.settings[train.SECTION].configs:
-            folder = output_dir(exp, s.name, cfg.name)
+            folder = ctx.output(step_name(s.name, cfg.name))
             summary = json.loads((folder / "confusion.json").read_text())
-            out.setdefault(s.name, {})[cfg.name] = {"confusion": summary["confusion"], "n": summary["n"],
-                                                    "predictions": str(predictions_path(folder))}
+            sets.setdefault(s.name, {})[cfg.name] = {"confusion": summary["confusion"], "n": summary["n"],
+                                                     "predictions": str(predictions_path(folder)),
+                                                     "dataset": summary["dataset"]}
+    if not any("calcification" in m["features"] for m in results["models"].values()):
+        return {"sets": sets}
+    return {"sets": sets, "calcification": calcification_signal(exp, sets)}
+
+
+def calcification_signal(exp: Experiment, sets: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """set -> how often its rows' calcification columns are non-zero, per class and crystalline/other row (read
+    beside the importances: did calcification signal reach the forest at all?)."""
+    from crystal_dask.features.calcification_summary import from_dataset
+
+    splits = {s.name: s.splits for s in exp.settings[SECTION]}
+    out = {}
+    for set_name, by_config in sets.items():
+        dataset = next(iter(by_config.values()))["dataset"]  # one dataset per set, whatever the configuration
+        if "calcification" in Dataset(Path(dataset)).array_names():
+            out[set_name] = from_dataset(dataset, splits[set_name])
     return out

@@ -92,6 +92,11 @@ def output_dir(exp: Experiment, set_name: str, config: str) -> Path:
     return exp.out / "infer" / set_name / config
 
 
+def step_name(set_name: str, config: str) -> str:
+    """The step that infers set `set_name`'s slides with configuration `config`; its product is its output folder."""
+    return f"{NAME}:{set_name}:{config}"
+
+
 def _configs(exp: Experiment, s: InferSet) -> list[str]:
     from crystal_dask.stages import train
     from crystal_dask.stages.features import PCA
@@ -118,7 +123,7 @@ def steps(ctx: Context) -> Iterator[Step]:
     for s in sec.sets:
         for config in _configs(exp, s):
             out = output_dir(exp, s.name, config)
-            reads = (f"{scan.NAME}:{s.corpus}", f"{train.NAME}:{config}", *model_data)
+            reads = (f"{scan.NAME}:{s.corpus}", train.step_name(config), *model_data)
 
             def run(s=s, out=out, reads=reads) -> None:
                 entries = slides_from_regions(scan.read_output(ctx.output(reads[0])).regions, s.splits)
@@ -128,19 +133,21 @@ def steps(ctx: Context) -> Iterator[Step]:
                 log.info("infer %s: %s", out, json.dumps({k: m[k] for k in ("slides_done", "rejects", "windows")}))
 
             settings = {"splits": list(s.splits), "infer": asdict(sec.settings), "format_version": FORMAT_VERSION}
-            yield Step(f"{NAME}:{s.name}:{config}", reads, settings, (out / "infer.json", out / "summary.parquet"),
-                       run)
+            yield Step(step_name(s.name, config), reads, settings, (out / "infer.json", out / "summary.parquet"),
+                       run, product=out)
 
 
-def results(exp: Experiment) -> dict[str, dict[str, dict[str, Any]]]:
-    """set -> config -> {slides_done, rejects, windows, score, summary}: every infer run, as the report reads it."""
+def report_inputs(ctx: Context, results: Mapping[str, Any]) -> dict[str, Any]:
+    """set -> config -> {slides_in, slides_done, rejects, windows, score, window_source, summary}: every infer run;
+    nothing when the job infers nothing (results.json of other jobs has no `infer` key)."""
+    exp = ctx.experiment
     sec: InferSection = exp.settings.get(SECTION) or InferSection()
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for s in sec.sets:
         for config in _configs(exp, s):
-            folder = output_dir(exp, s.name, config)
+            folder = ctx.output(step_name(s.name, config))
             m = json.loads((folder / "infer.json").read_text())
             out.setdefault(s.name, {})[config] = {k: m[k] for k in ("slides_in", "slides_done", "rejects", "windows",
                                                                     "score", "window_source")} | {
                 "summary": str(folder / "summary.parquet")}
-    return out
+    return {"infer": out} if out else {}

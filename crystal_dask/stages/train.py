@@ -185,6 +185,11 @@ def model_path(exp: Experiment, config: str) -> Path:
     return exp.out / "models" / f"{config}.skops"
 
 
+def step_name(config: str) -> str:
+    """The step that trains configuration `config`; its product is the model file."""
+    return f"{NAME}:{config}"
+
+
 PCA_STEP = f"{NAME}:pca:fit"  # two colons: no configuration's step (train:<config>) can take this name
 
 
@@ -203,11 +208,21 @@ def steps(ctx: Context) -> Iterator[Step]:
     reads = dataset_reads(exp, settings.corpus)
     for cfg in settings.configs:
         path = model_path(exp, cfg.name)
-        yield Step(f"{NAME}:{cfg.name}", reads, {"config": asdict(cfg), "random_state": RANDOM_STATE},
+        yield Step(step_name(cfg.name), reads, {"config": asdict(cfg), "random_state": RANDOM_STATE},
                    (path, path.with_suffix(".json")),
                    lambda cfg=cfg, path=path: train(ctx.output(reads[0]).root, cfg, path, ctx.client), product=path)
 
 
-def trained(exp: Experiment) -> dict[str, dict[str, Any]]:
-    """Each configuration's model manifest, as later stages read it."""
-    return {cfg.name: read_manifest(model_path(exp, cfg.name)) for cfg in exp.settings[SECTION].configs}
+def report_inputs(ctx: Context, results: Mapping[str, Any]) -> dict[str, Any]:
+    """The configurations, in the job's order, and each one's model: its files, training summary and features (from
+    its manifest); a model trained with crystalline rows of every split adds its leakage warning to the notes."""
+    models = {}
+    for cfg in ctx.experiment.settings[SECTION].configs:
+        path = ctx.output(step_name(cfg.name))
+        m = read_manifest(path)
+        models[cfg.name] = {"train_rows": m["train_rows"], "class_counts": m["class_counts"],
+                            "manifest": str(path.with_suffix(".json")), "leakage": m.get("leakage"), "model": str(path),
+                            # a manifest from before feature sets trained on pixels and named no columns
+                            "features": list(m["config"].get("features") or [PIXELS]), "columns": m.get("columns")}
+    return {"configs": list(models), "models": models,
+            "notes": [f"{n}: {m['leakage']}" for n, m in models.items() if m.get("leakage")]}

@@ -19,9 +19,11 @@ from crystal_dask.report.markdown import GALLERY_PER_CLASS
 from crystal_dask.report.paired import load_paired
 from crystal_dask.report.write import write_report
 from crystal_dask.stages import evaluate as evaluate_stage
+from crystal_dask.stages import report as report_stage
 from crystal_dask.stages import train as train_stage
+from crystal_dask.stages.base import Context
 from crystal_dask.stages.evaluate import EvalSet, evaluate
-from crystal_dask.stages.report import collect
+from crystal_dask.stages.features import FeatureSettings
 from crystal_dask.stages.train import TrainConfig, TrainSettings, train
 from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model, save_model
@@ -201,12 +203,23 @@ def job(small_dataset, client, tmp_path_factory: pytest.TempPathFactory) -> Expe
     configs = (TrainConfig("baseline"), TrainConfig("crystal", crystal=True))
     eval_set = EvalSet("FCBR dev+eval", "fcbr", ("dev", "eval"))
     exp = Experiment(name="tiny", source=out / "job.yaml", out=out, corpora={}, labels=LabelMap(),
-                     settings={"train": TrainSettings("fcbr", configs), "evaluate": (eval_set,)})
+                     settings={"features": FeatureSettings(), "train": TrainSettings("fcbr", configs),
+                               "evaluate": (eval_set,)})
     for cfg in configs:
         train(small_dataset, cfg, train_stage.model_path(exp, cfg.name), client)
         evaluate(small_dataset, train_stage.model_path(exp, cfg.name), evaluate_stage.output_dir(exp, eval_set.name,
                  cfg.name), client, splits=eval_set.splits)
     return exp
+
+
+def collect(exp: Experiment) -> dict:
+    """What the report stage collects: the train and evaluate steps declared as the runner declares them, read by
+    the running report step (through Context.output, which refuses a step it did not declare)."""
+    ctx = Context(exp, None)
+    for stage in (train_stage, evaluate_stage):
+        ctx.steps |= {step.name: step for step in stage.steps(ctx)}
+    ctx.running = next(iter(report_stage.steps(ctx)))
+    return report_stage.collect(ctx)
 
 
 @pytest.fixture(scope="module")

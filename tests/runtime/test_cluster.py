@@ -128,7 +128,7 @@ def test_direct_to_workers_defaults_on_only_where_the_scheduler_runs_here(tmp_pa
 
 
 def test_not_yaml_or_not_a_mapping_names_file(tmp_path):
-    with pytest.raises(ClusterConfigError, match=r"cluster\.yaml: not valid YAML"):
+    with pytest.raises(ClusterConfigError, match=r"cluster\.yaml:2:1: not valid YAML: expected ',' or ']'"):
         load_cluster_config(write(tmp_path, "kind: [local\n"))
     with pytest.raises(ClusterConfigError, match=r"cluster\.yaml: the top level must be a mapping"):
         load_cluster_config(write(tmp_path, "- local\n"))

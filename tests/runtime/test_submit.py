@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -55,7 +56,10 @@ def test_submit_in_the_background_and_follow_with_status(tmp_path, capsys):
     assert main(["status", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "job tiny: done" in shown and "report:" in shown and "train:crystal" in shown
-    assert "dashboard: http://127.0.0.1:" in (out / "driver.log").read_text()
+    log = (out / "driver.log").read_text()
+    assert "dashboard: http://127.0.0.1:" in log
+    # progress in the log as plain lines (a step's tasks counted up to 100%), no bar's carriage-return redraws
+    assert re.search(r"progress \S+: 100% \((\d+)/\1 tasks\)", log) and "\r" not in log, log[-3000:]
 
 
 def test_status_before_anything_ran(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from crystal_dask.pipeline import Planner
-from crystal_dask.stages import ORDER, load_experiment, ordered
+from crystal_dask.stages import ORDER, load_experiment, ordered, report
 from crystal_dask.stages.base import Context, Step, UndeclaredRead
 from tests.helpers.jobs import TINY, write_job
 
@@ -43,7 +43,10 @@ def test_every_read_names_a_step_that_runs_earlier(tmp_path):
     assert reads["extract:fcbr"] == {"scan:fcbr"}
     assert reads["evaluate:TUBR:crystal"] == {"train:crystal", "extract:tubr", "features:tubr", "train:pca:fit"}
     assert reads["infer:slides:baseline"] >= {"scan:tubr", "train:baseline"}
-    assert reads["report"] >= {n for n in reads if n.split(":")[0] in ("train", "evaluate", "infer")}
+    # the report reads every step of the stages that hand it their inputs, and nothing else
+    handing = {s.NAME for s in report.reporting()}
+    assert handing == {"train", "evaluate", "infer"}
+    assert reads["report"] == {n for n in reads if n.split(":")[0] in handing}
 
 
 def test_a_step_that_reads_an_earlier_one_first_is_refused(tmp_path):
@@ -67,3 +70,15 @@ def test_the_output_accessor_refuses_an_undeclared_read(tmp_path):
     ctx.running = other
     with pytest.raises(UndeclaredRead, match="extract:tubr reads scan:fcbr, which it does not declare"):
         ctx.output("scan:fcbr")
+
+
+def test_a_stage_hands_the_report_only_what_the_report_step_declares(tmp_path):
+    """The report collects each stage's inputs through Context.output: a report step that does not declare a
+    model's training is refused before any file is read."""
+    ctx = Context(load_experiment(write_job(tmp_path, {**RICH, "out": str(tmp_path / "out")})), None)
+    for stage in ordered()[:-1]:
+        ctx.steps |= {step.name: step for step in stage.steps(ctx)}
+    full = next(iter(report.steps(ctx)))
+    ctx.running = Step(full.name, tuple(r for r in full.reads if r != "train:baseline"), {}, full.outputs, full.run)
+    with pytest.raises(UndeclaredRead, match="report reads train:baseline, which it does not declare"):
+        report.collect(ctx)
