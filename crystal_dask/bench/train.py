@@ -1,20 +1,23 @@
-"""`crystal-dask bench train`: the forest as crystal_dask fits it (crystal_dask.forest.fit_forest: one task per tree
-through joblib's dask backend on a 2-worker LocalCluster, each tree reading its own rows from zarr) against the same
+"""`crystal-dask bench train`: the forest as crystal_dask fits it (crystal_dask.forest.fit_forest: one dask task per
+tree on a 2-worker LocalCluster, each tree reading its own rows from zarr) against the same
 BalancedRandomForestClassifier(random_state=42) fitted with joblib's default backend and n_jobs=2 in one process on
 the matrix in memory, and against the previous design (the float32 matrix broadcast to every worker, then joblib's
 dask backend), on the same rows: real patches (256 px windows of a generated FCBR-like corpus), n x 65,536. Fits
-alternate, `repeats` times each; the models must predict identically.
+alternate, `repeats` times each; each is timed in wall seconds and in CPU seconds of all its processes (client and
+scheduler included), which a loaded machine inflates far less; the models must predict identically.
 
 The per-tree fit reads through each machine's decoded copy of the array (store/rowcache.py), kept in a fresh
 folder of the bench's work directory: the first fit after emptying it is timed alone ("cold": every chunk decoded
 once on the way), the repeats then read a filled copy, as every later tree, configuration and run on those
-machines does. Each tree reports its reading and fitting seconds.
+machines does. Each tree reports its draw (the sampler), reading and fitting seconds.
 
-The scale run (`scale_rows` > 0) fits on a large window set in extract's own format whose smallest class has
-`scale_smallest` rows, as rare classes do in the real corpora: the decoded copy is filled first (timed, in tasks
-on both workers), then the forest; it reports wall time, read and fit seconds per tree, every process's peak
-memory, and how many chunks each tree touches (why one decode per tree cannot scale, and why ordering rows by
-class or batching trees would not be enough). The in-memory path's need is given on paper.
+The scale run (`scale_rows` > 0) fits on a large window set in extract's own format made of the corpus's real
+patches and their augmented copies (flips, quarter turns, small shifts), each row with its own patch's label, whose
+smallest class has `scale_smallest` rows, as rare classes do in the real corpora (scale_layout): the decoded copy
+is filled first (timed, in tasks on both workers), then the forest; it reports wall time, read and fit seconds per
+tree, every process's peak memory, and how many chunks each tree touches (why one decode per tree cannot scale,
+and why ordering rows by class or batching trees would not be enough). The in-memory path's need is given on
+paper.
 
 The cost model: single trees fitted on the workers over a grid of sample rows x features (columns of the same
 pixels), fitted as fit seconds = c * rows^a * features^b (least squares in logs) and read seconds = r * rows *
@@ -32,7 +35,17 @@ from typing import Any
 import dask.config
 import numpy as np
 
-from crystal_dask.bench.common import Stat, fmt_bytes, fmt_stat, merge_peaks, patch_dataset, peaks, ratio, table
+from crystal_dask.bench.common import (
+    Stat,
+    cpu_used,
+    fmt_bytes,
+    fmt_stat,
+    merge_peaks,
+    patch_dataset,
+    peaks,
+    ratio,
+    table,
+)
 from crystal_dask.runtime.cluster import local_client
 from crystal_dask.store import rowcache
 
@@ -101,28 +114,26 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
         fit_forest(reader, chosen, y, client, random_state=RANDOM_STATE, timings=cold)
         cold_seconds = time.perf_counter() - t0
         log(f"cold fit (every chunk decoded once on the way): {cold_seconds:.2f} s")
-        seconds: dict[str, list[float]] = {"dask": [], "local": [], "broadcast_fit": []}
-        mem: dict[str, list[dict[str, int]]] = {"dask": [], "local": [], "broadcast_fit": []}
         trees: list = []
+        contenders: dict[str, tuple[Any, Callable[[], Any]]] = {  # name -> (its cluster, the fit)
+            "dask": (client, lambda: fit_forest(reader, chosen, y, client, random_state=RANDOM_STATE, timings=trees)),
+            "broadcast_fit": (client, lambda X=X: broadcast_fit(X, y, client)),
+            "local": (None, lambda X=X: BalancedRandomForestClassifier(random_state=RANDOM_STATE, n_jobs=2).fit(X, y)),
+        }
+        seconds: dict[str, list[float]] = {k: [] for k in contenders}
+        cpu: dict[str, list[float]] = {k: [] for k in contenders}
+        mem: dict[str, list[dict[str, int]]] = {k: [] for k in contenders}
         models = {}
         for rep in range(repeats):
-            with peaks(client) as pk:
-                t0 = time.perf_counter()
-                models["dask"] = fit_forest(reader, chosen, y, client, random_state=RANDOM_STATE, timings=trees)
-                seconds["dask"].append(time.perf_counter() - t0)
-            mem["dask"].append(pk)
-            with peaks(client) as pk:
-                t0 = time.perf_counter()
-                models["broadcast_fit"] = broadcast_fit(X, y, client)
-                seconds["broadcast_fit"].append(time.perf_counter() - t0)
-            mem["broadcast_fit"].append(pk)
-            with peaks() as pk:
-                t0 = time.perf_counter()
-                models["local"] = BalancedRandomForestClassifier(random_state=RANDOM_STATE, n_jobs=2).fit(X, y)
-                seconds["local"].append(time.perf_counter() - t0)
-            mem["local"].append({"process": pk["client"]})
-            log(f"repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items())
-                + f" (load {_load()})")
+            for name, (cluster, fit) in contenders.items():
+                with peaks(cluster) as pk, cpu_used(cluster) as used:
+                    t0 = time.perf_counter()
+                    models[name] = fit()
+                    seconds[name].append(time.perf_counter() - t0)
+                mem[name].append(pk if cluster is not None else {"process": pk["client"]})
+                cpu[name].append(used["total"])
+            log(f"repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s ({cpu[k][-1]:.2f} CPU s)"
+                                                            for k, v in seconds.items()) + f" (load {_load()})")
 
         check = X if not len(held_out) else np.vstack([X, ds.matrix(held_out).astype(np.float32)])
         same_pred = bool(np.array_equal(models["dask"].predict(check), models["local"].predict(check)))
@@ -130,7 +141,7 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
         same_proba = same_proba and bool(np.array_equal(models["broadcast_fit"].predict_proba(check),
                                                          models["local"].predict_proba(check)))
         rows_checked = len(check)
-        del X, check  # the baseline's copies: not held through the cost model's and the scale run's trees
+        del X, check, contenders  # the baseline's copies: not held through the cost model's and the scale run's trees
         grid = _calibrate(client, reader, chosen, y, model_rows, model_features, seed)
         log(f"cost model grid: {len(grid)} single trees (load {_load()})")
         scale = _scale_run(work, ds, client, scale_rows, scale_smallest, scale_trees, log) if scale_rows else None
@@ -146,9 +157,11 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
         "x_bytes": int(rows * models["local"].n_features_in_ * 4), "classes": np.bincount(y).tolist(),
         "dataset": str(ds.root), "dataset_patches": int(len(valid)),
         "seconds": {k: v.as_dict() for k, v in stats.items()},
+        "cpu_seconds": {k: Stat(tuple(v)).as_dict() for k, v in cpu.items()},
         "cold_seconds": cold_seconds, "cold_per_tree": tree_summary(cold),
         "per_tree": per_tree,
         "ratios": {"overhead": overhead, "cold_overhead": cold_seconds / stats["local"].median,
+                   "overhead_cpu": float(np.median(cpu["dask"]) / np.median(cpu["local"])),
                    "broadcast_overhead": ratio(stats["broadcast_fit"], stats["local"])},
         "targets": {"overhead": {"target": TARGET_OVERHEAD, "met": overhead <= TARGET_OVERHEAD},
                     "read_share": {"target": TARGET_READ_SHARE,
@@ -273,7 +286,9 @@ def report(r: dict[str, Any]) -> str:
     same = r["identical"]
     lines.append(f"\noverhead ratio dask / default backend (of medians): {r['ratios']['overhead']:.2f} "
                  f"(target <= {t['overhead']['target']:g}: {'met' if t['overhead']['met'] else 'MISSED'}); "
-                 f"cold {r['ratios']['cold_overhead']:.2f}")
+                 f"cold {r['ratios']['cold_overhead']:.2f}; of CPU seconds (every process of each side) "
+                 f"{r['ratios']['overhead_cpu']:.2f} ({r['cpu_seconds']['dask']['median']:.2f} / "
+                 f"{r['cpu_seconds']['local']['median']:.2f})")
     lines.append(_trees_line("per tree", pt))
     if r.get("scale"):
         sc = r["scale"]
@@ -344,27 +359,47 @@ def touched_chunks(y: np.ndarray, chunk: int, trees: int, rng: np.random.Generat
     return float(np.mean(counts))
 
 
+def scale_layout(labels: np.ndarray, rows: int, smallest: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scale set made from source patches of classes `labels`: (source patch of each row, its augment variant,
+    rows per class present). The source's rarest class gets `smallest` rows, the others share the rest in
+    proportion to their source counts (at least `smallest` each). Classes lie in blocks of rows, as extract writes
+    a region's windows side by side; a class's rows are its source patches, then their variants 1, 2, ... in turn,
+    each keeping its patch's label (a user's augmented training set: no two rows with the same pixels and
+    different labels)."""
+    present, src_counts = np.unique(labels, return_counts=True)
+    share = src_counts.astype(float)
+    share[np.argmin(src_counts)] = 0
+    counts = np.maximum(smallest, np.floor(share / share.sum() * (rows - smallest))).astype(np.int64)
+    counts[np.argmin(src_counts)] = smallest
+    counts[np.argmax(src_counts)] += rows - counts.sum()
+    if counts.min() < smallest:
+        raise ValueError(f"--scale-rows {rows} cannot give each of {len(present)} classes {smallest} rows")
+    picks, variants = [], []
+    for c, n in zip(present, counts, strict=True):
+        members = np.flatnonzero(labels == c)
+        copy = np.arange(n)
+        picks.append(members[copy % len(members)])
+        variants.append(copy // len(members))
+    return np.concatenate(picks), np.concatenate(variants), counts
+
+
 def _scale_run(work: Path, source, client, rows: int, smallest: int, trees: int,
                log: Callable[[str], None]) -> dict[str, Any]:
-    """A forest on `rows` window patches (extract's format, pixels tiled from `source`) whose classes are blocks
-    of rows, the smallest `smallest` rows: the decoded copy filled first, then the forest; wall time, each tree's
-    read and fit seconds and every process's peak memory."""
+    """A forest on `rows` window patches in extract's format: `source`'s real patches and their augmented copies,
+    each with its own patch's label (scale_layout), the smallest class `smallest` rows; the decoded copy filled
+    first, then the forest; wall time, each tree's read and fit seconds and every process's peak memory."""
     from crystal_dask.bench.evaluate import tile_dataset
     from crystal_dask.forest import TrainingRows, fit_forest
 
     t0 = time.perf_counter()
-    ds = tile_dataset(source, work / f"scale-{rows}", rows)
+    picks, variants, counts = scale_layout(source.labels(source.rows()["row"].to_numpy()), rows, smallest)
+    ds = tile_dataset(source, work / f"scale-{rows}", rows, picks, variants)
+    y = ds.labels(np.arange(rows))
     chunk = int(ds.group()["pixels"].chunks[0])
-    # classes as contiguous blocks (windows of one region are neighbours in extract's order): the smallest has
-    # `smallest` rows, the others share the rest unequally
-    weights = np.array([1, 2, 3, 4, 6, 8, 10, 12, 14], float)
-    counts = np.maximum(smallest, np.floor(weights / weights.sum() * rows)).astype(int)
-    counts[0] = smallest
-    counts[-1] += rows - counts.sum()
-    y = np.repeat(np.arange(9), counts)
     touched = {"chunks": -(-rows // chunk), "as_stored": touched_chunks(y, chunk, 10),
                "shuffled": touched_chunks(y, chunk, 10, np.random.default_rng(0))}
-    log(f"scale: {rows:,} rows ready in {time.perf_counter() - t0:.0f} s, classes {counts.tolist()}, {trees} trees; "
+    log(f"scale: {rows:,} rows ready in {time.perf_counter() - t0:.0f} s, classes {counts.tolist()} (up to "
+        f"{int(variants.max()) + 1} variants of a patch), {trees} trees; "
         f"a tree touches {touched['as_stored']:.0f} of {touched['chunks']} chunks (load {_load()})")
     timings: list = []
     with peaks(client) as pk:
