@@ -143,12 +143,12 @@ def test_zarr_rows_reads_into_a_given_output_and_its_column_views(dataset):
         ZarrRows(str(dataset), "pixels")(want, out=np.empty((len(want), 10), np.float32))
 
 
-def test_a_threads_trees_reuse_one_sample_buffer():
-    first = forest._sample_buffer(3, 4)
-    smaller = forest._sample_buffer(2, 4)
+def test_a_threads_trees_reuse_onesample_buffer():
+    first = forest.sample_buffer(3, 4)
+    smaller = forest.sample_buffer(2, 4)
     assert first.dtype == np.float32 and smaller.shape == (2, 4) and smaller.flags.c_contiguous
     assert np.shares_memory(first, smaller)  # no new pages for the next tree
-    larger = forest._sample_buffer(5, 4)
+    larger = forest.sample_buffer(5, 4)
     assert larger.shape == (5, 4) and not np.shares_memory(first, larger)
     forest.release_sample_buffers()
     assert not forest._buffers

@@ -201,11 +201,18 @@ def _grid_tree(reader, rows: np.ndarray, y: np.ndarray, features: int) -> tuple[
     fit one tree as the forest does; CPU seconds of this thread (read, fit): the load-independent cost."""
     from sklearn.tree import DecisionTreeClassifier
 
+    from crystal_dask.forest import release_sample_buffers, sample_buffer
+
     t0 = time.thread_time()
-    whole = features >= reader.shape[1]  # else: the leading columns, cut before the float32 copy
-    X = reader(rows, np.float32) if whole else np.ascontiguousarray(reader(rows)[:, :features], dtype=np.float32)
+    if features >= reader.shape[1]:  # as a forest's tree reads (the worker's reused buffer: warm it first)
+        reader(rows, out=sample_buffer(len(rows), reader.shape[1]))
+        t0 = time.thread_time()
+        X = reader(rows, out=sample_buffer(len(rows), reader.shape[1]))
+    else:  # the leading columns, cut before the float32 copy (a read not timed as a tree's: see cost_model)
+        X = np.ascontiguousarray(reader(rows)[:, :features], dtype=np.float32)
     t1 = time.thread_time()
     DecisionTreeClassifier(max_features="sqrt", random_state=0).fit(X, y)
+    release_sample_buffers()
     return t1 - t0, time.thread_time() - t1
 
 
@@ -229,15 +236,17 @@ def _calibrate(client, reader, rows: np.ndarray, y: np.ndarray, sizes: Sequence[
 
 def cost_model(grid: Sequence[dict[str, float]]) -> dict[str, Any]:
     """fit seconds = c * rows^a * features^b (least squares in logs) and read seconds = r * rows * features
-    (least squares through 0), from the grid's trees; CPU seconds of one thread, i.e. of a core of its own."""
+    (least squares through 0, on the full-width points), from the grid's trees; CPU seconds of one thread, i.e. of
+    a core of its own."""
     n = np.array([p["rows"] for p in grid], float)
     d = np.array([p["features"] for p in grid], float)
     fit = np.array([p["fit"] for p in grid], float)
     read = np.array([p["read"] for p in grid], float)
     design = np.column_stack([np.ones_like(n), np.log(n), np.log(d)])
     (log_c, a, b), *_ = np.linalg.lstsq(design, np.log(fit), rcond=None)
-    cells = n * d
-    r = float(cells @ read / (cells @ cells))
+    whole = d == d.max()  # a tree reads whole rows: only the grid's full-width points time a tree's read
+    cells = n[whole] * d[whole]
+    r = float(cells @ read[whole] / (cells @ cells))
     residual = np.exp(design @ np.array([log_c, a, b])) / fit
     return {"fit": {"c": float(np.exp(log_c)), "rows_exponent": float(a), "features_exponent": float(b),
                     "worst_ratio": float(max(residual.max(), 1 / residual.min()))},
