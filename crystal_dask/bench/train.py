@@ -269,7 +269,7 @@ def sizing(model: dict[str, Any], scale: dict[str, Any] | None, rows: int, small
     return {"rows": rows, "smallest": smallest, "features": features, "trees": trees, "workers": workers,
             "sample_rows": n, "seconds_per_tree": tree, "fill_seconds": fill,
             "seconds": (fill or 0.0) + trees * tree / workers,
-            "worker_bytes": n * features * 4 + 2 * n * features,  # the float32 sample, and reading's uint8 blocks
+            "worker_bytes": n * features * 4 + rowcache.BATCH_BYTES,  # the float32 sample, and reading's batch
             "disk_bytes_per_machine": rows * features}
 
 

@@ -51,7 +51,7 @@ from crystal_dask.store.integrity import Damage, DamagedDataError
 
 DIRECTORY_KEY = "crystal_dask.row_cache.directory"
 MAX_BYTES_KEY = "crystal_dask.row_cache.max_bytes"
-_BATCH_BYTES = 256 * 2**10  # rows read at once before their conversion: small enough to stay in the CPU's cache
+BATCH_BYTES = 256 * 2**10  # rows read at once before their conversion: small enough to stay in the CPU's cache
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -169,7 +169,7 @@ class RowCache:
 def gather(fd: int, rows: np.ndarray, out: np.ndarray, stored: np.dtype, row_bytes: int) -> None:
     """out[i] = row rows[i] of the flat file `fd` (rows of `row_bytes` bytes of dtype `stored`), any order.
 
-    Straight into `out` when it has the stored dtype; else batches of about _BATCH_BYTES are read and converted
+    Straight into `out` when it has the stored dtype; else batches of about BATCH_BYTES are read and converted
     into their slice of `out` (uint8 -> float32 from a batch the cache holds costs a fraction of the same copy
     through a memory map, whose pages must each be faulted in).
     """
@@ -177,7 +177,7 @@ def gather(fd: int, rows: np.ndarray, out: np.ndarray, stored: np.dtype, row_byt
         for i, r in enumerate(rows):
             _pread_into(fd, out[i], int(r) * row_bytes)
         return
-    per_batch = max(1, _BATCH_BYTES // row_bytes)
+    per_batch = max(1, BATCH_BYTES // row_bytes)
     batch = np.empty((min(per_batch, len(rows)), out.shape[1]), stored)
     for i in range(0, len(rows), per_batch):
         part = rows[i:i + per_batch]
