@@ -22,7 +22,7 @@ from sklearn.tree._tree import Tree
 from zarr.codecs import ZstdCodec
 
 from crystal_dask import forest
-from crystal_dask.forest import IMBLEARN_CHECKED, fit_forest, tree_seeds
+from crystal_dask.forest import IMBLEARN_CHECKED, TrainingRows, fit_forest, tree_seeds
 from crystal_dask.runtime.cluster import local_client
 from crystal_dask.store.dataset import ZarrRows
 from crystal_dask.store.models import load_model, save_model
@@ -141,6 +141,9 @@ def test_zarr_rows_reads_into_a_given_output_and_its_column_views(dataset):
     assert np.array_equal(side_by_side, np.hstack([pixels[want].astype(np.float32), features[want]]))
     with pytest.raises(ValueError, match="out has shape"):
         ZarrRows(str(dataset), "pixels")(want, out=np.empty((len(want), 10), np.float32))
+    both = TrainingRows(str(dataset.parent), ("pixels", "features"))  # what a features configuration's tree reads
+    assert both.shape == (600, 1024 + 40) and np.array_equal(both(want), side_by_side)
+    assert np.array_equal(both(want, out=np.zeros_like(side_by_side)), side_by_side)
 
 
 def test_a_threads_trees_reuse_onesample_buffer():
