@@ -7,9 +7,9 @@ label-encoded `y` alone; the tree is fitted on those rows only (float32). So eac
 that reads just its ~n_classes x smallest-class rows from the dataset, and the fitted trees and samplers can be
 assembled into an ordinary forest whose `predict_proba` is bit-identical to the in-memory fit's. The client holds
 the labels and row numbers, never the matrix; a worker holds one tree's sample at a time (as float32:
-about n_classes x smallest class x n_features x 4 bytes, plus one block of about 64 MiB as stored). Trees read
-through their machine's decoded copy of the arrays (store/rowcache.py): each chunk is decoded once per machine,
-not once per tree.
+about n_classes x smallest class x n_features x 4 bytes, in a buffer its trees reuse, plus a batch of 256 KiB as
+stored). Trees read through their machine's decoded copy of the arrays (store/rowcache.py): each chunk is
+decoded once per machine, not once per tree.
 
 Only the default forest parameters are reproduced (bootstrap=False, no class_weight, no oob_score, no
 warm_start, sampling_strategy="all", replacement=True); `fit_forest` does not take others.
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+import uuid
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass
@@ -32,7 +34,6 @@ from distributed.client import FutureCancelledError
 from imblearn.ensemble import BalancedRandomForestClassifier
 from imblearn.pipeline import make_pipeline
 from imblearn.under_sampling import RandomUnderSampler
-from joblib import Parallel, delayed, parallel_config
 from sklearn.base import clone
 from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils import check_random_state
@@ -40,7 +41,8 @@ from sklearn.utils.multiclass import check_classification_targets
 
 from crystal_dask.store.dataset import PIXELS, Dataset, ZarrRows
 
-__all__ = ["IMBLEARN_CHECKED", "MAX_INT", "TreeTiming", "TrainingRows", "fit_forest", "fit_tree", "tree_seeds"]
+__all__ = ["IMBLEARN_CHECKED", "MAX_INT", "TreeTiming", "TrainingRows", "fit_forest", "fit_tree", "fit_trees",
+           "tree_seeds"]
 
 # imblearn.ensemble._forest.MAX_INT: the bound of every per-tree seed (sklearn's _set_random_states uses it too).
 MAX_INT = int(np.iinfo(np.int32).max)
@@ -73,7 +75,7 @@ class Reader(Protocol):
     @property
     def dtype(self) -> np.dtype: ...
 
-    def __call__(self, rows: np.ndarray, dtype: Any = None) -> np.ndarray: ...
+    def __call__(self, rows: np.ndarray, dtype: Any = None, out: np.ndarray | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -99,24 +101,57 @@ class TrainingRows:
         dtypes = [r.dtype for r in self._readers()]
         return dtypes[0] if len(dtypes) == 1 else np.dtype(np.float32)
 
-    def __call__(self, rows: np.ndarray, dtype: Any = None) -> np.ndarray:
+    def __call__(self, rows: np.ndarray, dtype: Any = None, out: np.ndarray | None = None) -> np.ndarray:
         readers = self._readers()
         if len(readers) == 1:
-            return readers[0](rows, dtype)
-        return np.hstack([r(rows, np.float32) for r in readers])
+            return readers[0](rows, dtype, out)
+        if out is None:
+            out = np.empty((len(rows), self.shape[1]), np.float32)
+        start = 0
+        for r in readers:  # each array into its columns of the one output
+            stop = start + r.shape[1]
+            r(rows, out=out[:, start:stop])
+            start = stop
+        return out
 
     def __str__(self) -> str:
         return f"{self.root}[{', '.join(self.arrays)}]"
 
 
+_buffers: dict[int, np.ndarray] = {}  # thread id -> the float32 buffer that thread's trees read their samples into
+
+
+def sample_buffer(n_rows: int, n_features: int) -> np.ndarray:
+    """A (n_rows, n_features) float32 array over this thread's reused buffer.
+
+    Its pages stay mapped from tree to tree: a fresh array per tree (about 120 MB at 2,000 rows) cost a third more
+    than the uint8 -> float32 copy itself in page faults. A thread holds one tree's sample, as before, and
+    `release_sample_buffers` frees them all when the forest is done.
+    """
+    thread = threading.get_ident()
+    size = n_rows * n_features
+    if _buffers.get(thread, np.empty(0, np.float32)).size < size:
+        _buffers.pop(thread, None)  # the smaller one goes before the larger one is allocated
+        _buffers[thread] = np.empty(size, np.float32)
+    return _buffers[thread][:size].reshape(n_rows, n_features)
+
+
+def release_sample_buffers() -> None:
+    """Free this process's sample buffers (run on every worker at the end of a forest)."""
+    _buffers.clear()
+
+
 @dataclass(frozen=True)
 class TreeTiming:
-    """Where one tree's time went, measured in its task: reading its sample (decoding any chunk its machine had not
-    decoded yet included) and fitting, in wall seconds and in CPU seconds of the task's thread (what the tree
-    costs on a core of its own, however loaded the machine); the sample's shape; the process that ran it."""
+    """Where one tree's time went, measured in its task: drawing its sample's rows (the sampler, which the
+    in-memory fit runs too), reading them (decoding any chunk its machine had not decoded yet included) and
+    fitting, in wall seconds and in CPU seconds of the task's thread (what the tree costs on a core of its own,
+    however loaded the machine); the sample's shape; the process that ran it."""
 
+    draw: float
     read: float
     fit: float
+    draw_cpu: float
     read_cpu: float
     fit_cpu: float
     rows: int
@@ -143,7 +178,9 @@ def fit_tree(
     _, y_sample = sampler.fit_resample(placeholder, y_encoded if strata is None else strata)
     if strata is not None:
         y_sample = y_encoded[sampler.sample_indices_, 0]
-    X = reader(np.asarray(rows)[sampler.sample_indices_], dtype=np.float32)
+    picked = np.asarray(rows)[sampler.sample_indices_]
+    drawn, drawn_cpu = time.perf_counter(), time.thread_time()
+    X = reader(picked, out=sample_buffer(len(picked), reader.shape[1]))
     sampler.n_features_in_ = X.shape[1]
     if np.issubdtype(reader.dtype, np.floating) and np.isnan(X).any():
         # The forest computes its missing-value mask over all rows, a tree here only over its own sample: the
@@ -153,9 +190,17 @@ def fit_tree(
     read, read_cpu = time.perf_counter(), time.thread_time()
     tree = DecisionTreeClassifier(max_features="sqrt", random_state=tree_seed)
     tree.fit(X, y_sample)
-    timing = TreeTiming(read - started, time.perf_counter() - read, read_cpu - started_cpu,
-                        time.thread_time() - read_cpu, X.shape[0], X.shape[1], os.getpid())
+    timing = TreeTiming(drawn - started, read - drawn, time.perf_counter() - read, drawn_cpu - started_cpu,
+                        read_cpu - drawn_cpu, time.thread_time() - read_cpu, X.shape[0], X.shape[1], os.getpid())
     return sampler, tree, timing
+
+
+def fit_trees(
+    reader: Reader, rows: np.ndarray, y_encoded: np.ndarray, seeds: Sequence[tuple[int, int]],
+    strata: np.ndarray | None = None,
+) -> list[tuple[RandomUnderSampler, DecisionTreeClassifier, TreeTiming]]:
+    """One task of the forest: fit_tree for each (tree_seed, sampler_seed) of `seeds`, in order."""
+    return [fit_tree(reader, rows, y_encoded, tree_seed, sampler_seed, strata) for tree_seed, sampler_seed in seeds]
 
 
 def fit_forest(
@@ -171,11 +216,15 @@ def fit_forest(
 ) -> BalancedRandomForestClassifier:
     """`BalancedRandomForestClassifier(n_estimators, random_state).fit(reader(rows), y)`, one task per tree.
 
-    The trees run through joblib's dask backend on `client`'s cluster (tasks named
-    `batch_of_fit_tree_<trees_per_task>_calls-<uuid>`); the row numbers and encoded labels are broadcast to
-    every worker once, and each task reads its own rows from zarr. The result is an ordinary fitted forest
-    with the same attributes as the in-memory fit (n_jobs left at None). `timings`: a list that receives each
-    tree's TreeTiming, in tree order.
+    The trees run as dask tasks on `client`'s cluster, `trees_per_task` trees each (named
+    `fit_trees-<uuid>-<attempt>-<task>`), all submitted at once; the row numbers and encoded labels are
+    broadcast to every worker once, and each task reads its own rows from zarr. The result is an ordinary fitted
+    forest with the same attributes as the in-memory fit (n_jobs left at None). `timings`: a list that receives
+    each tree's TreeTiming, in tree order.
+
+    Submitted directly rather than through joblib's dask backend: joblib's batch wrapper, callbacks and
+    two-per-worker dispatch cost the client about three times the CPU per task (0.3-0.45 s per 100-tree forest)
+    and the workers 0.15-0.3 s more, measured side by side (docs/benchmarks.md).
     """
     if trees_per_task < 1:
         raise ValueError(f"trees_per_task must be >= 1; got {trees_per_task!r}")
@@ -193,26 +242,27 @@ def fit_forest(
     classes, codes = np.unique(y, return_inverse=True)
     y_encoded = np.ascontiguousarray(codes.reshape(-1, 1), dtype=np.float64)
     seeds = tree_seeds(n_estimators, random_state)
-    # Broadcast (not joblib's auto-scatter to one worker): a killed worker then loses no task input.
     groups = None
     if strata is not None:  # balancing groups other than the classes (fit_tree); None: the published forest
         groups = np.ascontiguousarray(np.unique(np.asarray(strata), return_inverse=True)[1].reshape(-1, 1),
                                       dtype=np.float64)
+    batches = [seeds[i:i + trees_per_task] for i in range(0, len(seeds), trees_per_task)]
+    token = uuid.uuid4().hex
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            with parallel_config(backend="dask", client=client,
-                                 scatter=[rows, y_encoded] + ([groups] if groups is not None else [])):
-                fitted = Parallel(n_jobs=-1, batch_size=trees_per_task)(
-                    delayed(fit_tree)(reader, rows, y_encoded, tree_seed, sampler_seed, groups)
-                    for tree_seed, sampler_seed in seeds
-                )
+            # Broadcast: every worker holds the inputs, so a killed worker loses none of them.
+            rows_f, y_f, groups_f = client.scatter([rows, y_encoded, groups], broadcast=True)
+            n = len(batches)
+            futures = client.map(fit_trees, [reader] * n, [rows_f] * n, [y_f] * n, batches, [groups_f] * n,
+                                 key=[f"fit_trees-{token}-{attempt}-{i}" for i in range(n)])
+            fitted = [tree for batch in client.gather(futures) for tree in batch]
             break
         except (FutureCancelledError, KilledWorker) as exc:
-            # A worker lost mid-fit can take joblib's scattered inputs with it ("already forgotten"): every tree is
-            # seeded, so fitting again gives the same forest.
+            # Every tree is seeded: fitting again gives the same forest.
             if attempt == _ATTEMPTS:
                 raise
             log.warning("forest: %s; fitting again (attempt %d of %d)", exc, attempt + 1, _ATTEMPTS)
+    client.run(release_sample_buffers, on_error="ignore")  # a worker lost meanwhile holds nothing
     samplers, trees, timed = (list(t) for t in zip(*fitted, strict=True))
     if timings is not None:
         timings.extend(timed)

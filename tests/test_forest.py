@@ -21,7 +21,8 @@ from sklearn.base import BaseEstimator
 from sklearn.tree._tree import Tree
 from zarr.codecs import ZstdCodec
 
-from crystal_dask.forest import IMBLEARN_CHECKED, fit_forest, tree_seeds
+from crystal_dask import forest
+from crystal_dask.forest import IMBLEARN_CHECKED, TrainingRows, fit_forest, tree_seeds
 from crystal_dask.runtime.cluster import local_client
 from crystal_dask.store.dataset import ZarrRows
 from crystal_dask.store.models import load_model, save_model
@@ -128,6 +129,32 @@ def test_zarr_rows_reads_requested_order_with_repeats(dataset):
         reader(np.array([1, 600]))
     with pytest.raises(IndexError, match="row -1"):
         reader(np.array([-1, 2]))
+
+
+def test_zarr_rows_reads_into_a_given_output_and_its_column_views(dataset):
+    group = zarr.open_group(str(dataset), mode="r")
+    pixels, features = group["pixels"][:].reshape(600, -1), group["features"][:]
+    want = np.array([599, 3, 3, 64, 0, 130])
+    side_by_side = np.full((len(want), 1024 + 40), -1, np.float32)  # as TrainingRows joins two arrays
+    ZarrRows(str(dataset), "pixels")(want, out=side_by_side[:, :1024])
+    ZarrRows(str(dataset), "features")(want, out=side_by_side[:, 1024:])
+    assert np.array_equal(side_by_side, np.hstack([pixels[want].astype(np.float32), features[want]]))
+    with pytest.raises(ValueError, match="out has shape"):
+        ZarrRows(str(dataset), "pixels")(want, out=np.empty((len(want), 10), np.float32))
+    both = TrainingRows(str(dataset.parent), ("pixels", "features"))  # what a features configuration's tree reads
+    assert both.shape == (600, 1024 + 40) and np.array_equal(both(want), side_by_side)
+    assert np.array_equal(both(want, out=np.zeros_like(side_by_side)), side_by_side)
+
+
+def test_a_threads_trees_reuse_onesample_buffer():
+    first = forest.sample_buffer(3, 4)
+    smaller = forest.sample_buffer(2, 4)
+    assert first.dtype == np.float32 and smaller.shape == (2, 4) and smaller.flags.c_contiguous
+    assert np.shares_memory(first, smaller)  # no new pages for the next tree
+    larger = forest.sample_buffer(5, 4)
+    assert larger.shape == (5, 4) and not np.shares_memory(first, larger)
+    forest.release_sample_buffers()
+    assert not forest._buffers
 
 
 @pytest.mark.parametrize("array", ["pixels", "features"])

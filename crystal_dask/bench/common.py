@@ -121,6 +121,28 @@ def peaks(client: Client | None = None) -> Iterator[dict[str, int]]:
         out |= dict(sorted((names[a], v) for a, v in client.run(peak_rss).items()))
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system, every thread) this process has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def cpu_used(client: Client | None = None) -> Iterator[dict[str, float]]:
+    """CPU seconds this process (`client`, with a LocalCluster's scheduler) and every worker of `client` used
+    during the block: what a contender costs the machine's cores, which a loaded machine inflates far less than
+    its wall time. The dict (`total` included) is filled in when the block ends."""
+    out: dict[str, float] = {}
+    before = client.run(cpu_seconds) if client is not None else {}
+    start = cpu_seconds()
+    yield out
+    out["client"] = cpu_seconds() - start
+    if client is not None:
+        names = worker_names(client)
+        out |= dict(sorted((names[a], v - before.get(a, 0.0)) for a, v in client.run(cpu_seconds).items()))
+    out["total"] = sum(out.values())
+
+
 def merge_peaks(runs: Sequence[dict[str, int]]) -> dict[str, int]:
     """Largest peak of each process over repeats."""
     out: dict[str, int] = {}

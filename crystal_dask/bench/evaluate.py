@@ -41,22 +41,45 @@ TUBR_ROWS = 46_666
 TARGET_PEAK = 2 * 1024**3  # bytes, per process
 
 
-def tile_dataset(source, out: Path, rows: int):
-    """A Dataset of `rows` patches in extract's output format whose pixels and metadata cycle through `source`'s
-    extracted patches, every row in the `eval` split. Reused when `out` already holds the same one."""
+AUGMENT_SHIFT = 8  # px: the step of augment's circular shifts
+VARIANTS = 8 * 9  # augment's distinct variants: the square's 8 symmetries x 9 shifts
+
+
+def augment(patches: np.ndarray, variants: np.ndarray) -> np.ndarray:
+    """Patches (n, p, p) turned as a user's training augmentation turns them: variant v = 8 s + d is the square's
+    symmetry d (rotated d % 4 quarter turns, mirrored first when d >= 4) shifted circularly by (s // 3, s % 3) x
+    AUGMENT_SHIFT px, s in 0..8; variant 0 is the patch itself, and variants repeat after VARIANTS."""
+    out = np.empty_like(patches)
+    for i, v in enumerate(np.asarray(variants) % VARIANTS):
+        d, s = int(v) % 8, int(v) // 8
+        turned = np.rot90(patches[i, :, ::-1] if d >= 4 else patches[i], d % 4)
+        out[i] = np.roll(turned, (s // 3 * AUGMENT_SHIFT, s % 3 * AUGMENT_SHIFT), axis=(0, 1))
+    return out
+
+
+def tile_dataset(source, out: Path, rows: int, picks: np.ndarray | None = None, variants: np.ndarray | None = None):
+    """A Dataset of `rows` patches in extract's output format made from `source`'s extracted patches, every row in
+    the `eval` split: row i is source patch `picks[i]` (a position in source.rows(); default: cycling through
+    them), its pixels turned by `augment` variant `variants[i]` (default 0: as extracted), its label and metadata
+    the source patch's. Reused when `out` already holds the same one."""
     from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, Dataset
     from crystal_dask.store.schema import REJECTS, make_table
     from crystal_dask.vocab import CLASSES, SPLITS
 
     src_manifest = source.read_manifest()
-    digest = hashlib.sha256(f"tiled:{src_manifest['plan_hash']}:{rows}".encode()).hexdigest()
+    meta = source.rows()
+    src_rows = meta["row"].to_numpy()
+    picks = np.arange(rows) % len(src_rows) if picks is None else np.asarray(picks, dtype=np.int64)
+    variants = np.zeros(rows, np.int64) if variants is None else np.asarray(variants, dtype=np.int64)
+    if picks.shape != (rows,) or variants.shape != (rows,):
+        raise ValueError(f"picks and variants need one entry per row ({rows}); got {picks.shape}, {variants.shape}")
+    layout = hashlib.sha256(picks.tobytes() + variants.tobytes()).hexdigest()
+    digest = hashlib.sha256(f"tiled:{src_manifest['plan_hash']}:{rows}:{layout}".encode()).hexdigest()
     ds = Dataset(Path(out))
     if ds.complete() and ds.read_manifest().get("plan_hash") == digest:
         return ds
     ds.root.mkdir(parents=True, exist_ok=True)
     settings = src_manifest["settings"]
-    meta = source.rows()
-    src_rows = meta["row"].to_numpy()
     pixels = source.matrix(src_rows)
     labels = np.array([CLASSES.index(c) for c in meta["cls"].to_pylist()], dtype=np.int16)
     crystal = meta["crystal"].to_numpy(zero_copy_only=False)
@@ -65,10 +88,11 @@ def tile_dataset(source, out: Path, rows: int):
     ds.create(rows, settings, digest, c, {PIXELS: ((p, p), "uint8")})
     checksums = {}
     for start in range(0, rows, c):  # whole chunks, as extract's tasks write them
-        idx = np.arange(start, min(start + c, rows)) % len(src_rows)
-        checksums |= ds.write_rows(start, {PIXELS: pixels[idx].reshape(len(idx), p, p), "label": labels[idx],
-                              "crystal": crystal[idx], "split": np.full(len(idx), SPLITS.index("eval"), np.int8)})
-    table_ = meta.take(pa.array(np.arange(rows) % len(src_rows)))
+        idx = picks[start:start + c]
+        turned = augment(pixels[idx].reshape(len(idx), p, p), variants[start:start + c])
+        checksums |= ds.write_rows(start, {PIXELS: turned, "label": labels[idx], "crystal": crystal[idx],
+                                           "split": np.full(len(idx), SPLITS.index("eval"), np.int8)})
+    table_ = meta.take(pa.array(picks))
     table_ = table_.set_column(table_.schema.get_field_index("row"), "row", pa.array(np.arange(rows), pa.int64()))
     table_ = table_.set_column(table_.schema.get_field_index("split"), "split", pa.array(["eval"] * rows))
     manifest = {"plan_hash": digest, "settings": settings, "format_version": FORMAT_VERSION,

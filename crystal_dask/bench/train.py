@@ -1,20 +1,23 @@
-"""`crystal-dask bench train`: the forest as crystal_dask fits it (crystal_dask.forest.fit_forest: one task per tree
-through joblib's dask backend on a 2-worker LocalCluster, each tree reading its own rows from zarr) against the same
+"""`crystal-dask bench train`: the forest as crystal_dask fits it (crystal_dask.forest.fit_forest: one dask task per
+tree on a 2-worker LocalCluster, each tree reading its own rows from zarr) against the same
 BalancedRandomForestClassifier(random_state=42) fitted with joblib's default backend and n_jobs=2 in one process on
 the matrix in memory, and against the previous design (the float32 matrix broadcast to every worker, then joblib's
 dask backend), on the same rows: real patches (256 px windows of a generated FCBR-like corpus), n x 65,536. Fits
-alternate, `repeats` times each; the models must predict identically.
+alternate, `repeats` times each; each is timed in wall seconds and in CPU seconds of all its processes (client and
+scheduler included), which a loaded machine inflates far less; the models must predict identically.
 
 The per-tree fit reads through each machine's decoded copy of the array (store/rowcache.py), kept in a fresh
 folder of the bench's work directory: the first fit after emptying it is timed alone ("cold": every chunk decoded
 once on the way), the repeats then read a filled copy, as every later tree, configuration and run on those
-machines does. Each tree reports its reading and fitting seconds.
+machines does. Each tree reports its draw (the sampler), reading and fitting seconds.
 
-The scale run (`scale_rows` > 0) fits on a large window set in extract's own format whose smallest class has
-`scale_smallest` rows, as rare classes do in the real corpora: the decoded copy is filled first (timed, in tasks
-on both workers), then the forest; it reports wall time, read and fit seconds per tree, every process's peak
-memory, and how many chunks each tree touches (why one decode per tree cannot scale, and why ordering rows by
-class or batching trees would not be enough). The in-memory path's need is given on paper.
+The scale run (`scale_rows` > 0) fits on a large window set in extract's own format made of the corpus's real
+patches and their augmented copies (flips, quarter turns, small shifts), each row with its own patch's label, whose
+smallest class has `scale_smallest` rows, as rare classes do in the real corpora (scale_layout): the decoded copy
+is filled first (timed, in tasks on both workers), then the forest; it reports wall time, read and fit seconds per
+tree, every process's peak memory, and how many chunks each tree touches (why one decode per tree cannot scale,
+and why ordering rows by class or batching trees would not be enough). The in-memory path's need is given on
+paper.
 
 The cost model: single trees fitted on the workers over a grid of sample rows x features (columns of the same
 pixels), fitted as fit seconds = c * rows^a * features^b (least squares in logs) and read seconds = r * rows *
@@ -32,7 +35,17 @@ from typing import Any
 import dask.config
 import numpy as np
 
-from crystal_dask.bench.common import Stat, fmt_bytes, fmt_stat, merge_peaks, patch_dataset, peaks, ratio, table
+from crystal_dask.bench.common import (
+    Stat,
+    cpu_used,
+    fmt_bytes,
+    fmt_stat,
+    merge_peaks,
+    patch_dataset,
+    peaks,
+    ratio,
+    table,
+)
 from crystal_dask.runtime.cluster import local_client
 from crystal_dask.store import rowcache
 
@@ -101,28 +114,26 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
         fit_forest(reader, chosen, y, client, random_state=RANDOM_STATE, timings=cold)
         cold_seconds = time.perf_counter() - t0
         log(f"cold fit (every chunk decoded once on the way): {cold_seconds:.2f} s")
-        seconds: dict[str, list[float]] = {"dask": [], "local": [], "broadcast_fit": []}
-        mem: dict[str, list[dict[str, int]]] = {"dask": [], "local": [], "broadcast_fit": []}
         trees: list = []
+        contenders: dict[str, tuple[Any, Callable[[], Any]]] = {  # name -> (its cluster, the fit)
+            "dask": (client, lambda: fit_forest(reader, chosen, y, client, random_state=RANDOM_STATE, timings=trees)),
+            "broadcast_fit": (client, lambda X=X: broadcast_fit(X, y, client)),
+            "local": (None, lambda X=X: BalancedRandomForestClassifier(random_state=RANDOM_STATE, n_jobs=2).fit(X, y)),
+        }
+        seconds: dict[str, list[float]] = {k: [] for k in contenders}
+        cpu: dict[str, list[float]] = {k: [] for k in contenders}
+        mem: dict[str, list[dict[str, int]]] = {k: [] for k in contenders}
         models = {}
         for rep in range(repeats):
-            with peaks(client) as pk:
-                t0 = time.perf_counter()
-                models["dask"] = fit_forest(reader, chosen, y, client, random_state=RANDOM_STATE, timings=trees)
-                seconds["dask"].append(time.perf_counter() - t0)
-            mem["dask"].append(pk)
-            with peaks(client) as pk:
-                t0 = time.perf_counter()
-                models["broadcast_fit"] = broadcast_fit(X, y, client)
-                seconds["broadcast_fit"].append(time.perf_counter() - t0)
-            mem["broadcast_fit"].append(pk)
-            with peaks() as pk:
-                t0 = time.perf_counter()
-                models["local"] = BalancedRandomForestClassifier(random_state=RANDOM_STATE, n_jobs=2).fit(X, y)
-                seconds["local"].append(time.perf_counter() - t0)
-            mem["local"].append({"process": pk["client"]})
-            log(f"repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items())
-                + f" (load {_load()})")
+            for name, (cluster, fit) in contenders.items():
+                with peaks(cluster) as pk, cpu_used(cluster) as used:
+                    t0 = time.perf_counter()
+                    models[name] = fit()
+                    seconds[name].append(time.perf_counter() - t0)
+                mem[name].append(pk if cluster is not None else {"process": pk["client"]})
+                cpu[name].append(used["total"])
+            log(f"repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s ({cpu[k][-1]:.2f} CPU s)"
+                                                            for k, v in seconds.items()) + f" (load {_load()})")
 
         check = X if not len(held_out) else np.vstack([X, ds.matrix(held_out).astype(np.float32)])
         same_pred = bool(np.array_equal(models["dask"].predict(check), models["local"].predict(check)))
@@ -130,7 +141,7 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
         same_proba = same_proba and bool(np.array_equal(models["broadcast_fit"].predict_proba(check),
                                                          models["local"].predict_proba(check)))
         rows_checked = len(check)
-        del X, check  # the baseline's copies: not held through the cost model's and the scale run's trees
+        del X, check, contenders  # the baseline's copies: not held through the cost model's and the scale run's trees
         grid = _calibrate(client, reader, chosen, y, model_rows, model_features, seed)
         log(f"cost model grid: {len(grid)} single trees (load {_load()})")
         scale = _scale_run(work, ds, client, scale_rows, scale_smallest, scale_trees, log) if scale_rows else None
@@ -146,9 +157,11 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
         "x_bytes": int(rows * models["local"].n_features_in_ * 4), "classes": np.bincount(y).tolist(),
         "dataset": str(ds.root), "dataset_patches": int(len(valid)),
         "seconds": {k: v.as_dict() for k, v in stats.items()},
+        "cpu_seconds": {k: Stat(tuple(v)).as_dict() for k, v in cpu.items()},
         "cold_seconds": cold_seconds, "cold_per_tree": tree_summary(cold),
         "per_tree": per_tree,
         "ratios": {"overhead": overhead, "cold_overhead": cold_seconds / stats["local"].median,
+                   "overhead_cpu": float(np.median(cpu["dask"]) / np.median(cpu["local"])),
                    "broadcast_overhead": ratio(stats["broadcast_fit"], stats["local"])},
         "targets": {"overhead": {"target": TARGET_OVERHEAD, "met": overhead <= TARGET_OVERHEAD},
                     "read_share": {"target": TARGET_READ_SHARE,
@@ -168,17 +181,16 @@ def _load() -> str:
 
 
 def tree_summary(timings: Sequence) -> dict[str, Any]:
-    """Medians of the trees' read and fit seconds, the share of reading (of the sum, and of the worst tree) and
-    the sample's shape."""
-    read = np.array([t.read for t in timings])
-    fit = np.array([t.fit for t in timings])
-    read_cpu = np.array([t.read_cpu for t in timings])
-    fit_cpu = np.array([t.fit_cpu for t in timings])
-    share = read / (read + fit)
-    return {"trees": len(timings), "read": float(np.median(read)), "fit": float(np.median(fit)),
-            "read_cpu": float(np.median(read_cpu)), "fit_cpu": float(np.median(fit_cpu)),
-            "read_share": float(read.sum() / (read + fit).sum()), "read_share_max": float(share.max()),
-            "read_share_cpu": float(read_cpu.sum() / (read_cpu + fit_cpu).sum()),
+    """Medians of the trees' draw, read and fit seconds, the share of reading in a tree's time (draw + read +
+    fit; of the sum, and of the worst tree) and the sample's shape."""
+    col = {k: np.array([getattr(t, k) for t in timings]) for k in ("draw", "read", "fit", "draw_cpu", "read_cpu",
+                                                                   "fit_cpu")}
+    total = col["draw"] + col["read"] + col["fit"]
+    total_cpu = col["draw_cpu"] + col["read_cpu"] + col["fit_cpu"]
+    return {"trees": len(timings), **{k: float(np.median(v)) for k, v in col.items()},
+            "read_share": float(col["read"].sum() / total.sum()), "read_share_max": float((col["read"] / total).max()),
+            "read_share_cpu": float(col["read_cpu"].sum() / total_cpu.sum()),
+            "read_share_cpu_max": float((col["read_cpu"] / total_cpu).max()),
             "rows": int(timings[0].rows), "features": int(timings[0].features),
             "processes": len({t.pid for t in timings})}
 
@@ -189,11 +201,18 @@ def _grid_tree(reader, rows: np.ndarray, y: np.ndarray, features: int) -> tuple[
     fit one tree as the forest does; CPU seconds of this thread (read, fit): the load-independent cost."""
     from sklearn.tree import DecisionTreeClassifier
 
+    from crystal_dask.forest import release_sample_buffers, sample_buffer
+
     t0 = time.thread_time()
-    whole = features >= reader.shape[1]  # else: the leading columns, cut before the float32 copy
-    X = reader(rows, np.float32) if whole else np.ascontiguousarray(reader(rows)[:, :features], dtype=np.float32)
+    if features >= reader.shape[1]:  # as a forest's tree reads (the worker's reused buffer: warm it first)
+        reader(rows, out=sample_buffer(len(rows), reader.shape[1]))
+        t0 = time.thread_time()
+        X = reader(rows, out=sample_buffer(len(rows), reader.shape[1]))
+    else:  # the leading columns, cut before the float32 copy (a read not timed as a tree's: see cost_model)
+        X = np.ascontiguousarray(reader(rows)[:, :features], dtype=np.float32)
     t1 = time.thread_time()
     DecisionTreeClassifier(max_features="sqrt", random_state=0).fit(X, y)
+    release_sample_buffers()
     return t1 - t0, time.thread_time() - t1
 
 
@@ -217,15 +236,17 @@ def _calibrate(client, reader, rows: np.ndarray, y: np.ndarray, sizes: Sequence[
 
 def cost_model(grid: Sequence[dict[str, float]]) -> dict[str, Any]:
     """fit seconds = c * rows^a * features^b (least squares in logs) and read seconds = r * rows * features
-    (least squares through 0), from the grid's trees; CPU seconds of one thread, i.e. of a core of its own."""
+    (least squares through 0, on the full-width points), from the grid's trees; CPU seconds of one thread, i.e. of
+    a core of its own."""
     n = np.array([p["rows"] for p in grid], float)
     d = np.array([p["features"] for p in grid], float)
     fit = np.array([p["fit"] for p in grid], float)
     read = np.array([p["read"] for p in grid], float)
     design = np.column_stack([np.ones_like(n), np.log(n), np.log(d)])
     (log_c, a, b), *_ = np.linalg.lstsq(design, np.log(fit), rcond=None)
-    cells = n * d
-    r = float(cells @ read / (cells @ cells))
+    whole = d == d.max()  # a tree reads whole rows: only the grid's full-width points time a tree's read
+    cells = n[whole] * d[whole]
+    r = float(cells @ read[whole] / (cells @ cells))
     residual = np.exp(design @ np.array([log_c, a, b])) / fit
     return {"fit": {"c": float(np.exp(log_c)), "rows_exponent": float(a), "features_exponent": float(b),
                     "worst_ratio": float(max(residual.max(), 1 / residual.min()))},
@@ -248,7 +269,7 @@ def sizing(model: dict[str, Any], scale: dict[str, Any] | None, rows: int, small
     return {"rows": rows, "smallest": smallest, "features": features, "trees": trees, "workers": workers,
             "sample_rows": n, "seconds_per_tree": tree, "fill_seconds": fill,
             "seconds": (fill or 0.0) + trees * tree / workers,
-            "worker_bytes": n * features * 4 + 2 * n * features,  # the float32 sample, and reading's uint8 blocks
+            "worker_bytes": n * features * 4 + rowcache.BATCH_BYTES,  # the float32 sample, and reading's batch
             "disk_bytes_per_machine": rows * features}
 
 
@@ -274,7 +295,9 @@ def report(r: dict[str, Any]) -> str:
     same = r["identical"]
     lines.append(f"\noverhead ratio dask / default backend (of medians): {r['ratios']['overhead']:.2f} "
                  f"(target <= {t['overhead']['target']:g}: {'met' if t['overhead']['met'] else 'MISSED'}); "
-                 f"cold {r['ratios']['cold_overhead']:.2f}")
+                 f"cold {r['ratios']['cold_overhead']:.2f}; of CPU seconds (every process of each side) "
+                 f"{r['ratios']['overhead_cpu']:.2f} ({r['cpu_seconds']['dask']['median']:.2f} / "
+                 f"{r['cpu_seconds']['local']['median']:.2f})")
     lines.append(_trees_line("per tree", pt))
     if r.get("scale"):
         sc = r["scale"]
@@ -313,10 +336,11 @@ def report(r: dict[str, Any]) -> str:
 
 def _trees_line(what: str, pt: dict[str, Any]) -> str:
     met = pt["read_share_max"] <= TARGET_READ_SHARE
-    return (f"{what} ({pt['trees']} trees of {pt['rows']} x {pt['features']}, on {pt['processes']} processes): read "
-            f"{pt['read']:.3f} s, fit {pt['fit']:.3f} s (medians; CPU {pt['read_cpu']:.3f} / {pt['fit_cpu']:.3f} s); "
-            f"reading {pt['read_share']:.0%} of the time ({pt['read_share_cpu']:.0%} of the CPU), "
-            f"{pt['read_share_max']:.0%} in the worst tree (target <= {TARGET_READ_SHARE:.0%}: "
+    return (f"{what} ({pt['trees']} trees of {pt['rows']} x {pt['features']}, on {pt['processes']} processes): draw "
+            f"{pt['draw']:.3f} s, read {pt['read']:.3f} s, fit {pt['fit']:.3f} s (medians; CPU {pt['draw_cpu']:.3f} / "
+            f"{pt['read_cpu']:.3f} / {pt['fit_cpu']:.3f} s); reading {pt['read_share']:.0%} of the time "
+            f"({pt['read_share_cpu']:.0%} of the CPU), {pt['read_share_max']:.0%} in the worst tree "
+            f"({pt['read_share_cpu_max']:.0%} of its CPU; target <= {TARGET_READ_SHARE:.0%}: "
             f"{'met' if met else 'MISSED'})")
 
 
@@ -344,27 +368,47 @@ def touched_chunks(y: np.ndarray, chunk: int, trees: int, rng: np.random.Generat
     return float(np.mean(counts))
 
 
+def scale_layout(labels: np.ndarray, rows: int, smallest: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scale set made from source patches of classes `labels`: (source patch of each row, its augment variant,
+    rows per class present). The source's rarest class gets `smallest` rows, the others share the rest in
+    proportion to their source counts (at least `smallest` each). Classes lie in blocks of rows, as extract writes
+    a region's windows side by side; a class's rows are its source patches, then their variants 1, 2, ... in turn,
+    each keeping its patch's label (a user's augmented training set: no two rows with the same pixels and
+    different labels)."""
+    present, src_counts = np.unique(labels, return_counts=True)
+    share = src_counts.astype(float)
+    share[np.argmin(src_counts)] = 0
+    counts = np.maximum(smallest, np.floor(share / share.sum() * (rows - smallest))).astype(np.int64)
+    counts[np.argmin(src_counts)] = smallest
+    counts[np.argmax(src_counts)] += rows - counts.sum()
+    if counts.min() < smallest:
+        raise ValueError(f"--scale-rows {rows} cannot give each of {len(present)} classes {smallest} rows")
+    picks, variants = [], []
+    for c, n in zip(present, counts, strict=True):
+        members = np.flatnonzero(labels == c)
+        copy = np.arange(n)
+        picks.append(members[copy % len(members)])
+        variants.append(copy // len(members))
+    return np.concatenate(picks), np.concatenate(variants), counts
+
+
 def _scale_run(work: Path, source, client, rows: int, smallest: int, trees: int,
                log: Callable[[str], None]) -> dict[str, Any]:
-    """A forest on `rows` window patches (extract's format, pixels tiled from `source`) whose classes are blocks
-    of rows, the smallest `smallest` rows: the decoded copy filled first, then the forest; wall time, each tree's
-    read and fit seconds and every process's peak memory."""
+    """A forest on `rows` window patches in extract's format: `source`'s real patches and their augmented copies,
+    each with its own patch's label (scale_layout), the smallest class `smallest` rows; the decoded copy filled
+    first, then the forest; wall time, each tree's read and fit seconds and every process's peak memory."""
     from crystal_dask.bench.evaluate import tile_dataset
     from crystal_dask.forest import TrainingRows, fit_forest
 
     t0 = time.perf_counter()
-    ds = tile_dataset(source, work / f"scale-{rows}", rows)
+    picks, variants, counts = scale_layout(source.labels(source.rows()["row"].to_numpy()), rows, smallest)
+    ds = tile_dataset(source, work / f"scale-{rows}", rows, picks, variants)
+    y = ds.labels(np.arange(rows))
     chunk = int(ds.group()["pixels"].chunks[0])
-    # classes as contiguous blocks (windows of one region are neighbours in extract's order): the smallest has
-    # `smallest` rows, the others share the rest unequally
-    weights = np.array([1, 2, 3, 4, 6, 8, 10, 12, 14], float)
-    counts = np.maximum(smallest, np.floor(weights / weights.sum() * rows)).astype(int)
-    counts[0] = smallest
-    counts[-1] += rows - counts.sum()
-    y = np.repeat(np.arange(9), counts)
     touched = {"chunks": -(-rows // chunk), "as_stored": touched_chunks(y, chunk, 10),
                "shuffled": touched_chunks(y, chunk, 10, np.random.default_rng(0))}
-    log(f"scale: {rows:,} rows ready in {time.perf_counter() - t0:.0f} s, classes {counts.tolist()}, {trees} trees; "
+    log(f"scale: {rows:,} rows ready in {time.perf_counter() - t0:.0f} s, classes {counts.tolist()} (up to "
+        f"{int(variants.max()) + 1} variants of a patch), {trees} trees; "
         f"a tree touches {touched['as_stored']:.0f} of {touched['chunks']} chunks (load {_load()})")
     timings: list = []
     with peaks(client) as pk:

@@ -1,4 +1,4 @@
-"""`crystal-dask train`: fit one configuration's BalancedRandomForestClassifier under joblib's dask backend."""
+"""`crystal-dask train`: fit one configuration's BalancedRandomForestClassifier, one dask task per tree."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage train: choose each configuration's rows and fit BalancedRandomForestClassifier under joblib's dask backend.
+"""Stage train: choose each configuration's rows and fit BalancedRandomForestClassifier, one dask task per tree.
 
 Settings: the job file's `train:` section (`corpus`, `configs.<name>`). Outputs: <out>/models/<config>.skops beside
 its manifest <config>.json; redone when the configuration or a step it reads (the corpus's extract and features

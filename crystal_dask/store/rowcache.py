@@ -17,8 +17,9 @@ starts a new copy instead. Arrays without recorded checksums are not cached (the
 
 Worker processes of one machine fill the same files: a chunk is filled under an fcntl lock on its byte of .done,
 and its done byte is written only after its rows, so a reader never sees a half-filled chunk and no chunk is
-decoded twice. Reads go through a short-lived memory map per block of rows, so a process's resident memory holds
-at most one block of the file besides its output.
+decoded twice. Rows are read with pread into a small batch of the stored dtype and converted from there into the
+caller's output (`gather`): nothing of the file is mapped, so a process's resident memory holds one batch besides
+its output, and the conversion reads from the CPU's cache instead of page-faulting through a fresh mapping.
 
 Settings (dask config, read where the rows are read): `crystal_dask.row_cache.directory` (default
 `<temporary-directory>/crystal-dask-rows`) and `crystal_dask.row_cache.max_bytes` (bytes or a size such as
@@ -50,7 +51,7 @@ from crystal_dask.store.integrity import Damage, DamagedDataError
 
 DIRECTORY_KEY = "crystal_dask.row_cache.directory"
 MAX_BYTES_KEY = "crystal_dask.row_cache.max_bytes"
-_BLOCK_BYTES = 64 * 2**20  # bytes of the file mapped at once while gathering rows
+BATCH_BYTES = 256 * 2**10  # rows read at once before their conversion: small enough to stay in the CPU's cache
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -93,7 +94,8 @@ def _key(group_path: str, name: str, checksums_stamp: tuple[int, int], meta_stam
     return hashlib.sha256(json.dumps([meta, mine, boot]).encode()).hexdigest()
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def stamp(path: Path) -> tuple[int, int]:
+    """(mtime, size) of a file, (0, 0) when it is absent: a memo's key that changes when the file does."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -134,20 +136,17 @@ class RowCache:
                     os.ftruncate(f.fileno(), size)  # every creator sets the same size: idempotent
             os.utime(done.fileno())  # last use, for eviction
             filled = self._fill(data, done, np.unique(rows // chunk), chunk, row_bytes)
-            # blocks of output rows, straight into their slice of `out`: the stored-dtype gather is the only
-            # temporary (a scatter into out[order] would first cast the whole block to out's dtype)
-            per_block = max(1, _BLOCK_BYTES // max(1, n_features * max(out.itemsize, self.arr.dtype.itemsize)))
-            for i in range(0, len(rows), per_block):
-                view = np.memmap(data, dtype=self.arr.dtype, mode="r", shape=(n_rows, n_features))
-                out[i:i + per_block] = view[rows[i:i + per_block]]
-                del view  # unmapped: the pages just read leave this process's resident set
+            gather(data.fileno(), rows, out, self.arr.dtype, row_bytes)
         return filled
 
     def _fill(self, data, done, chunks: Iterable[int], chunk: int, row_bytes: int) -> int:
         marks = os.pread(done.fileno(), os.fstat(done.fileno()).st_size, 0)
+        missing = [int(k) for k in chunks if not marks[k]]
+        if not missing:  # the usual case once the copy is filled: no checksums to load
+            return 0
         recorded = integrity.load_checksums(self.group_path.parent)
         filled = 0
-        for k in (int(k) for k in chunks if not marks[k]):
+        for k in missing:
             fcntl.lockf(done, fcntl.LOCK_EX, 1, k)
             try:
                 if os.pread(done.fileno(), 1, k) == b"\x01":
@@ -167,12 +166,37 @@ class RowCache:
         return filled
 
 
+def gather(fd: int, rows: np.ndarray, out: np.ndarray, stored: np.dtype, row_bytes: int) -> None:
+    """out[i] = row rows[i] of the flat file `fd` (rows of `row_bytes` bytes of dtype `stored`), any order.
+
+    Straight into `out` when it has the stored dtype; else batches of about BATCH_BYTES are read and converted
+    into their slice of `out` (uint8 -> float32 from a batch the cache holds costs a fraction of the same copy
+    through a memory map, whose pages must each be faulted in).
+    """
+    if out.dtype == stored:
+        for i, r in enumerate(rows):
+            _pread_into(fd, out[i], int(r) * row_bytes)
+        return
+    per_batch = max(1, BATCH_BYTES // row_bytes)
+    batch = np.empty((min(per_batch, len(rows)), out.shape[1]), stored)
+    for i in range(0, len(rows), per_batch):
+        part = rows[i:i + per_batch]
+        for j, r in enumerate(part):
+            _pread_into(fd, batch[j], int(r) * row_bytes)
+        out[i:i + len(part)] = batch[:len(part)]
+
+
+def _pread_into(fd: int, row: np.ndarray, offset: int) -> None:
+    if os.preadv(fd, [row], offset) != row.nbytes:  # a regular file reads whole unless it is shorter
+        raise OSError(f"row cache: short read at byte {offset} of a file sized for the array")
+
+
 def open_cache(group_path: str | Path, name: str, arr: zarr.Array) -> RowCache | None:
     """This machine's cache of `arr` (array `name` of the zarr group at `group_path`), or None when it is off,
     the array has no recorded checksums, or the array alone exceeds the bound."""
     group_path = Path(group_path)
-    key = _key(str(group_path), name, _stamp(group_path.parent / integrity.CHECKSUMS),
-               _stamp(group_path / name / "zarr.json"))
+    key = _key(str(group_path), name, stamp(group_path.parent / integrity.CHECKSUMS),
+               stamp(group_path / name / "zarr.json"))
     if key is None:
         return None
     where = directory()
@@ -190,7 +214,7 @@ def open_cache(group_path: str | Path, name: str, arr: zarr.Array) -> RowCache |
 
 def evict(where: Path, keep_under: int) -> None:
     """Remove the least recently used arrays until the cache occupies at most `keep_under` bytes."""
-    entries = sorted(where.glob("*.done"), key=lambda p: _stamp(p)[0])
+    entries = sorted(where.glob("*.done"), key=lambda p: stamp(p)[0])
     total = usage(where)
     for done in entries:
         if total <= keep_under:

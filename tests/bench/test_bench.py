@@ -170,7 +170,7 @@ def test_bench_train_reports_overhead_and_identical_models(bench_work):
     assert 0 < pt["fit_cpu"] and 0 < pt["read_share_cpu"] < 1
     assert pt["features"] == 256 * 256 and pt["rows"] == 9 * min(r["classes"])
     sc = r["scale"]
-    assert sc["rows"] == 400 and sc["classes"][0] == 20 and sum(sc["classes"]) == 400
+    assert sc["rows"] == 400 and min(sc["classes"]) == 20 and sum(sc["classes"]) == 400
     assert sc["per_tree"]["trees"] == 4 and sc["per_tree"]["rows"] == 9 * 20
     assert sc["seconds"] == pytest.approx(sc["fill_seconds"] + sc["forest_seconds"])
     assert set(sc["peak_rss"]) == {"client", "worker-0", "worker-1"} and sc["under_2gib"]
@@ -222,3 +222,25 @@ def test_tiled_set_has_extract_output_format(bench_work):
     first = src["pixels"].get_orthogonal_selection((src_rows[:3], slice(None), slice(None)))
     assert np.array_equal(big["pixels"][k:k + 3], first)  # cycled
     assert tiled.read_manifest()["patches"] == 700
+
+
+def test_augment_gives_distinct_variants_and_the_patch_itself_first():
+    patch = np.random.default_rng(0).integers(0, 256, (1, 32, 32), dtype=np.uint8)
+    turned = bench_evaluate.augment(np.repeat(patch, bench_evaluate.VARIANTS, 0), np.arange(bench_evaluate.VARIANTS))
+    assert np.array_equal(turned[0], patch[0])
+    assert len({t.tobytes() for t in turned}) == bench_evaluate.VARIANTS  # no two variants alike
+    assert np.array_equal(bench_evaluate.augment(patch, [bench_evaluate.VARIANTS + 3]),
+                          bench_evaluate.augment(patch, [3]))  # variants repeat after VARIANTS
+
+
+def test_scale_layout_keeps_each_patchs_label_and_sizes_the_smallest_class():
+    labels = np.repeat([4, 0, 7], [30, 5, 12])  # the rarest source class is 0
+    picks, variants, counts = bench_train.scale_layout(labels, 600, 40)
+    assert counts.tolist() == [40, 400, 160]  # the rest shared as the source shares it: 30 : 12
+    assert len(picks) == len(variants) == 600 and counts.sum() == 600
+    y = labels[picks]
+    assert np.array_equal(y, np.repeat([0, 4, 7], counts))  # classes in blocks, each row its patch's label
+    pairs = set(zip(picks.tolist(), variants.tolist(), strict=True))
+    assert len(pairs) == 600  # no row repeats another's pixels while there are variants left
+    with pytest.raises(ValueError, match="cannot give each"):
+        bench_train.scale_layout(labels, 100, 40)
