@@ -2,8 +2,8 @@
 exports) on 1 and 2 workers, in one run against
   (a) the script a competent user would write: OpenSlide under `multiprocessing.Pool(2)`, its tissue mask from
       `get_thumbnail` (Otsu on saturation), one slide handle per process, each window read with `read_region` at
-      `get_best_level_for_downsample`, PIL grey and resize to 256, the model loaded once per process (skops) and
-      one `predict_proba` per chunk of windows;
+      `get_best_level_for_downsample`, PIL grey and resize to 256, the model loaded once per process (skops; inside
+      the timer, as infer's load and broadcast are) and one `predict_proba` per chunk of windows;
   (b) the decode limit: only decoding, once each, the JPEG tiles crystal_dask's tissue windows touch at the level
       it reads them, split over 2 processes.
 A pixel model and a feature model (stain + texture + calcification) are both run; the per-window cost of the
@@ -199,9 +199,11 @@ _STATE: dict[str, Any] = {}
 
 
 def _pool_init(model_path: str) -> None:
-    from crystal_dask.store.models import load_model
+    """Modules imported before the timer (infer's client and workers have theirs warm too); the model is not."""
+    import sklearn.ensemble  # noqa: F401
+    import skops.io  # noqa: F401
 
-    _STATE["model"], _STATE["slides"] = load_model(Path(model_path)), {}
+    _STATE["model_path"], _STATE["slides"] = model_path, {}
 
 
 def _pool_chunk(boxes: list[list]) -> tuple[int, int, int]:
@@ -210,6 +212,10 @@ def _pool_chunk(boxes: list[list]) -> tuple[int, int, int]:
     import openslide
     from PIL import Image
 
+    if "model" not in _STATE:  # loaded once per process, on its first chunk: inside the timer, as infer's is
+        from crystal_dask.store.models import load_model
+
+        _STATE["model"] = load_model(Path(_STATE["model_path"]))
     X = []
     for path, x0, y0, x1, _y1 in boxes:
         slide = _STATE["slides"].get(path)
@@ -247,10 +253,11 @@ def script_windows(path: str, threshold: float = 0.5, size: int = SIZE) -> list[
 
 
 def prepare_script(slides: list[str], model: str, chunk: int = 64) -> Callable[[], dict]:
-    """Child process: a Pool(2) started and each process's model loaded (untimed); then (timed) each slide's
-    tissue mask and windows, and every window read and predicted in the pool."""
+    """Child process: a Pool(2) started (untimed, as infer's cluster is); then (timed) each slide's tissue mask
+    and windows, each process's model load (once, as infer loads and broadcasts its model inside its timer), and
+    every window read and predicted in the pool."""
     pool = multiprocessing.get_context("fork").Pool(2, initializer=_pool_init, initargs=(model,))
-    pool.map(abs, range(4))  # both processes are up and have loaded the model
+    pool.map(abs, range(4))  # both processes are up
 
     def work() -> dict:
         todo = [box for path in slides for box in script_windows(path)]
@@ -286,7 +293,7 @@ PHASES = ("infer-tissue", "infer-windows", "infer-export")
 
 def timed_infer(client: Any, entries: list, model: Path, out: Path) -> tuple[float, dict[str, int], dict, int]:
     """One `infer_slides` run into a fresh `out`: (wall seconds, peak RSS per process, compute seconds and task
-    count per kind of task, windows predicted)."""
+    count per kind of task, tissue windows: those predicted and those no feature could describe)."""
     from distributed import get_task_stream
 
     from crystal_dask.infer.run import infer_slides
@@ -302,7 +309,7 @@ def timed_infer(client: Any, entries: list, model: Path, out: Path) -> tuple[flo
         if kind in phases:
             phases[kind]["tasks"] += 1
             phases[kind]["seconds"] += sum(s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute")
-    return seconds, pk, phases, m["windows"]
+    return seconds, pk, phases, m["windows"] + m["unscored_windows"]
 
 
 def per_window_costs(slide: Path, boxes: list[list], models: dict[str, Path]) -> dict[str, float]:

@@ -122,7 +122,8 @@ def infer_slides(
 ) -> dict[str, Any]:
     """Infer every slide with the model; resumes block by block. Writes into `out`:
 
-        slides/<bname>/windows.zarr               proba (rows x cols x 9 float32), tissue (bool), tissue_fraction
+        slides/<bname>/windows.zarr               proba (rows x cols x 9 float32), tissue (bool), scored (bool),
+                                                  tissue_fraction
         slides/<bname>/<bname>_overlay.png        predicted class per window over the thumbnail, legend
         slides/<bname>/<bname>_heatmap_<cls>.png  P(heatmap_class) per window
         slides/<bname>/<bname>.geojson            QuPath FeatureCollection (level-0 px)
@@ -159,13 +160,14 @@ def infer_slides(
         plans.append((entry, plan))
 
     results = _compute(plans, model_path, model_manifest, out, client, settings, corpus, show_progress)
-    rows, scores, done = [], {}, 0
+    rows, scores, done, unscored = [], {}, 0, 0
     for (entry, _plan), res in zip(plans, results, strict=True):
         if "error" in res:
             rejects.append(reject_row("infer", entry.slide, "", res["error"]))
             continue
         done += 1
         rows += res["rows"]
+        unscored += res["unscored"]
         if res.get("score"):
             scores[entry.bname] = res["score"]
     write_table(make_table(INFER_SUMMARY, rows), out / "summary.parquet", INFER_SUMMARY)
@@ -174,7 +176,8 @@ def infer_slides(
         "model": str(Path(model_path).resolve()), "model_sha256": model_manifest["sha256"], "corpus": corpus,
         "render_settings": s.as_dict(), "window_source": window_source, "settings": asdict(settings),
         "slides_in": len(slides), "slides_done": done, "rejects": len(rejects),
-        "windows": int(sum(r["windows"] for r in rows)), "format_version": FORMAT_VERSION,
+        "windows": int(sum(r["windows"] for r in rows)), "unscored_windows": unscored,
+        "format_version": FORMAT_VERSION,
         "score": combine_scores(list(scores.values())),
         "slides": {e.bname: {"slide": e.slide, "rows": p["rows"], "cols": p["cols"], "size": p["size"],
                              "step": p["step"], "mpp": p["mpp"]} for e, p in plans},
