@@ -28,7 +28,8 @@ def test_bench_infer_runs_from_a_fresh_folder(tmp_path):
     assert q["vs_decode_limit"] > 0 and q["scaling"] > 0
     assert set(r["peak_rss"]["crystal_dask_2w"]) == {"client", "worker-0", "worker-1"}
     assert set(r["peak_rss"]["crystal_dask_1w"]) == {"client", "worker-0"}
-    blocks = math.ceil(3000 / 500 / 16) * math.ceil(4000 / 500 / 16)
+    b = bench_infer.infer_settings().block
+    blocks = math.ceil(3000 / 500 / b) * math.ceil(4000 / 500 / b)
     for run in ("crystal_dask_1w", "crystal_dask_2w", "crystal_dask_2w_features"):
         ph = r["phases"][run]
         assert (ph["infer-tissue"]["tasks"], ph["infer-windows"]["tasks"], ph["infer-export"]["tasks"]) == (
