@@ -17,7 +17,6 @@ once, the tissue view is bounded by the thumbnail's side, and the export works o
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,8 +70,7 @@ def create_grid(task: Mapping[str, Any], tissue: np.ndarray, frac: np.ndarray) -
 @resumable(done_at=lambda task: marker(task, "tissue"))
 def infer_tissue(task: dict) -> dict:
     """Task infer-tissue: the slide's tissue grid, thumbnail and empty zarr; idempotent through its marker."""
-    from PIL import Image
-
+    from crystal_dask.exports.overlay import png_bytes
     from crystal_dask.wsi.tissue_mask import mask_from_rgb, thumbnail, tissue_fraction, window_boxes
 
     rows, cols = task["rows"], task["cols"]
@@ -84,9 +82,7 @@ def infer_tissue(task: dict) -> dict:
     except (SlideError, OSError, ValueError, MemoryError) as exc:
         return _fail(task, "tissue", exc)
     tissue = frac >= task["tissue_threshold"]
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    write_atomic(task["thumbnail"], buf.getvalue())
+    write_atomic(task["thumbnail"], png_bytes(rgb))
     create_grid(task, tissue, frac)
     return {"tissue_windows": int(tissue.sum()), "downsample": float(ds)}
 
