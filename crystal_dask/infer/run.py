@@ -122,7 +122,8 @@ def infer_slides(
 ) -> dict[str, Any]:
     """Infer every slide with the model; resumes block by block. Writes into `out`:
 
-        slides/<bname>/windows.zarr               proba (rows x cols x 9 float32), tissue (bool), tissue_fraction
+        slides/<bname>/windows.zarr               proba (rows x cols x 9 float32), tissue (bool), scored (bool),
+                                                  tissue_fraction
         slides/<bname>/<bname>_overlay.png        predicted class per window over the thumbnail, legend
         slides/<bname>/<bname>_heatmap_<cls>.png  P(heatmap_class) per window
         slides/<bname>/<bname>.geojson            QuPath FeatureCollection (level-0 px)
@@ -159,13 +160,14 @@ def infer_slides(
         plans.append((entry, plan))
 
     results = _compute(plans, model_path, model_manifest, out, client, settings, corpus, show_progress)
-    rows, scores, done = [], {}, 0
+    rows, scores, done, unscored = [], {}, 0, 0
     for (entry, _plan), res in zip(plans, results, strict=True):
         if "error" in res:
             rejects.append(reject_row("infer", entry.slide, "", res["error"]))
             continue
         done += 1
         rows += res["rows"]
+        unscored += res["unscored"]
         if res.get("score"):
             scores[entry.bname] = res["score"]
     write_table(make_table(INFER_SUMMARY, rows), out / "summary.parquet", INFER_SUMMARY)
@@ -174,7 +176,8 @@ def infer_slides(
         "model": str(Path(model_path).resolve()), "model_sha256": model_manifest["sha256"], "corpus": corpus,
         "render_settings": s.as_dict(), "window_source": window_source, "settings": asdict(settings),
         "slides_in": len(slides), "slides_done": done, "rejects": len(rejects),
-        "windows": int(sum(r["windows"] for r in rows)), "format_version": FORMAT_VERSION,
+        "windows": int(sum(r["windows"] for r in rows)), "unscored_windows": unscored,
+        "format_version": FORMAT_VERSION,
         "score": combine_scores(list(scores.values())),
         "slides": {e.bname: {"slide": e.slide, "rows": p["rows"], "cols": p["cols"], "size": p["size"],
                              "step": p["step"], "mpp": p["mpp"]} for e, p in plans},
@@ -186,7 +189,8 @@ def infer_slides(
 def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, Any], out: Path, client: Any,
              settings: InferSettings, corpus: str, show_progress: Callable[[list], None] | None) -> list[dict]:
     """Every slide's tissue, block and export tasks in one graph (so blocks of all slides keep every worker
-    busy), the model broadcast once; each slide's export result, in plan order."""
+    busy), the model broadcast once; each slide's export result, in plan order. The tissue tasks are submitted
+    first: the workers find tissue while this process loads and broadcasts the model."""
     import dask
 
     from crystal_dask.runtime.allocator import roomy_stage
@@ -194,9 +198,9 @@ def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, A
     from crystal_dask.wsi.slide_cache import close_stage
 
     task_manifest = {k: model_manifest[k] for k in ("config", "render_settings", "sha256", "feature_settings")}
-    todo = []
+    todo: list[Any] = []  # per slide: its export (or its finished result), in plan order
+    pending, tissues, model_future = [], [], None
     with roomy_stage(client) as stage:
-        model_future = None
         for i, (entry, plan) in enumerate(plans):
             paths = {k: str(v) for k, v in output_paths(out, entry.bname, settings.heatmap_class).items()}
             base = {k: plan[k] for k in ("slide", "bname", "width", "height", "mpp", "size", "step", "rows", "cols",
@@ -208,20 +212,24 @@ def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, A
                 todo.append(dask.delayed(json.loads)(export_marker.read_text(), dask_key_name=f"infer-done-{i}"))
                 continue
             key = f"{plan['digest'][:8]}-{i}"
-            tissue = dask.delayed(infer_tissue)(base | {"tissue_threshold": settings.tissue_threshold,
-                                                        "thumbnail_side": settings.thumbnail_side},
-                                                dask_key_name=f"infer-tissue-{key}")
-            if model_future is None:  # one copy per worker, referred to by key (not pickled into every task)
-                model_future = client.scatter(load_model(Path(model_path)), broadcast=True, hash=False)
+            pending.append((len(todo), entry, plan, base, paths, key))
+            todo.append(dask.delayed(infer_tissue)(base | {"tissue_threshold": settings.tissue_threshold,
+                                                           "thumbnail_side": settings.thumbnail_side},
+                                                   dask_key_name=f"infer-tissue-{key}"))
+        if pending:  # the tissue tasks run while the model is loaded and broadcast here
+            tissues = client.compute([todo[k] for k, *_ in pending])
+            # one copy per worker, referred to by key (not pickled into every task)
+            model_future = client.scatter(load_model(Path(model_path)), broadcast=True, hash=False)
+        for (k, entry, plan, base, paths, key), tissue in zip(pending, tissues, strict=True):
             blocks = [dask.delayed(infer_block)(base | {"r0": r0, "c0": c0, "stage": stage,
                                                         "model_manifest": task_manifest},
                                                 tissue, model_future, dask_key_name=f"infer-windows-{key}-{r0}-{c0}")
                       for r0, c0 in plan["blocks"]]
-            todo.append(dask.delayed(infer_export)(
+            todo[k] = dask.delayed(infer_export)(
                 base | {"corpus": corpus, "paths": paths, "heatmap_class": settings.heatmap_class,
                         "regions": [list(map(list, r[:2])) + [r[2]] for r in entry.regions],
                         "min_overlap": settings.min_overlap},
-                tissue, blocks, dask_key_name=f"infer-export-{key}"))
+                tissue, blocks, dask_key_name=f"infer-export-{key}")
         try:
             futures = client.compute(todo) if todo else []
             if show_progress is not None and futures:

@@ -2,8 +2,9 @@
 
 Per slide:
     infer-tissue   detect tissue on a low-res view (wsi/tissue_mask.py), create the slide's zarr (proba: rows x
-                   cols x 9 float32, 0 where no window was scored; tissue: rows x cols bool; tissue_fraction) and
-                   save the thumbnail;
+                   cols x 9 float32, 0 where no window was scored; tissue: rows x cols bool; scored: rows x cols
+                   bool, the tissue windows the model was given, i.e. less the windows a feature family could not
+                   describe; tissue_fraction) and save the thumbnail;
     infer-windows  one block of block x block windows: its tissue windows rendered from one read of the area they
                    cover (infer/windows.py), predicted in one call (crystal_dask.predict), its whole zarr chunk
                    written;
@@ -16,7 +17,6 @@ once, the tissue view is bounded by the thumbnail's side, and the export works o
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from crystal_dask.vocab import CLASSES
 from crystal_dask.wsi.slides import Slide, SlideError
 
 N_CLASSES = len(CLASSES)
-FORMAT_VERSION = 1  # bump when the bytes a slide's outputs hold change for the same inputs
+FORMAT_VERSION = 2  # bump when the bytes a slide's outputs hold change for the same inputs
 
 
 def _fail(task: Mapping[str, Any], what: str, exc: BaseException) -> dict:
@@ -45,7 +45,8 @@ def marker(task: Mapping[str, Any], name: str) -> Path:
 
 
 def create_grid(task: Mapping[str, Any], tissue: np.ndarray, frac: np.ndarray) -> None:
-    """The slide's windows.zarr: empty probabilities, the tissue grid and fractions, one chunk per block."""
+    """The slide's windows.zarr: empty probabilities, nothing scored yet, the tissue grid and fractions, one chunk
+    per block."""
     import zarr
     from zarr.codecs import ZstdCodec
 
@@ -62,13 +63,14 @@ def create_grid(task: Mapping[str, Any], tissue: np.ndarray, frac: np.ndarray) -
         arr = group.create_array(name, shape=(rows, cols), chunks=(b, b), dtype=dtype, fill_value=0,
                                  compressors=zstd, dimension_names=("row", "col"))
         arr.with_config({"write_empty_chunks": True})[...] = values
+    group.create_array("scored", shape=(rows, cols), chunks=(b, b), dtype="bool", fill_value=False,
+                       compressors=zstd, dimension_names=("row", "col"))
 
 
 @resumable(done_at=lambda task: marker(task, "tissue"))
 def infer_tissue(task: dict) -> dict:
     """Task infer-tissue: the slide's tissue grid, thumbnail and empty zarr; idempotent through its marker."""
-    from PIL import Image
-
+    from crystal_dask.exports.overlay import png_bytes
     from crystal_dask.wsi.tissue_mask import mask_from_rgb, thumbnail, tissue_fraction, window_boxes
 
     rows, cols = task["rows"], task["cols"]
@@ -80,9 +82,7 @@ def infer_tissue(task: dict) -> dict:
     except (SlideError, OSError, ValueError, MemoryError) as exc:
         return _fail(task, "tissue", exc)
     tissue = frac >= task["tissue_threshold"]
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    write_atomic(task["thumbnail"], buf.getvalue())
+    write_atomic(task["thumbnail"], png_bytes(rgb))
     create_grid(task, tissue, frac)
     return {"tissue_windows": int(tissue.sum()), "downsample": float(ds)}
 
@@ -119,12 +119,14 @@ def infer_block(task: dict, tissue_done: dict, model: Any) -> dict:
     except (SlideError, OSError, ValueError, MemoryError) as exc:
         return _fail(task, f"windows {r0},{c0}", exc)
     group["proba"].with_config({"write_empty_chunks": True})[r0:r0 + h, c0:c0 + w] = proba.reshape(h, w, N_CLASSES)
+    group["scored"].with_config({"write_empty_chunks": True})[r0:r0 + h, c0:c0 + w] = keep.reshape(h, w)
     return {"windows": int(keep.sum())}
 
 
-def class_grid(proba: np.ndarray, tissue: np.ndarray) -> np.ndarray:
-    """Predicted class index per window (argmax; ties to the lower index), -1 where no window was scored."""
-    return np.where(tissue, proba.argmax(axis=-1), -1).astype(np.int64)
+def class_grid(proba: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Predicted class index per window (argmax; ties to the lower index), -1 where no window was scored (glass,
+    or a tissue window a feature family could not describe: its probabilities are all 0, not a class)."""
+    return np.where(scored, proba.argmax(axis=-1), -1).astype(np.int64)
 
 
 def summary_rows(task: Mapping[str, Any], proba: np.ndarray, classes: np.ndarray) -> list[dict]:
@@ -160,8 +162,8 @@ def infer_export(task: dict, tissue_done: dict, blocks: list[dict]) -> dict:
         return {"error": errors[0] if errors[0] != "no tissue grid" else "tissue: failed"}
     try:
         group = zarr.open_group(task["zarr"], mode="r")
-        proba, tissue = group["proba"][...], group["tissue"][...]
-        classes = class_grid(proba, tissue)
+        proba, tissue, scored = group["proba"][...], group["tissue"][...], group["scored"][...]
+        classes = class_grid(proba, scored)
         paths = {k: Path(v) for k, v in task["paths"].items()}
         thumb = np.asarray(Image.open(paths["thumbnail"]).convert("RGB"))
         header = Header(task["bname"], task["mpp"], task["width"], task["height"])
@@ -174,4 +176,5 @@ def infer_export(task: dict, tissue_done: dict, blocks: list[dict]) -> dict:
             write_json(paths["score"], score)
     except (OSError, ValueError, MemoryError) as exc:
         return _fail(task, "export", exc)
-    return {"rows": rows, "score": score, "windows": int(tissue.sum()), "grid": [int(v) for v in classes.shape]}
+    return {"rows": rows, "score": score, "windows": int(scored.sum()), "unscored": int((tissue & ~scored).sum()),
+            "grid": [int(v) for v in classes.shape]}

@@ -38,7 +38,7 @@ from crystal_dask.store.integrity import Damage, DamagedDataError
 from crystal_dask.store.schema import PATCHES, REJECTS, read_table, write_table
 from crystal_dask.vocab import CLASSES, SPLITS
 
-FORMAT_VERSION = 4  # bump when the pixels (or their stored bytes) a plan produces change for the same settings
+FORMAT_VERSION = 5  # bump when the pixels (or their stored bytes) a plan produces change for the same settings
 ZARR_NAME = "patches.zarr"
 _SLAB_BYTES = 64 * 2**20  # bytes (as stored) per zarr read of scattered rows
 MARKERS = ".extract"

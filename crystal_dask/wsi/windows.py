@@ -26,6 +26,7 @@ from crystal_dask.wsi.patches import (
     choose_level,
     decode_pixels,
     finish_band,
+    grey_is_bytes,
     grey_read,
     luma_only,
     render_patch,
@@ -82,7 +83,7 @@ def _render_band(slide: Slide, band: list[tuple[int, GreyRead]], s: PatchSetting
     x0, y0 = _extent(band)[:2]
     for i, g in band:
         cut = area[g.iy0 - y0:g.iy0 - y0 + min(g.h, g.rh), g.ix0 - x0:g.ix0 - x0 + g.rw]
-        grey = finish_band(as_grey(cut, s), g.h, g.w, g.k)
+        grey = finish_band(cut if grey_is_bytes(g, s, False) else as_grey(cut, s), g.h, g.w, g.k)
         out[i] = resize_grey(grey, g.where, s.patch_size)
 
 

@@ -25,10 +25,11 @@ def test_bench_infer_runs_from_a_fresh_folder(tmp_path):
     q = r["ratios"]
     assert q["vs_script"] == pytest.approx(r["windows_per_s"]["crystal_dask_2w"]["median"]
                                            / r["windows_per_s"]["script"]["median"])
-    assert q["vs_decode_limit"] > 0 and q["scaling"] > 0
+    assert q["vs_decode_limit"] > 0 and q["scaling"] > 0 and q["decode_scaling"] > 0
     assert set(r["peak_rss"]["crystal_dask_2w"]) == {"client", "worker-0", "worker-1"}
     assert set(r["peak_rss"]["crystal_dask_1w"]) == {"client", "worker-0"}
-    blocks = math.ceil(3000 / 500 / 16) * math.ceil(4000 / 500 / 16)
+    b = bench_infer.infer_settings().block
+    blocks = math.ceil(3000 / 500 / b) * math.ceil(4000 / 500 / b)
     for run in ("crystal_dask_1w", "crystal_dask_2w", "crystal_dask_2w_features"):
         ph = r["phases"][run]
         assert (ph["infer-tissue"]["tasks"], ph["infer-windows"]["tasks"], ph["infer-export"]["tasks"]) == (
@@ -37,5 +38,6 @@ def test_bench_infer_runs_from_a_fresh_folder(tmp_path):
     c = r["per_window_seconds"]
     assert c["windows"] > 0 and all(c[k] > 0 for k in ("render", "features", "predict_pixels", "predict_features"))
     text = bench_infer.report(r)
-    for line in ("OpenSlide script", "decode limit", "1 worker", "feature model", "features: read", "infer-export"):
+    for line in ("OpenSlide script", "decode limit, 1 process", "1 worker", "feature model", "features: read",
+                 "infer-export"):
         assert line in text

@@ -250,3 +250,51 @@ def test_a_40000_by_30000_slide_stays_under_1_5_gib_per_process(window_model, tm
                          InferSettings(window_size=1024))
     assert m["slides_done"] == 1 and m["windows"] > 200
     assert max(pk.values()) < 1.5 * 1024**3, pk
+
+
+@pytest.mark.slow
+def test_windows_no_feature_can_describe_are_unscored_in_every_export(small_dataset, client, tmp_path):
+    """A feature model cannot describe glass ("no tissue"): with every window counted as tissue, the glass
+    windows of a slide with an ellipse of tissue (bench infer's) are left unscored. They are no class in the grid,
+    the overlay, the GeoJSON or the region decisions (they once showed as class 0)."""
+    from PIL import Image
+
+    from crystal_dask.bench.infer import big_slide
+    from crystal_dask.stages.features import FeatureSettings, compute
+    from crystal_dask.stages.train import TrainConfig, train
+    from crystal_dask.wsi.annotations import read_nedc_csv
+
+    root = tmp_path / "ds"
+    shutil.copytree(small_dataset, root)
+    compute(Dataset(root), FeatureSettings(families=("stain",)), client)
+    model = tmp_path / "stain.skops"
+    train(root, TrainConfig("stain", features=("stain",)), model, client)
+    out = tmp_path / "out"
+    slide = big_slide(tmp_path / "ellipse.svs", 4000, 3000)
+    m = infer_slides([SlideInput(str(slide), "ellipse")], model, out, client,
+                     InferSettings(block=4, tissue_threshold=0.0))
+    unscored_total = checked = 0
+    for bname, info in m["slides"].items():
+        d = out / "slides" / bname
+        g = zarr.open_group(str(d / "windows.zarr"), mode="r")
+        proba, tissue, scored = g["proba"][...], g["tissue"][...], g["scored"][...]
+        assert tissue.all() and scored.any()
+        unscored = tissue & ~scored
+        unscored_total += int(unscored.sum())
+        assert (proba[unscored] == 0).all() and np.allclose(proba[scored].sum(-1), 1, atol=1e-5)
+        geo = json.loads((d / f"{bname}.geojson").read_text())
+        assert sum(f["properties"]["measurements"]["windows"] for f in geo["features"]) == scored.sum()
+        cell = min(info["step"], info["size"]) ** 2
+        area = sum(abs(signed_area(list(zip(r.x, r.y, strict=True)) + [(r.x[0], r.y[0])]))
+                   for r in read_nedc_csv(d / f"{bname}_REGIONDECISIONS.csv").regions)
+        assert area == pytest.approx(scored.sum() * cell)
+        # the overlay leaves an unscored window's centre pixel as the thumbnail's (the legend is upper right)
+        thumb = np.asarray(Image.open(d / "thumbnail.png").convert("RGB"))
+        overlay = np.asarray(Image.open(d / f"{bname}_overlay.png").convert("RGB"))
+        ds = g.attrs["width"] / thumb.shape[1]
+        centres = [(int((r * info["step"] + info["size"] / 2) / ds), int((c * info["step"] + info["size"] / 2) / ds))
+                   for r, c in np.argwhere(unscored)]
+        centres = [(y, x) for y, x in centres if x < thumb.shape[1] // 2 or y > thumb.shape[0] // 2]
+        assert all((overlay[y, x] == thumb[y, x]).all() for y, x in centres)
+        checked += len(centres)
+    assert checked > 0 and m["unscored_windows"] == unscored_total, (checked, unscored_total)

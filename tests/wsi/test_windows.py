@@ -70,3 +70,22 @@ def test_jfif_tiles(pyramid):
     with Slide(path) as slide:
         boxes = window_boxes(3, 3, 400, 300, first=(1, 1))
         np.testing.assert_array_equal(render_windows(slide, boxes, s), one_by_one(slide, boxes, s))
+
+
+def test_the_decoders_luma_is_resized_as_bytes_within_a_grey_level(pyramid):
+    """500 px windows at level 0, luma-only: resized in Pillow's 8-bit mode, within 1 grey level of the float32
+    resize everywhere and far inside the issue's bound (mean <= 2, as for `decode: fast`) on average."""
+    from crystal_dask.wsi.patches import choose_level, read_grey, resize_grey
+
+    s = PatchSettings(mode="window", window_size=500, window_step=500)
+    with Slide(pyramid) as slide:
+        boxes = window_boxes(3, 4, 500, 500, first=(1, 0))
+        fast = render_windows(slide, boxes, s)
+        floats = []
+        for b in boxes.tolist():
+            grey, where = read_grey(slide, choose_level(slide, 500, 500, s), tuple(b), s, None)
+            assert grey.dtype == np.float32
+            floats.append(resize_grey(grey, where, s.patch_size))
+    diff = np.abs(fast.astype(int) - np.stack(floats))
+    assert diff.max() <= 1 and diff.mean() <= 2
+    assert diff.any()  # the bytes path was taken (it rounds once per pass)
