@@ -70,7 +70,7 @@ from skimage.morphology import disk
 
 from crystal_dask.features.region import Region
 
-VERSION = 2
+VERSION = 3
 DEPOSIT_H_OD = 0.4  # plateau floor: haematoxylin amount, decadic OD
 CLOSE_UM = 3.0  # radius of the grey closing that bridges microtome cracks
 CORE_UM = 6.0  # radius of the disc a deposit's glassy plateau must hold
@@ -81,6 +81,9 @@ GROW_UM = 4.0  # the core grows this far into the dark pixels around it
 BORDER_UM = 2.0  # width of the ring outside a deposit where its border step is read
 BORDER_Q = 50.0  # percentile of H in that ring (half the border) ...
 BORDER_RATIO = 0.6  # ... which must be <= this x the deposit's median H
+SPLIT_RATIO = 1.2  # rule 7: a body this much darker than the median of the object it failed in is judged alone
+GLASS_UM = 1.0  # rule 7: half-side of the window of the pixel-scale glassiness (3 px at 2 µm/px)
+PIXEL_CV_MAX = 0.1  # rule 7: largest median local coefficient of variation of H inside such a body
 CLUSTER_UM = 50.0  # single-linkage distance between deposit centroids that joins them into one cluster
 NN_SENTINEL_UM = 2000.0  # mean nearest-neighbour distance reported when fewer than 2 deposits (see docstring)
 MAX_SHAPE = 32  # solidity over at most this many (largest) deposits
@@ -113,7 +116,8 @@ def _disk(radius_px: int) -> np.ndarray:
 
 def _border_step(h: np.ndarray, lab: np.ndarray, n: int, ring_px: int) -> np.ndarray:
     """(n,) bool: rule 6, the BORDER_Q-th percentile of `h` in each object's outer ring <= BORDER_RATIO x its
-    median (False for an object with no ring, i.e. filling the region)."""
+    median (False for an object with no ring, i.e. filling the region). Pixels of `h` outside every object count
+    as ring, so a body inside dark tissue (rule 7) is judged against that tissue where it touches it."""
     ok = np.zeros(n, bool)
     for i, box in enumerate(find_objects(lab), 1):
         box = tuple(slice(max(s.start - ring_px, 0), s.stop + ring_px) for s in box)
@@ -124,29 +128,71 @@ def _border_step(h: np.ndarray, lab: np.ndarray, n: int, ring_px: int) -> np.nda
     return ok
 
 
-def deposit_mask(region: Region) -> np.ndarray:
-    """(H, W) bool mask of calcium-phosphate deposits: rules 1-6 of the module docstring."""
-    um = region.require_mpp()
-    h, e = region.hed[0], region.hed[1]
-    closed = grey_closing(h, footprint=_disk(_px(um, CLOSE_UM)))  # 1
-    core_disk = _disk(_px(um, CORE_UM))
-    level = grey_opening(closed, footprint=core_disk)  # 2
-    plateau = level >= DEPOSIT_H_OD
+def _cores(h: np.ndarray, e: np.ndarray, closed: np.ndarray, level: np.ndarray, floor: float | np.ndarray,
+           core_disk: np.ndarray, window: int) -> np.ndarray:
+    """Rules 2-4 on the plateau `level` >= `floor` (a scalar, or per pixel for rule 7): glassy basophilic cores
+    that hold the `core_disk`."""
+    plateau = level >= floor
     if not plateau.any():
         return plateau
-    tophat = uniform_filter((closed - level) / np.maximum(level, DEPOSIT_H_OD), 2 * _px(um, TEXTURE_UM) - 1)
+    tophat = uniform_filter((closed - level) / np.maximum(level, floor), window)
     core = binary_opening(plateau & (tophat <= TEXTURE_MAX), structure=core_disk)  # 3
     lab, n = label(core, connectivity=2, return_num=True)
     if n == 0:
         return core
     idx = np.arange(1, n + 1)
     basophilic = np.asarray(median(e, lab, idx)) <= E_PER_H_MAX * np.asarray(median(h, lab, idx))  # 4
-    core = np.concatenate([[False], basophilic])[lab]
-    grown = binary_dilation(core, iterations=_px(um, GROW_UM), mask=closed >= DEPOSIT_H_OD)  # 5
+    return np.concatenate([[False], basophilic])[lab]
+
+
+def _deposits(h: np.ndarray, closed: np.ndarray, core: np.ndarray, floor: float | np.ndarray, um: float
+              ) -> tuple[np.ndarray, int, np.ndarray]:
+    """Rules 5-6: the cores grown into closed H >= `floor`, labelled (8-connected), and which pass the border."""
+    grown = binary_dilation(core, iterations=_px(um, GROW_UM), mask=closed >= floor)  # 5
     lab, n = label(grown, connectivity=2, return_num=True)
-    if n == 0:
-        return grown
-    return np.concatenate([[False], _border_step(h, lab, n, _px(um, BORDER_UM))])[lab]  # 6
+    return lab, n, _border_step(h, lab, n, _px(um, BORDER_UM))  # 6
+
+
+def _pixel_glassy(h: np.ndarray, lab: np.ndarray, n: int, um: float) -> np.ndarray:
+    """(n,) bool: rule 7's glassiness at the scanner's scale: over each object's interior (the object less its
+    one-pixel edge, or all of it when nothing is left), the median local coefficient of variation of H, in a
+    window of 2 x GLASS_UM + 1 px after a grey closing of the same size (it fills one-pixel cracks), is at most
+    PIXEL_CV_MAX."""
+    size = 2 * _px(um, GLASS_UM) + 1
+    hc = grey_closing(h, size=size)
+    mean = uniform_filter(hc, size)
+    cv = np.sqrt(np.maximum(uniform_filter(hc * hc, size) - mean * mean, 0)) / np.maximum(mean, DEPOSIT_H_OD)
+    inner = np.where(binary_erosion(lab > 0), lab, 0)  # 8-connected objects never touch: one erosion for all
+    idx = np.arange(1, n + 1)
+    has_inner = np.bincount(inner.ravel(), minlength=n + 1)[1:] > 0
+    cv_med = np.where(has_inner, np.asarray(median(cv, inner, idx)), np.asarray(median(cv, lab, idx)))
+    return cv_med <= PIXEL_CV_MAX
+
+
+def deposit_mask(region: Region) -> np.ndarray:
+    """(H, W) bool mask of calcium-phosphate deposits: rules 1-7 of the module docstring."""
+    um = region.require_mpp()
+    h, e = region.hed[0], region.hed[1]
+    closed = grey_closing(h, footprint=_disk(_px(um, CLOSE_UM)))  # 1
+    core_disk = _disk(_px(um, CORE_UM))
+    level = grey_opening(closed, footprint=core_disk)  # 2
+    window = 2 * _px(um, TEXTURE_UM) - 1
+    core = _cores(h, e, closed, level, DEPOSIT_H_OD, core_disk, window)
+    if not core.any():
+        return core
+    lab, n, ok = _deposits(h, closed, core, DEPOSIT_H_OD, um)
+    out = np.concatenate([[False], ok])[lab]
+    if ok.all():
+        return out
+    # 7: a darker glassy body inside a rejected object (a deposit against epidermis, a duct wall) is judged alone
+    idx = np.arange(1, n + 1)
+    floor = np.concatenate([[np.inf], np.where(ok, np.inf, SPLIT_RATIO * np.asarray(median(h, lab, idx)))])[lab]
+    sub = _cores(h, e, closed, level, floor, core_disk, window)
+    if sub.any():
+        sub_lab, sub_n, sub_ok = _deposits(h, closed, sub, floor, um)
+        sub_ok &= _pixel_glassy(h, sub_lab, sub_n, um)
+        out |= np.concatenate([[False], sub_ok])[sub_lab]
+    return out
 
 
 def _clusters(cent_um: np.ndarray) -> tuple[int, float]:
