@@ -82,8 +82,8 @@ BORDER_UM = 2.0  # width of the ring outside a deposit where its border step is 
 BORDER_Q = 50.0  # percentile of H in that ring (half the border) ...
 BORDER_RATIO = 0.6  # ... which must be <= this x the deposit's median H
 SPLIT_RATIO = 1.2  # rule 7: a body this much darker than the median of the object it failed in is judged alone
-GLASS_UM = 1.0  # rule 7: half-side of the window of the pixel-scale glassiness (3 px at 2 µm/px)
-PIXEL_CV_MAX = 0.1  # rule 7: largest median local coefficient of variation of H inside such a body
+GLASS_UM = 1.0  # rules 6b and 7: half-side of the window of the pixel-scale glassiness (3 px at 2 µm/px)
+PIXEL_CV_MAX = 0.07  # rules 6b and 7: largest median local coefficient of variation of H inside
 CLUSTER_UM = 50.0  # single-linkage distance between deposit centroids that joins them into one cluster
 NN_SENTINEL_UM = 2000.0  # mean nearest-neighbour distance reported when fewer than 2 deposits (see docstring)
 MAX_SHAPE = 32  # solidity over at most this many (largest) deposits
@@ -114,15 +114,18 @@ def _disk(radius_px: int) -> np.ndarray:
     return disk(radius_px).astype(bool)
 
 
-def _border_step(h: np.ndarray, lab: np.ndarray, n: int, ring_px: int) -> np.ndarray:
-    """(n,) bool: rule 6, the BORDER_Q-th percentile of `h` in each object's outer ring <= BORDER_RATIO x its
-    median (False for an object with no ring, i.e. filling the region). Pixels of `h` outside every object count
-    as ring, so a body inside dark tissue (rule 7) is judged against that tissue where it touches it."""
+def _border_step(h: np.ndarray, lab: np.ndarray, n: int, ring_px: int, skip_px: int = 0) -> np.ndarray:
+    """(n,) bool: rule 6, the BORDER_Q-th percentile of `h` in each object's outer ring of `ring_px`, starting
+    `skip_px` outside it, <= BORDER_RATIO x its median (False for an object with no ring, i.e. filling the
+    region). Pixels of `h` outside every object count as ring, so a body inside dark tissue (rule 7) is judged
+    against that tissue where it touches it."""
     ok = np.zeros(n, bool)
     for i, box in enumerate(find_objects(lab), 1):
-        box = tuple(slice(max(s.start - ring_px, 0), s.stop + ring_px) for s in box)
+        box = tuple(slice(max(s.start - ring_px - skip_px, 0), s.stop + ring_px + skip_px) for s in box)
         obj = lab[box] == i
-        ring = binary_dilation(obj, iterations=ring_px) & (lab[box] == 0)
+        ring = binary_dilation(obj, iterations=ring_px + skip_px) & (lab[box] == 0)
+        if skip_px:
+            ring &= ~binary_dilation(obj, iterations=skip_px)
         if ring.any():
             ok[i - 1] = np.percentile(h[box][ring], BORDER_Q) <= BORDER_RATIO * np.median(h[box][obj])
     return ok
@@ -146,11 +149,16 @@ def _cores(h: np.ndarray, e: np.ndarray, closed: np.ndarray, level: np.ndarray, 
 
 
 def _deposits(h: np.ndarray, closed: np.ndarray, core: np.ndarray, floor: float | np.ndarray, um: float
-              ) -> tuple[np.ndarray, int, np.ndarray]:
-    """Rules 5-6: the cores grown into closed H >= `floor`, labelled (8-connected), and which pass the border."""
+              ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """Rules 5-6: the cores grown into closed H >= `floor`, labelled (8-connected); which pass the border; and
+    which are glassy at the pixel scale (computed only where rule 6b or 7 needs it, True elsewhere)."""
     grown = binary_dilation(core, iterations=_px(um, GROW_UM), mask=closed >= floor)  # 5
     lab, n = label(grown, connectivity=2, return_num=True)
-    return lab, n, _border_step(h, lab, n, _px(um, BORDER_UM))  # 6
+    ring_px = _px(um, BORDER_UM)
+    ok = _border_step(h, lab, n, ring_px)  # 6
+    glassy = _pixel_glassy(h, lab, n, um)
+    # 6b: past the blended rim: a pale deposit on mid-purple tissue blends into its first ring
+    return lab, n, ok | (_border_step(h, lab, n, ring_px, ring_px) & glassy), glassy
 
 
 def _pixel_glassy(h: np.ndarray, lab: np.ndarray, n: int, um: float) -> np.ndarray:
@@ -180,7 +188,7 @@ def deposit_mask(region: Region) -> np.ndarray:
     core = _cores(h, e, closed, level, DEPOSIT_H_OD, core_disk, window)
     if not core.any():
         return core
-    lab, n, ok = _deposits(h, closed, core, DEPOSIT_H_OD, um)
+    lab, n, ok, _ = _deposits(h, closed, core, DEPOSIT_H_OD, um)
     out = np.concatenate([[False], ok])[lab]
     if ok.all():
         return out
@@ -189,9 +197,8 @@ def deposit_mask(region: Region) -> np.ndarray:
     floor = np.concatenate([[np.inf], np.where(ok, np.inf, SPLIT_RATIO * np.asarray(median(h, lab, idx)))])[lab]
     sub = _cores(h, e, closed, level, floor, core_disk, window)
     if sub.any():
-        sub_lab, sub_n, sub_ok = _deposits(h, closed, sub, floor, um)
-        sub_ok &= _pixel_glassy(h, sub_lab, sub_n, um)
-        out |= np.concatenate([[False], sub_ok])[sub_lab]
+        sub_lab, sub_n, sub_ok, sub_glassy = _deposits(h, closed, sub, floor, um)
+        out |= np.concatenate([[False], sub_ok & sub_glassy])[sub_lab]
     return out
 
 
