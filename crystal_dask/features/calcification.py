@@ -5,7 +5,7 @@ basophilic (blue-purple), sharply bordered, often laminated or fractured by the 
 ("type I") is pale, colourless to amber and nearly invisible in H&E without polarised light: this family does
 NOT detect it, and a region holding only oxalate crystals reads as "no deposits".
 
-Detection (version 2) separates deposits from nuclei by more than darkness. Every rule is in µm, so it means
+Detection (version 3) separates deposits from nuclei by more than darkness. Every rule is in µm, so it means
 the same tissue at any resolution; docs/features.md gives each rule's reason and the curves measured by the
 validation harness (`crystal-dask bench calcification`, deposits painted on real H&E):
 1. Cracks closed: a grey closing of the haematoxylin amount H with a disk of CLOSE_UM (3 µm) radius fills the
@@ -26,9 +26,21 @@ validation harness (`crystal-dask bench calcification`, deposits painted on real
    mineral's edge is where it lies in stroma or a lumen. Keratin, epidermis and clumps of nuclei at 2 µm/px are
    as glassy and as dark as a deposit, but they continue into dark tissue along much of their border (a quarter
    of the border let 32 false objects per mm² through on real skin and breast, half lets 3).
+   6b. An object that is glassy at the scanner's scale (below) may have that ring read one BORDER_UM further
+   out, past the pixels blended with its rim: a pale deposit (H 0.5) on mid-purple tissue (H 0.3-0.4) blends
+   into its first ring, which then reads as dark as tissue.
+7. A darker body inside a rejected object: a deposit against epidermis, a nucleus or a duct wall merges with
+   that tissue's plateau, and rule 6 then judges mostly tissue. Inside each object that failed rule 6, rules 2-6
+   run again on the plateau >= SPLIT_RATIO (1.2) x the object's median H, the rest of the object counting as
+   ring; a body found so must also be glassy at the scanner's scale.
+Glassy at the scanner's scale (rules 6b, 7): the median over the object's interior of H's local coefficient of
+variation, in a window of 2 x GLASS_UM + 1 px after a grey closing of that size (it fills one-pixel cracks), is at
+most PIXEL_CV_MAX (0.07). Mineral has no chromatin; the purple cytoplasm of epidermis reads 0.08-0.10 at 2 µm/px,
+clumps of nuclei 0.12-0.25. Laminated and cracked deposits read 0.05-0.2, so these two rules mostly rescue smooth
+ones.
 Known limits (measured, docs/features.md): fine granular deposits under ~15 µm are missed by design (rule 2);
-pale deposits (H 0.5-0.7) lying against dark tissue fail rule 6: recall 0.79 for deposits >= 20 µm with
-H >= 0.5, against the issue's 0.9, for <= 5 false objects per mm² of real tissue.
+20 µm deposits crossed by cracks lose their core to rule 3; pale deposits (H 0.5-0.6) lying on or against dark
+tissue still fail rule 6.
 
 Deposits are 8-connected components (`skimage.measure.label`), measured as
 `regionprops` defines area, centroid, eccentricity, perimeter (4-neighbourhood) and solidity, but vectorised over
@@ -178,7 +190,7 @@ def _pixel_glassy(h: np.ndarray, lab: np.ndarray, n: int, um: float) -> np.ndarr
 
 
 def deposit_mask(region: Region) -> np.ndarray:
-    """(H, W) bool mask of calcium-phosphate deposits: rules 1-7 of the module docstring."""
+    """(H, W) bool mask of calcium-phosphate deposits: rules 1-7 (and 6b) of the module docstring."""
     um = region.require_mpp()
     h, e = region.hed[0], region.hed[1]
     closed = grey_closing(h, footprint=_disk(_px(um, CLOSE_UM)))  # 1
