@@ -5,7 +5,7 @@ basophilic (blue-purple), sharply bordered, often laminated or fractured by the 
 ("type I") is pale, colourless to amber and nearly invisible in H&E without polarised light: this family does
 NOT detect it, and a region holding only oxalate crystals reads as "no deposits".
 
-Detection (version 2) separates deposits from nuclei by more than darkness. Every rule is in µm, so it means
+Detection (version 3) separates deposits from nuclei by more than darkness. Every rule is in µm, so it means
 the same tissue at any resolution; docs/features.md gives each rule's reason and the curves measured by the
 validation harness (`crystal-dask bench calcification`, deposits painted on real H&E):
 1. Cracks closed: a grey closing of the haematoxylin amount H with a disk of CLOSE_UM (3 µm) radius fills the
@@ -26,9 +26,21 @@ validation harness (`crystal-dask bench calcification`, deposits painted on real
    mineral's edge is where it lies in stroma or a lumen. Keratin, epidermis and clumps of nuclei at 2 µm/px are
    as glassy and as dark as a deposit, but they continue into dark tissue along much of their border (a quarter
    of the border let 32 false objects per mm² through on real skin and breast, half lets 3).
+   6b. An object that is glassy at the scanner's scale (below) may have that ring read one BORDER_UM further
+   out, past the pixels blended with its rim: a pale deposit (H 0.5) on mid-purple tissue (H 0.3-0.4) blends
+   into its first ring, which then reads as dark as tissue.
+7. A darker body inside a rejected object: a deposit against epidermis, a nucleus or a duct wall merges with
+   that tissue's plateau, and rule 6 then judges mostly tissue. Inside each object that failed rule 6, rules 2-6
+   run again on the plateau >= SPLIT_RATIO (1.2) x the object's median H, the rest of the object counting as
+   ring; a body found so must also be glassy at the scanner's scale.
+Glassy at the scanner's scale (rules 6b, 7): the median over the object's interior of H's local coefficient of
+variation, in a window of 2 x GLASS_UM + 1 px after a grey closing of that size (it fills one-pixel cracks), is at
+most PIXEL_CV_MAX (0.07). Mineral has no chromatin; the purple cytoplasm of epidermis reads 0.08-0.10 at 2 µm/px,
+clumps of nuclei 0.12-0.25. Laminated and cracked deposits read 0.05-0.2, so these two rules mostly rescue smooth
+ones.
 Known limits (measured, docs/features.md): fine granular deposits under ~15 µm are missed by design (rule 2);
-pale deposits (H 0.5-0.7) lying against dark tissue fail rule 6: recall 0.79 for deposits >= 20 µm with
-H >= 0.5, against the issue's 0.9, for <= 5 false objects per mm² of real tissue.
+20 µm deposits crossed by cracks lose their core to rule 3; pale deposits (H 0.5-0.6) lying on or against dark
+tissue still fail rule 6.
 
 Deposits are 8-connected components (`skimage.measure.label`), measured as
 `regionprops` defines area, centroid, eccentricity, perimeter (4-neighbourhood) and solidity, but vectorised over
@@ -70,7 +82,7 @@ from skimage.morphology import disk
 
 from crystal_dask.features.region import Region
 
-VERSION = 2
+VERSION = 3
 DEPOSIT_H_OD = 0.4  # plateau floor: haematoxylin amount, decadic OD
 CLOSE_UM = 3.0  # radius of the grey closing that bridges microtome cracks
 CORE_UM = 6.0  # radius of the disc a deposit's glassy plateau must hold
@@ -81,6 +93,9 @@ GROW_UM = 4.0  # the core grows this far into the dark pixels around it
 BORDER_UM = 2.0  # width of the ring outside a deposit where its border step is read
 BORDER_Q = 50.0  # percentile of H in that ring (half the border) ...
 BORDER_RATIO = 0.6  # ... which must be <= this x the deposit's median H
+SPLIT_RATIO = 1.2  # rule 7: a body this much darker than the median of the object it failed in is judged alone
+GLASS_UM = 1.0  # rules 6b and 7: half-side of the window of the pixel-scale glassiness (3 px at 2 µm/px)
+PIXEL_CV_MAX = 0.07  # rules 6b and 7: largest median local coefficient of variation of H inside
 CLUSTER_UM = 50.0  # single-linkage distance between deposit centroids that joins them into one cluster
 NN_SENTINEL_UM = 2000.0  # mean nearest-neighbour distance reported when fewer than 2 deposits (see docstring)
 MAX_SHAPE = 32  # solidity over at most this many (largest) deposits
@@ -111,42 +126,92 @@ def _disk(radius_px: int) -> np.ndarray:
     return disk(radius_px).astype(bool)
 
 
-def _border_step(h: np.ndarray, lab: np.ndarray, n: int, ring_px: int) -> np.ndarray:
-    """(n,) bool: rule 6, the BORDER_Q-th percentile of `h` in each object's outer ring <= BORDER_RATIO x its
-    median (False for an object with no ring, i.e. filling the region)."""
+def _border_step(h: np.ndarray, lab: np.ndarray, n: int, ring_px: int, skip_px: int = 0) -> np.ndarray:
+    """(n,) bool: rule 6, the BORDER_Q-th percentile of `h` in each object's outer ring of `ring_px`, starting
+    `skip_px` outside it, <= BORDER_RATIO x its median (False for an object with no ring, i.e. filling the
+    region). Pixels of `h` outside every object count as ring, so a body inside dark tissue (rule 7) is judged
+    against that tissue where it touches it."""
     ok = np.zeros(n, bool)
     for i, box in enumerate(find_objects(lab), 1):
-        box = tuple(slice(max(s.start - ring_px, 0), s.stop + ring_px) for s in box)
+        box = tuple(slice(max(s.start - ring_px - skip_px, 0), s.stop + ring_px + skip_px) for s in box)
         obj = lab[box] == i
-        ring = binary_dilation(obj, iterations=ring_px) & (lab[box] == 0)
+        ring = binary_dilation(obj, iterations=ring_px + skip_px) & (lab[box] == 0)
+        if skip_px:
+            ring &= ~binary_dilation(obj, iterations=skip_px)
         if ring.any():
             ok[i - 1] = np.percentile(h[box][ring], BORDER_Q) <= BORDER_RATIO * np.median(h[box][obj])
     return ok
 
 
-def deposit_mask(region: Region) -> np.ndarray:
-    """(H, W) bool mask of calcium-phosphate deposits: rules 1-6 of the module docstring."""
-    um = region.require_mpp()
-    h, e = region.hed[0], region.hed[1]
-    closed = grey_closing(h, footprint=_disk(_px(um, CLOSE_UM)))  # 1
-    core_disk = _disk(_px(um, CORE_UM))
-    level = grey_opening(closed, footprint=core_disk)  # 2
-    plateau = level >= DEPOSIT_H_OD
+def _cores(h: np.ndarray, e: np.ndarray, closed: np.ndarray, level: np.ndarray, floor: float | np.ndarray,
+           core_disk: np.ndarray, window: int) -> np.ndarray:
+    """Rules 2-4 on the plateau `level` >= `floor` (a scalar, or per pixel for rule 7): glassy basophilic cores
+    that hold the `core_disk`."""
+    plateau = level >= floor
     if not plateau.any():
         return plateau
-    tophat = uniform_filter((closed - level) / np.maximum(level, DEPOSIT_H_OD), 2 * _px(um, TEXTURE_UM) - 1)
+    tophat = uniform_filter((closed - level) / np.maximum(level, floor), window)
     core = binary_opening(plateau & (tophat <= TEXTURE_MAX), structure=core_disk)  # 3
     lab, n = label(core, connectivity=2, return_num=True)
     if n == 0:
         return core
     idx = np.arange(1, n + 1)
     basophilic = np.asarray(median(e, lab, idx)) <= E_PER_H_MAX * np.asarray(median(h, lab, idx))  # 4
-    core = np.concatenate([[False], basophilic])[lab]
-    grown = binary_dilation(core, iterations=_px(um, GROW_UM), mask=closed >= DEPOSIT_H_OD)  # 5
+    return np.concatenate([[False], basophilic])[lab]
+
+
+def _deposits(h: np.ndarray, closed: np.ndarray, core: np.ndarray, floor: float | np.ndarray, um: float
+              ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """Rules 5-6: the cores grown into closed H >= `floor`, labelled (8-connected); which pass the border; and
+    which are glassy at the pixel scale (computed only where rule 6b or 7 needs it, True elsewhere)."""
+    grown = binary_dilation(core, iterations=_px(um, GROW_UM), mask=closed >= floor)  # 5
     lab, n = label(grown, connectivity=2, return_num=True)
-    if n == 0:
-        return grown
-    return np.concatenate([[False], _border_step(h, lab, n, _px(um, BORDER_UM))])[lab]  # 6
+    ring_px = _px(um, BORDER_UM)
+    ok = _border_step(h, lab, n, ring_px)  # 6
+    glassy = _pixel_glassy(h, lab, n, um)
+    # 6b: past the blended rim: a pale deposit on mid-purple tissue blends into its first ring
+    return lab, n, ok | (_border_step(h, lab, n, ring_px, ring_px) & glassy), glassy
+
+
+def _pixel_glassy(h: np.ndarray, lab: np.ndarray, n: int, um: float) -> np.ndarray:
+    """(n,) bool: rule 7's glassiness at the scanner's scale: over each object's interior (the object less its
+    one-pixel edge, or all of it when nothing is left), the median local coefficient of variation of H, in a
+    window of 2 x GLASS_UM + 1 px after a grey closing of the same size (it fills one-pixel cracks), is at most
+    PIXEL_CV_MAX."""
+    size = 2 * _px(um, GLASS_UM) + 1
+    hc = grey_closing(h, size=size)
+    mean = uniform_filter(hc, size)
+    cv = np.sqrt(np.maximum(uniform_filter(hc * hc, size) - mean * mean, 0)) / np.maximum(mean, DEPOSIT_H_OD)
+    inner = np.where(binary_erosion(lab > 0), lab, 0)  # 8-connected objects never touch: one erosion for all
+    idx = np.arange(1, n + 1)
+    has_inner = np.bincount(inner.ravel(), minlength=n + 1)[1:] > 0
+    cv_med = np.where(has_inner, np.asarray(median(cv, inner, idx)), np.asarray(median(cv, lab, idx)))
+    return cv_med <= PIXEL_CV_MAX
+
+
+def deposit_mask(region: Region) -> np.ndarray:
+    """(H, W) bool mask of calcium-phosphate deposits: rules 1-7 (and 6b) of the module docstring."""
+    um = region.require_mpp()
+    h, e = region.hed[0], region.hed[1]
+    closed = grey_closing(h, footprint=_disk(_px(um, CLOSE_UM)))  # 1
+    core_disk = _disk(_px(um, CORE_UM))
+    level = grey_opening(closed, footprint=core_disk)  # 2
+    window = 2 * _px(um, TEXTURE_UM) - 1
+    core = _cores(h, e, closed, level, DEPOSIT_H_OD, core_disk, window)
+    if not core.any():
+        return core
+    lab, n, ok, _ = _deposits(h, closed, core, DEPOSIT_H_OD, um)
+    out = np.concatenate([[False], ok])[lab]
+    if ok.all():
+        return out
+    # 7: a darker glassy body inside a rejected object (a deposit against epidermis, a duct wall) is judged alone
+    idx = np.arange(1, n + 1)
+    floor = np.concatenate([[np.inf], np.where(ok, np.inf, SPLIT_RATIO * np.asarray(median(h, lab, idx)))])[lab]
+    sub = _cores(h, e, closed, level, floor, core_disk, window)
+    if sub.any():
+        sub_lab, sub_n, sub_ok, sub_glassy = _deposits(h, closed, sub, floor, um)
+        out |= np.concatenate([[False], sub_ok & sub_glassy])[sub_lab]
+    return out
 
 
 def _clusters(cent_um: np.ndarray) -> tuple[int, float]:

@@ -210,6 +210,50 @@ def test_specks_below_min_area_are_dropped():
     assert col("calcification", v, "calc_count_per_mm2") == 0
 
 
+@pytest.fixture(scope="module")
+def skin(realdata) -> np.ndarray:
+    """CMU-1's level 0 (0.499 µm/px), read once for the tests below."""
+    with tifffile.TiffFile(realdata / "CMU-1-Small-Region.svs") as tif:
+        return tif.pages[0].asarray()
+
+
+def _painted_on_skin(skin: np.ndarray, y: int, x: int, dep) -> tuple[Region, np.ndarray]:
+    """A 150 µm field of real CMU-1 skin with one deposit painted by the validation painter, at 2 µm/px."""
+    from crystal_dask.bench.calcification import paint
+
+    field = np.ascontiguousarray(skin[y : y + 300, x : x + 300])
+    painted, truth = paint(field, 0.499, dep, np.random.default_rng(0))
+    mask = resample_to(np.repeat(truth[..., None].astype(np.uint8) * 255, 3, 2), 0.499, 2.0)[..., 0] >= 128
+    return Region(resample_to(painted, 0.499, 2.0), 2.0), mask
+
+
+def _found(region: Region, truth: np.ndarray, monkeypatch, **rules) -> bool:
+    with monkeypatch.context() as m:
+        for name, value in rules.items():
+            m.setattr(calc, name, value)
+        return np.count_nonzero(calc.deposit_mask(region) & truth) >= 0.5 * np.count_nonzero(truth)
+
+
+def test_deposit_against_epidermis_is_judged_apart_from_it(skin, monkeypatch):
+    """Rule 7: a 30 µm deposit (H 0.85) painted into CMU-1's epidermis merges with its plateau; only judged as
+    the darker body inside the rejected object is it found."""
+    from crystal_dask.bench.calcification import Deposit
+
+    region, truth = _painted_on_skin(skin, 1503, 1002, Deposit(100, 100, 30.0, 0.85, False, False, 0, False))
+    assert _found(region, truth, monkeypatch)
+    assert not _found(region, truth, monkeypatch, SPLIT_RATIO=np.inf)
+
+
+def test_pale_glassy_deposit_border_is_read_past_its_rim(skin, monkeypatch):
+    """Rule 6b: a pale 40 µm deposit (H 0.5) on CMU-1's purple epidermis blends into its first ring; read one ring
+    further out (it is glassy at the pixel scale) it is found, without rule 7."""
+    from crystal_dask.bench.calcification import Deposit
+
+    region, truth = _painted_on_skin(skin, 1002, 1002, Deposit(190, 190, 40.0, 0.5, False, False, 0, False))
+    assert _found(region, truth, monkeypatch, SPLIT_RATIO=np.inf)
+    assert not _found(region, truth, monkeypatch, PIXEL_CV_MAX=-1.0)  # no object passes the glassiness: no 6b
+
+
 # ------------------------------------------------------------------------------------------ all families
 def test_random_and_constant_images_are_finite():
     rng = np.random.default_rng(11)
