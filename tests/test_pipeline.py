@@ -336,3 +336,40 @@ def test_pca_is_fitted_again_when_training_moves_to_another_corpus(tmp_path):
     assert why["train:pca:fit"] == "setting fitted_on changed"
     assert set(why) == {"train:pca:fit", "train:baseline", "train:crystal", "evaluate:FOX:baseline",
                         "evaluate:FOX:crystal", "infer:slides:baseline", "report"}
+
+
+@pytest.mark.slow
+def test_progress_lines_and_task_keys_name_the_stage(tmp_path, client):
+    """What the job log and the dashboard show is named after the step and its stage, not after dask internals
+    (finalize-hlgfinalizecompute, from_sequence, shuffle-taker, getitem)."""
+    from dask.utils import key_split
+    from distributed import get_task_stream
+
+    from crystal_dask.progress import log_milestones
+    from crystal_dask.stages.base import stage_of
+
+    job = load_experiment(write_job(tmp_path, {
+        **TINY, "out": str(tmp_path / "out"), "features": {"families": ["stain"]},
+        "infer": {"sets": {"TUBR": {"corpus": "tubr", "splits": ["eval"], "configs": ["crystal"]}},
+                  "window_size": 256}}))
+    with get_task_stream(client) as stream:
+        run_job(job, client, log_milestones)
+    stages = json.loads((job.out / "status.json").read_text())["stages"]
+
+    progress = [line.split(" progress ", 1)[1] for line in (job.out / "job.log").read_text().splitlines()
+                if " progress " in line]
+    named = {line.rsplit(": ", 1)[0] for line in progress}
+    shown = {s["name"] for s in stages if stage_of(s["name"]) in ("extract", "features", "evaluate", "infer")}
+    assert named == shown, progress
+
+    seen: dict[str, set[str]] = {}
+    for task in stream.data:
+        start = task["startstops"][0]["start"]
+        during = [s["name"] for s in stages if s["started"] <= start <= s["ended"]]
+        assert len(during) == 1, (task["key"], during)
+        seen.setdefault(during[0], set()).add(key_split(task["key"]))
+    assert {stage_of(s) for s in seen} >= {"extract", "features", "train", "evaluate", "infer", "report"}
+    for step, prefixes in seen.items():
+        if stage_of(step) == "train":  # joblib's dask backend names the forest's tasks (forest.py)
+            continue
+        assert all(p.startswith(stage_of(step)) for p in prefixes), (step, prefixes)
