@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -339,12 +340,13 @@ def test_pca_is_fitted_again_when_training_moves_to_another_corpus(tmp_path):
 
 
 @pytest.mark.slow
-def test_progress_lines_and_task_keys_name_the_stage(tmp_path, client):
+def test_progress_lines_and_task_keys_name_the_stage(tmp_path, client, caplog):
     """What the job log and the dashboard show is named after the step and its stage, not after dask internals
     (finalize-hlgfinalizecompute, from_sequence, shuffle-taker, getitem)."""
     from dask.utils import key_split
     from distributed import get_task_stream
 
+    from crystal_dask.pipeline import Runner
     from crystal_dask.progress import log_milestones
     from crystal_dask.stages.base import stage_of
 
@@ -352,23 +354,19 @@ def test_progress_lines_and_task_keys_name_the_stage(tmp_path, client):
         **TINY, "out": str(tmp_path / "out"), "features": {"families": ["stain"]},
         "infer": {"sets": {"TUBR": {"corpus": "tubr", "splits": ["eval"], "configs": ["crystal"]}},
                   "window_size": 256}}))
-    with get_task_stream(client) as stream:
-        run_job(job, client, log_milestones)
-    stages = json.loads((job.out / "status.json").read_text())["stages"]
-
-    progress = [line.split(" progress ", 1)[1] for line in (job.out / "job.log").read_text().splitlines()
-                if " progress " in line]
-    named = {line.rsplit(": ", 1)[0] for line in progress}
-    shown = {s["name"] for s in stages if stage_of(s["name"]) in ("extract", "features", "evaluate", "infer")}
-    assert named == shown, progress
-
+    runner = Runner(job, client, log_milestones)
     seen: dict[str, set[str]] = {}
-    for task in stream.data:
-        start = task["startstops"][0]["start"]
-        during = [s["name"] for s in stages if s["started"] <= start <= s["ended"]]
-        assert len(during) == 1, (task["key"], during)
-        seen.setdefault(during[0], set()).add(key_split(task["key"]))
-    assert {stage_of(s) for s in seen} >= {"extract", "features", "train", "evaluate", "infer", "report"}
+    with caplog.at_level(logging.INFO, logger="crystal_dask.progress"):
+        for decision in runner.planner.decisions():  # the runner's own steps, one task stream each
+            with get_task_stream(client) as stream:
+                assert runner.step(decision)
+            seen[decision.step.name] = {key_split(t["key"]) for t in stream.data}
+
+    progress = [r.getMessage().removeprefix("progress ") for r in caplog.records if r.name == "crystal_dask.progress"]
+    named = {line.rsplit(": ", 1)[0] for line in progress}
+    assert named == {s for s in seen if stage_of(s) in ("extract", "features", "evaluate", "infer")}, progress
+    assert {stage_of(s) for s, prefixes in seen.items() if prefixes} == {"extract", "features", "train", "evaluate",
+                                                                         "infer", "report"}
     for step, prefixes in seen.items():
         if stage_of(step) == "train":  # joblib's dask backend names the forest's tasks (forest.py)
             continue

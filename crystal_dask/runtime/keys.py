@@ -3,7 +3,7 @@
 Dask names a task after the function or operation that made it (`getitem`, `shuffle-taker`, `from_sequence`,
 `finalize-hlgfinalizecompute`); the dashboard groups tasks by that prefix, so a stage's work shows as dask's
 internals. `compute` runs collections with every key of their (optimized) graph renamed to start with the stage's
-name (`evaluate-getitem`, `evaluate-predict`, `evaluate-result`), and returns futures as `client.compute` does.
+name (`evaluate-getitem`, `evaluate-shuffle-taker`), and returns futures as `client.compute` does.
 """
 
 from __future__ import annotations
@@ -24,26 +24,15 @@ def stage_key(key: Any, stage: str) -> Any:
 
 def compute(client: Client, collections: Sequence[Any], stage: str) -> list[Future]:
     """`client.compute(collections)` with every task key starting with `stage`: one future per collection, each
-    holding what `collection.compute()` would return."""
-    import dask
+    holding what `collection.compute()` would return. The graph is the one client.compute makes (the collections
+    optimized together, then finalized), only renamed."""
+    from dask._expr import FinalizeCompute
     from dask._task_spec import convert_legacy_graph
-    from dask.base import tokenize
+    from dask.base import collections_to_expr
+    from dask.core import flatten
 
-    optimized = dask.optimize(*collections)
-    graph: dict = {}
-    for c in optimized:
-        graph.update(c.__dask_graph__())
-    graph = convert_legacy_graph(graph)
+    expr = FinalizeCompute(collections_to_expr(list(collections), True)).optimize()
+    graph = convert_legacy_graph(dict(expr.__dask_graph__()))
     subs = {k: stage_key(k, stage) for k in graph}
     renamed = {subs[k]: node.substitute(subs, key=subs[k]) for k, node in graph.items()}
-    outputs = [_renamed_keys(c.__dask_keys__(), subs) for c in optimized]
-    parts = client.get(renamed, outputs, sync=False)  # the blocks, as futures nested like the keys
-    futures = []
-    for c, part in zip(optimized, parts, strict=True):
-        finalize, args = c.__dask_postcompute__()
-        futures.append(client.submit(finalize, part, *args, key=f"{stage}-result-{tokenize(c, stage)}"))
-    return futures
-
-
-def _renamed_keys(keys: Any, subs: dict) -> Any:
-    return [_renamed_keys(k, subs) for k in keys] if isinstance(keys, list) else subs[keys]
+    return client.get(renamed, [subs[k] for k in flatten(expr.__dask_keys__())], sync=False)

@@ -30,4 +30,4 @@ def test_every_task_is_named_after_the_stage_and_values_are_dask_own(client):
     assert got[2] == [1, 2, 3, 4, 5, 6]
     prefixes = {key_split(t["key"]) for t in stream.data}
     assert len(prefixes) > 3 and all(p.startswith("evaluate") for p in prefixes), prefixes
-    assert all(key_split(f.key) == "evaluate-result" for f in futures), [f.key for f in futures]
+    assert all(f.key.startswith("evaluate-") for f in futures), [f.key for f in futures]
