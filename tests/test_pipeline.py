@@ -368,6 +368,6 @@ def test_progress_lines_and_task_keys_name_the_stage(tmp_path, client, caplog):
     assert {stage_of(s) for s, prefixes in seen.items() if prefixes} == {"extract", "features", "train", "evaluate",
                                                                          "infer", "report"}
     for step, prefixes in seen.items():
-        if stage_of(step) == "train":  # joblib's dask backend names the forest's tasks (forest.py)
+        if stage_of(step) == "train":  # forest.py names the forest's tree tasks itself (another area)
             continue
         assert all(p.startswith(stage_of(step)) for p in prefixes), (step, prefixes)
