@@ -2,7 +2,8 @@
 
 A bar redraws itself with carriage returns: in a file (a submitted driver's job.log, CI, `| tee`) that leaves
 thousands of fragments between the log lines. Off a terminal a step therefore logs one line per quarter of its
-tasks done instead, through crystal_dask's logger (so into job.log as well).
+tasks done instead, through crystal_dask's logger (so into job.log as well). Both name what is under way: the
+running step (`evaluate:FCBR-eval:baseline`, from the runner) or, outside a job, the futures' task prefixes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ log = logging.getLogger("crystal_dask.progress")
 
 MILESTONES = (25, 50, 75, 100)  # percent of a step's tasks done at which a line is logged
 
-Display = Callable[[list], None]
+Display = Callable[..., None]  # (futures, name=None)
 
 
 def _name(futures: list) -> str:
@@ -27,15 +28,15 @@ def _name(futures: list) -> str:
     return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
-def log_milestones(futures: list) -> None:
+def log_milestones(futures: list, name: str | None = None) -> None:
     """Wait for `futures`, logging when 25, 50, 75 and 100% of them are finished (failed ones count: the
-    caller's gather raises their error)."""
+    caller's gather raises their error), under `name` (default: their task prefixes)."""
     from distributed import as_completed
 
     total = len(futures)
     if not total:
         return
-    name, pending = _name(futures), list(MILESTONES)
+    name, pending = name or _name(futures), list(MILESTONES)
     for done, _ in enumerate(as_completed(futures), start=1):
         reached = [m for m in pending if 100 * done >= m * total]
         if reached:
@@ -43,10 +44,12 @@ def log_milestones(futures: list) -> None:
             log.info("progress %s: %d%% (%d/%d tasks)", name, reached[-1], done, total)
 
 
-def bar(futures: list) -> None:
-    """distributed's terminal bar (carriage-return redraws on stdout)."""
+def bar(futures: list, name: str | None = None) -> None:
+    """distributed's terminal bar (carriage-return redraws on stdout), after a line naming it."""
     from distributed import progress
 
+    if futures:
+        print(name or _name(futures), flush=True)
     progress(futures)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -336,3 +337,37 @@ def test_pca_is_fitted_again_when_training_moves_to_another_corpus(tmp_path):
     assert why["train:pca:fit"] == "setting fitted_on changed"
     assert set(why) == {"train:pca:fit", "train:baseline", "train:crystal", "evaluate:FOX:baseline",
                         "evaluate:FOX:crystal", "infer:slides:baseline", "report"}
+
+
+@pytest.mark.slow
+def test_progress_lines_and_task_keys_name_the_stage(tmp_path, client, caplog):
+    """What the job log and the dashboard show is named after the step and its stage, not after dask internals
+    (finalize-hlgfinalizecompute, from_sequence, shuffle-taker, getitem)."""
+    from dask.utils import key_split
+    from distributed import get_task_stream
+
+    from crystal_dask.pipeline import Runner
+    from crystal_dask.progress import log_milestones
+    from crystal_dask.stages.base import stage_of
+
+    job = load_experiment(write_job(tmp_path, {
+        **TINY, "out": str(tmp_path / "out"), "features": {"families": ["stain"]},
+        "infer": {"sets": {"TUBR": {"corpus": "tubr", "splits": ["eval"], "configs": ["crystal"]}},
+                  "window_size": 256}}))
+    runner = Runner(job, client, log_milestones)
+    seen: dict[str, set[str]] = {}
+    with caplog.at_level(logging.INFO, logger="crystal_dask.progress"):
+        for decision in runner.planner.decisions():  # the runner's own steps, one task stream each
+            with get_task_stream(client) as stream:
+                assert runner.step(decision)
+            seen[decision.step.name] = {key_split(t["key"]) for t in stream.data}
+
+    progress = [r.getMessage().removeprefix("progress ") for r in caplog.records if r.name == "crystal_dask.progress"]
+    named = {line.rsplit(": ", 1)[0] for line in progress}
+    assert named == {s for s in seen if stage_of(s) in ("extract", "features", "evaluate", "infer")}, progress
+    assert {stage_of(s) for s, prefixes in seen.items() if prefixes} == {"extract", "features", "train", "evaluate",
+                                                                         "infer", "report"}
+    for step, prefixes in seen.items():
+        if stage_of(step) == "train":  # forest.py names the forest's tree tasks itself (another area)
+            continue
+        assert all(p.startswith(stage_of(step)) for p in prefixes), (step, prefixes)

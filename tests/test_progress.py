@@ -43,3 +43,11 @@ def test_milestones_reached_together_give_one_line_and_a_failure_does_not_stop_t
     lines = [r.getMessage() for r in caplog.records if r.name == "crystal_dask.progress"]
     assert lines == ["progress add_one: 50% (1/2 tasks)", "progress add_one: 100% (2/2 tasks)"]
     log_milestones([])  # nothing to wait for: no line
+
+
+def test_milestones_name_the_step_given(client, caplog):
+    futures = client.map(add_one, range(4))
+    with caplog.at_level(logging.INFO, logger="crystal_dask.progress"):
+        log_milestones(futures, name="evaluate:FCBR-eval:baseline")
+    lines = [r.getMessage() for r in caplog.records if r.name == "crystal_dask.progress"]
+    assert lines == [f"progress evaluate:FCBR-eval:baseline: {p}% ({p // 25}/4 tasks)" for p in (25, 50, 75, 100)]

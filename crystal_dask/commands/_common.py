@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # distributed costs 0.2 s to import: `run --dry-run` and the error paths need none
     from distributed import Client
 
+    from crystal_dask.runtime.cluster import ClusterConfig
+
 
 def add_cluster_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", type=Path, default=None,
@@ -19,11 +21,20 @@ def add_cluster_argument(p: argparse.ArgumentParser) -> None:
                    help="no progress at all (by default a bar on a terminal, a few log lines elsewhere)")
 
 
-@contextlib.contextmanager
-def client_for(args: argparse.Namespace) -> Iterator[Client]:
-    from crystal_dask.runtime.cluster import connect, load_cluster_config
+def cluster_config(args: argparse.Namespace) -> ClusterConfig:
+    """The --cluster file, read and checked (None: the local defaults). A verb calls it with its other inputs,
+    before it takes a lock or writes anything: a bad file is one line naming file and key, and leaves nothing."""
+    from crystal_dask.runtime.cluster import load_cluster_config
 
-    with connect(load_cluster_config(args.cluster)) as client:
+    return load_cluster_config(args.cluster)
+
+
+@contextlib.contextmanager
+def client_for(cluster: ClusterConfig) -> Iterator[Client]:
+    """A Client on the checked `cluster` (runtime.cluster.connect), imported only when a verb needs one."""
+    from crystal_dask.runtime.cluster import connect
+
+    with connect(cluster) as client:
         yield client
 
 

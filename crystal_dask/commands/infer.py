@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from crystal_dask.commands._common import add_cluster_argument, client_for, progress_bar
+from crystal_dask.commands._common import add_cluster_argument, client_for, cluster_config, progress_bar
+
+if TYPE_CHECKING:
+    from crystal_dask.runtime.cluster import ClusterConfig
 
 HELP = ("Predict every tissue window of whole slides with a trained model: per-slide probability grids (zarr), "
         "overlay and heatmap PNGs, QuPath GeoJSON, NEDC REGIONDECISIONS, a summary table and scores.")
@@ -59,11 +63,12 @@ def collect_inputs(inputs: list[Path], splits: list[str] | None = None) -> tuple
 def run(args: argparse.Namespace) -> int:
     from crystal_dask.runtime.lock import hold
 
+    cluster = cluster_config(args)  # checked before the lock
     with hold(args.out, "crystal-dask infer"):  # one command per output folder; the stage imports inside it
-        return _infer(args)
+        return _infer(args, cluster)
 
 
-def _infer(args: argparse.Namespace) -> int:
+def _infer(args: argparse.Namespace, cluster: ClusterConfig) -> int:
     from crystal_dask.infer.run import infer_slides
     from crystal_dask.infer.settings import InferSettings
 
@@ -72,7 +77,7 @@ def _infer(args: argparse.Namespace) -> int:
                              magnification=args.magnification, heatmap_class=args.heatmap_class, block=args.block,
                              skip_errors=not args.stop_on_error)
     slides, corpus = collect_inputs(args.input, args.splits)
-    with client_for(args) as client:
+    with client_for(cluster) as client:
         m = infer_slides(slides, args.model, args.out, client, settings, corpus=corpus,
                          show_progress=progress_bar(args))
     score = m["score"]["summary"] if m["score"] else None

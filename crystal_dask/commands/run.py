@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crystal_dask.commands._common import add_cluster_argument, client_for, progress_bar
+from crystal_dask.commands._common import add_cluster_argument, client_for, cluster_config, progress_bar
 from crystal_dask.stages import ORDER
 
 HELP = (f"Run a job (jobs/<job>.yaml): the stages it asks for, in order: {', '.join(ORDER)}. Finished steps are "
@@ -30,13 +30,15 @@ def run(args: argparse.Namespace) -> int:
     from crystal_dask.stages import load_experiment
     from crystal_dask.status import starting
 
-    job = load_experiment(args.job, args.out)  # checked before any cluster starts
+    # the job and the cluster file are checked together, before the lock, any output or any cluster
+    job = load_experiment(args.job, args.out)
+    cluster = cluster_config(args)
     if args.dry_run:
         return dry_run_listing(job)
     with hold(job.out):  # a second run on this folder is refused before it starts a cluster
         print(f"job {job.name}: outputs in {job.out}")
         # status.json says `starting` until the runner takes over, and why, if the cluster never comes
-        with starting(job.out, job.name, job.source), client_for(args) as client:
+        with starting(job.out, job.name, job.source), client_for(cluster) as client:
             report = run_job(job, client, progress_bar(args), args.performance_reports)
     print(f"report: {report}")
     return 0

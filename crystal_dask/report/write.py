@@ -9,6 +9,7 @@ The results are then put together in one fixed order: same input, same bytes, wh
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,15 @@ class _Done:
         return self.value
 
 
+TASK_PREFIX = "report"  # the figures' tasks on the dashboard: report-confusion, report-gallery, ...
+
+
 def _submitter(client: Any | None) -> Callable[..., Any]:
-    """submit(fn, *args) -> an object with .result(): a task on `client`'s workers, or a call made now."""
+    """submit(fn, *args) -> an object with .result(): a task on `client`'s workers (its key starting with
+    TASK_PREFIX, then the figure), or a call made now."""
     if client is None:
         return lambda fn, *args: _Done(fn(*args))
-    return lambda fn, *args: client.submit(fn, *args, pure=False)
+    return lambda fn, *args: client.submit(fn, *args, key=f"{TASK_PREFIX}-{fn.__name__.strip('_')}-{uuid.uuid4().hex}")
 
 
 def _confusion(summary: dict[str, Any], title: str, path: Path) -> Path:

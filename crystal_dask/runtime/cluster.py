@@ -14,11 +14,9 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.config
-from distributed import Client
-from distributed.security import Security
 
 from crystal_dask.checks import (
     ConfigError,
@@ -35,6 +33,10 @@ from crystal_dask.checks import (
     walltime,
 )
 from crystal_dask.runtime.reach import check_scheduler
+
+if TYPE_CHECKING:  # loading and checking a cluster.yaml needs no distributed (0.2 s): `run --dry-run` checks it too
+    from distributed import Client
+    from distributed.security import Security
 
 KINDS: tuple[str, ...] = ("local", "address", "slurm", "pbs", "sge", "kubernetes")
 BATCH_KINDS: tuple[str, ...] = ("slurm", "pbs", "sge")
@@ -222,6 +224,8 @@ def connect(cfg: ClusterConfig) -> Iterator[Client]:
     The Client is dask's default scheduler only inside the block (distributed's own scoped setting, undone on
     close); no other dask configuration is touched.
     """
+    from distributed import Client
+
     with contextlib.ExitStack() as stack:
         if cfg.kind == "address":
             address = cfg.settings["address"]
@@ -268,6 +272,8 @@ def job_script(cfg: ClusterConfig) -> str:
 def _security(tls: Mapping[str, str] | None) -> Security | None:
     if tls is None:
         return None
+    from distributed.security import Security
+
     return Security(
         tls_ca_file=tls["ca_file"], tls_client_cert=tls["cert"], tls_client_key=tls["key"], require_encryption=True
     )

@@ -1,5 +1,5 @@
 """The two shapes every chunk-owning stage repeats: a task that resumes from its done-marker, and a bag of such
-tasks computed on the cluster with a progress display."""
+tasks computed on the cluster, named after their stage, with a progress display."""
 
 from __future__ import annotations
 
@@ -38,11 +38,14 @@ def resumable(task_fn: Callable[..., dict] | None = None, *,
 
 
 def map_tasks(client: Any, fn: Callable[[dict], Any], tasks: Sequence[dict],
-              show_progress: Callable[[list], None] | None = None) -> list[Any]:
-    """`fn` over `tasks` on the cluster, one bag partition (one Dask task) each; results in task order."""
+              show_progress: Callable[[list], None] | None = None, *, stage: str) -> list[Any]:
+    """`fn` over `tasks` on the cluster, one bag partition (one Dask task) each, keys starting with `stage`
+    (runtime/keys.py); results in task order."""
     import dask.bag as db
 
-    futures = client.compute(db.from_sequence(tasks, npartitions=len(tasks)).map(fn).to_delayed())
+    from crystal_dask.runtime import keys
+
+    futures = keys.compute(client, db.from_sequence(tasks, npartitions=len(tasks)).map(fn).to_delayed(), stage)
     if show_progress is not None:
         show_progress(futures)
     return [result for partition in client.gather(futures) for result in partition]  # one task per partition

@@ -19,6 +19,7 @@ not declare.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from crystal_dask.experiment import Experiment
+    from crystal_dask.progress import Display
 
 
 def fingerprint(*parts: Any) -> str:
@@ -40,6 +42,11 @@ def fingerprint(*parts: Any) -> str:
 def plain(value: Any) -> Any:
     """`value` as JSON has it (tuples as lists, paths as str): what a step's settings are recorded and compared as."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def stage_of(step: str) -> str:
+    """The stage a step name belongs to (`evaluate` of `evaluate:FCBR-eval:baseline`)."""
+    return step.split(":")[0]
 
 
 class UndeclaredRead(RuntimeError):
@@ -73,10 +80,17 @@ class Context:
 
     experiment: Experiment
     client: Client | None
-    show_progress: Callable[[list], None] | None = None
+    display: Display | None = None  # crystal_dask.progress's display; steps see it as `show_progress`
     products: dict[str, Path] = field(default_factory=dict)  # e.g. {"report": <report.md>}, for the caller
     steps: dict[str, Step] = field(default_factory=dict)  # every step declared so far, by name (the runner's)
     running: Step | None = None  # the step whose run() is under way (set by the runner)
+
+    @property
+    def show_progress(self) -> Callable[[list], None] | None:
+        """How the running step shows the progress of its futures: the display, naming the step."""
+        if self.display is None or self.running is None:
+            return self.display
+        return functools.partial(self.display, name=self.running.name)
 
     @property
     def out(self) -> Path:

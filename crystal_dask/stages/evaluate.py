@@ -24,6 +24,7 @@ from crystal_dask.checks import ConfigError, need, section, text, texts
 from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import confusion
 from crystal_dask.predict import predict_proba
+from crystal_dask.runtime import keys
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
 from crystal_dask.stages import train
 from crystal_dask.stages.base import Context, Step
@@ -96,7 +97,7 @@ def evaluate(
     pixels, labels = dataset.dask_view(rows, features)  # sorted rows: each block stays within its zarr chunks
     with roomy_stage(client) as stage:
         proba, cm = predict_partitions(pixels, labels, model_future, stage)
-        proba_f, cm_f = client.compute([proba, cm])
+        proba_f, cm_f = keys.compute(client, [proba, cm], NAME)  # the dashboard shows evaluate-..., not getitem
         if show_progress is not None:
             show_progress([proba_f, cm_f])
         proba_v, cm_v = client.gather([proba_f, cm_f])

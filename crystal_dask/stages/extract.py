@@ -153,7 +153,7 @@ def extract(
     if todo:
         with roomy_stage(client) as stage:
             try:
-                map_tasks(client, extract_chunk, [t | {"stage": stage} for t in todo], show_progress)
+                map_tasks(client, extract_chunk, [t | {"stage": stage} for t in todo], show_progress, stage=NAME)
             finally:  # the workers' cached slides are closed with the stage
                 client.run(close_stage, stage, on_error="ignore")
 

@@ -34,10 +34,11 @@ import pyarrow.compute as pc
 from crystal_dask.checks import ConfigError, check_fields, integer, number, texts
 from crystal_dask.experiment import Experiment
 from crystal_dask.features import FAMILIES, FeatureError, compute_families, resample_to
+from crystal_dask.runtime import keys
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
 from crystal_dask.runtime.tasks import map_tasks, resumable
 from crystal_dask.stages import extract
-from crystal_dask.stages.base import Context, Step, fingerprint
+from crystal_dask.stages.base import Context, Step, fingerprint, stage_of
 from crystal_dask.store.dataset import PIXELS, Dataset
 from crystal_dask.store.files import write_json
 from crystal_dask.store.schema import REJECTS, make_table, reject_row, write_table
@@ -167,7 +168,7 @@ def compute(ds: Dataset, settings: FeatureSettings, client, show_progress=None) 
     todo = [t for t in tasks if not Path(t["marker"]).exists()]
     if todo:
         with roomy_stage(client) as stage:
-            map_tasks(client, feature_chunk, [t | {"stage": stage} for t in todo], show_progress)
+            map_tasks(client, feature_chunk, [t | {"stage": stage} for t in todo], show_progress, stage=NAME)
     ds.sweep_partial_writes()
     rejects, checksums = [], {}
     for t in tasks:
@@ -201,9 +202,9 @@ def fit_pca(train_ds: Dataset, rows: np.ndarray, components: int, client) -> Any
     return model
 
 
-def apply_pca(ds: Dataset, model: Any, client, key: str) -> None:
+def apply_pca(ds: Dataset, model: Any, client, key: str, stage: str) -> None:
     """Every row of `ds` projected on the fitted components, written as the `pca` array (rows extract rejected
-    stay zero and not ok)."""
+    stay zero and not ok); the tasks' keys start with `stage`."""
     n = model.n_components_
     ds.add_arrays({PCA: ((n,), "float32")}, {PCA: {"columns": [f"pca_{i}" for i in range(n)], "version": PCA_VERSION,
                                                    "key": key}})
@@ -214,8 +215,7 @@ def apply_pca(ds: Dataset, model: Any, client, key: str) -> None:
     # The projection itself (not model.transform: dask-ml 2025.1's PCA lacks an attribute scikit-learn 1.9's
     # fitted-check reads); blocks of rows, as evaluation reads them.
     mean, components = model.mean_.astype(np.float32), model.components_.astype(np.float32)
-    with client.as_current():
-        projected = ((data.astype(np.float32) - mean) @ components.T).compute()
+    (projected,) = client.gather(keys.compute(client, [(data.astype(np.float32) - mean) @ components.T], stage))
     projected[~written] = 0
     ds.add_checksums(ds.write_rows(0, {PCA: projected, f"ok_{PCA}": written}))
 
@@ -261,7 +261,7 @@ def pca_step(ctx: Context, corpus: str, step_name: str) -> Step:
         model = fit_pca(train_ds, rows, components, ctx.client)
         key = fingerprint(train_ds.read_manifest()["plan_hash"], components)
         for r in reads:
-            apply_pca(ctx.output(r), model, ctx.client, key)
+            apply_pca(ctx.output(r), model, ctx.client, key, stage_of(step_name))
         write_json(record, {"key": key, "fitted_on": str(train_ds.root), "rows": int(len(rows)),
                             "components": int(model.n_components_),
                             "explained_variance_ratio": float(np.sum(model.explained_variance_ratio_))})

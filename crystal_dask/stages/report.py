@@ -14,7 +14,7 @@ from typing import Any
 from crystal_dask.experiment import Experiment
 from crystal_dask.report.write import write_report
 from crystal_dask.stages import ordered
-from crystal_dask.stages.base import Context, Step
+from crystal_dask.stages.base import Context, Step, stage_of
 from crystal_dask.store.files import write_json
 
 NAME = "report"
@@ -48,7 +48,7 @@ def steps(ctx: Context) -> Iterator[Step]:
     ctx.products["report"] = folder / "report.md"
     # every step of the reporting stages (declared before it); their order is the report's order
     stages = {s.NAME for s in reporting()}
-    reads = tuple(n for n in ctx.steps if n.split(":")[0] in stages)
+    reads = tuple(n for n in ctx.steps if stage_of(n) in stages)
 
     def run() -> None:
         results = collect(ctx)

@@ -49,7 +49,12 @@ def test_a_failing_task_leaves_no_marker(tmp_path):
     assert not (tmp_path / "m.json").exists()
 
 
-def test_map_tasks_returns_results_in_task_order(client, tmp_path):
+def test_map_tasks_returns_results_in_task_order_under_the_stage_name(client, tmp_path):
+    from dask.utils import key_split
+    from distributed import get_task_stream
+
     tasks = [{"x": x, "marker": str(tmp_path / f"{x}.json")} for x in (5, 1, 4)]
-    assert map_tasks(client, _square, tasks) == [{"square": 25}, {"square": 1}, {"square": 16}]
+    with get_task_stream(client) as stream:
+        assert map_tasks(client, _square, tasks, stage="extract") == [{"square": 25}, {"square": 1}, {"square": 16}]
+    assert stream.data and all(key_split(t["key"]).startswith("extract") for t in stream.data), stream.data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1.json", "4.json", "5.json"]
