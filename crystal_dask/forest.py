@@ -222,9 +222,10 @@ def fit_forest(
     forest with the same attributes as the in-memory fit (n_jobs left at None). `timings`: a list that receives
     each tree's TreeTiming, in tree order.
 
-    Submitted directly rather than through joblib's dask backend: joblib's batch wrapper, callbacks and
-    two-per-worker dispatch cost the client about three times the CPU per task (0.3-0.45 s per 100-tree forest)
-    and the workers 0.15-0.3 s more, measured side by side (docs/benchmarks.md).
+    Submitted directly rather than through joblib's dask backend: even configured (pre_dispatch="all", an
+    explicit batch_size, the inputs scattered once) it submits and fetches each task on its own and adds its batch
+    bookkeeping, ~3 ms of CPU per task: +6-8% CPU and wall per 2,000-row forest, measured side by side
+    (docs/benchmarks.md).
     """
     if trees_per_task < 1:
         raise ValueError(f"trees_per_task must be >= 1; got {trees_per_task!r}")
