@@ -22,7 +22,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 
+from crystal_dask.runtime.keys import stage_key
 from crystal_dask.store.dataset import PIXELS, Dataset, ZarrRows
 
 __all__ = ["IMBLEARN_CHECKED", "MAX_INT", "TreeTiming", "TrainingRows", "fit_forest", "fit_tree", "fit_trees",
@@ -213,11 +214,13 @@ def fit_forest(
     trees_per_task: int = 1,
     strata: Sequence | np.ndarray | None = None,
     timings: list[TreeTiming] | None = None,
+    show_progress: Callable[[list], None] | None = None,
 ) -> BalancedRandomForestClassifier:
     """`BalancedRandomForestClassifier(n_estimators, random_state).fit(reader(rows), y)`, one task per tree.
 
     The trees run as dask tasks on `client`'s cluster, `trees_per_task` trees each (named
-    `fit_trees-<uuid>-<attempt>-<task>`), all submitted at once; the row numbers and encoded labels are
+    `train-fit_trees-<uuid>-<attempt>-<task>`, so the dashboard shows them as the train stage's), all submitted at
+    once and shown through `show_progress` (crystal_dask.progress's display); the row numbers and encoded labels are
     broadcast to every worker once, and each task reads its own rows from zarr. The result is an ordinary fitted
     forest with the same attributes as the in-memory fit (n_jobs left at None). `timings`: a list that receives
     each tree's TreeTiming, in tree order.
@@ -251,11 +254,15 @@ def fit_forest(
     token = uuid.uuid4().hex
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            # Broadcast: every worker holds the inputs, so a killed worker loses none of them.
-            rows_f, y_f, groups_f = client.scatter([rows, y_encoded, groups], broadcast=True)
+            # Broadcast: every worker holds the inputs, so a killed worker loses none of them. Keys of their own
+            # (hash=False): content-named keys are shared with a forest just fitted on the same rows, whose
+            # release may reach the scheduler after this scatter and lose them.
+            rows_f, y_f, groups_f = client.scatter([rows, y_encoded, groups], broadcast=True, hash=False)
             n = len(batches)
             futures = client.map(fit_trees, [reader] * n, [rows_f] * n, [y_f] * n, batches, [groups_f] * n,
-                                 key=[f"fit_trees-{token}-{attempt}-{i}" for i in range(n)])
+                                 key=[stage_key(f"fit_trees-{token}-{attempt}-{i}", "train") for i in range(n)])
+            if show_progress is not None:
+                show_progress(futures)
             fitted = [tree for batch in client.gather(futures) for tree in batch]
             break
         except (FutureCancelledError, KilledWorker) as exc:

@@ -364,10 +364,8 @@ def test_progress_lines_and_task_keys_name_the_stage(tmp_path, client, caplog):
 
     progress = [r.getMessage().removeprefix("progress ") for r in caplog.records if r.name == "crystal_dask.progress"]
     named = {line.rsplit(": ", 1)[0] for line in progress}
-    assert named == {s for s in seen if stage_of(s) in ("extract", "features", "evaluate", "infer")}, progress
+    assert named == {s for s in seen if stage_of(s) in ("extract", "features", "train", "evaluate", "infer")}, progress
     assert {stage_of(s) for s, prefixes in seen.items() if prefixes} == {"extract", "features", "train", "evaluate",
                                                                          "infer", "report"}
     for step, prefixes in seen.items():
-        if stage_of(step) == "train":  # forest.py names the forest's tree tasks itself (another area)
-            continue
         assert all(p.startswith(stage_of(step)) for p in prefixes), (step, prefixes)

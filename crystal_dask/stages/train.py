@@ -11,7 +11,7 @@ import hashlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,7 +114,8 @@ def dataset_hash(dataset: Dataset, rows: np.ndarray, features: tuple[str, ...] =
     return h.hexdigest()
 
 
-def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: Client) -> dict:
+def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: Client,
+          show_progress: Callable[[list], None] | None = None) -> dict:
     """Select, load, fit, save (skops + manifest). Returns the manifest."""
     dataset = Dataset(Path(dataset_root))
     patches = dataset.usable(dataset.rows())
@@ -133,7 +134,7 @@ def train(dataset_root: str | Path, cfg: TrainConfig, out: str | Path, client: C
     from crystal_dask.forest import TrainingRows, fit_forest  # here: declaring steps needs no scikit-learn
 
     model = fit_forest(TrainingRows(str(dataset.root), cfg.features), rows, y, client, random_state=RANDOM_STATE,
-                       strata=strata)
+                       strata=strata, show_progress=show_progress)
     manifest = {
         "config": {**asdict(cfg), "splits": list(cfg.splits), "features": list(cfg.features)},  # as JSON has it
         "dataset": str(dataset.root),
@@ -210,7 +211,8 @@ def steps(ctx: Context) -> Iterator[Step]:
         path = model_path(exp, cfg.name)
         yield Step(step_name(cfg.name), reads, {"config": asdict(cfg), "random_state": RANDOM_STATE},
                    (path, path.with_suffix(".json")),
-                   lambda cfg=cfg, path=path: train(ctx.output(reads[0]).root, cfg, path, ctx.client), product=path)
+                   lambda cfg=cfg, path=path: train(ctx.output(reads[0]).root, cfg, path, ctx.client,
+                                                    ctx.show_progress), product=path)
 
 
 def report_inputs(ctx: Context, results: Mapping[str, Any]) -> dict[str, Any]:
