@@ -169,6 +169,12 @@ def test_bench_train_reports_overhead_and_identical_models(bench_work):
     assert pt["read"] > 0 and pt["fit"] > 0 and 0 < pt["read_share"] <= pt["read_share_max"] < 1
     assert 0 < pt["fit_cpu"] and 0 < pt["read_share_cpu"] < 1
     assert pt["features"] == 256 * 256 and pt["rows"] == 9 * min(r["classes"])
+    # every tree kept, the worst one named, the buffers' preparation before the trees reported
+    assert len(pt["each"]) == 100 and [e["tree"] for e in pt["each"]] == list(range(100))
+    assert pt["worst"]["read_share"] == pytest.approx(pt["read_share_max"])
+    assert sum(e["first_on_process"] for e in pt["each"]) == 2
+    assert pt["prepare"]["workers"] == 2 and pt["prepare"]["bytes"] == pt["rows"] * pt["features"] * 4
+    assert "worst tree: #" in bench_train.report(r) and "sample buffer faulted in" in bench_train.report(r)
     sc = r["scale"]
     assert sc["rows"] == 400 and min(sc["classes"]) == 20 and sum(sc["classes"]) == 400
     assert sc["per_tree"]["trees"] == 4 and sc["per_tree"]["rows"] == 9 * 20
