@@ -159,8 +159,9 @@ def prepare_sample_buffers(n_rows: int, n_features: int, dask_worker: Any = None
 
     numpy asks for transparent huge pages for large arrays, and faulting them in costs far more than the copy into
     them on this kind of machine (~2 CPU s per GiB measured in a VM, against ~0.4 s in 4 KiB pages; the fit on huge
-    pages is ~5% faster, which over a forest's trees is worth more): paid here once per worker and forest, and
-    counted in the forest's time. No more buffers than threads: a process still holds one sample per thread.
+    pages takes 6-10% less CPU, which over a forest's trees is worth more: docs/benchmarks.md): paid here once per
+    worker and forest, and counted in the forest's time. No more buffers than threads: a process still holds one
+    sample per thread.
     """
     threads = int(dask_worker.state.nthreads) if dask_worker is not None else 1
     size = n_rows * n_features
