@@ -210,7 +210,8 @@ def tree_summary(timings: Sequence, preparation: Sequence = (), forest_trees: in
             "processes": len({t.pid for t in timings}),
             "prepare": {"seconds": max((p.seconds for p in preparation), default=0.0),
                         "cpu": max((p.cpu for p in preparation), default=0.0),
-                        "bytes": max((p.bytes for p in preparation), default=0), "workers": len(preparation)},
+                        "bytes": max((p.bytes for p in preparation), default=0),
+                        "workers": len({p.pid for p in preparation})},
             "worst": each[int(np.argmax(col["read"] / total))], "each": each}
 
 
