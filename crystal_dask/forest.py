@@ -42,8 +42,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from crystal_dask.runtime.keys import stage_key
 from crystal_dask.store.dataset import PIXELS, Dataset, ZarrRows
 
-__all__ = ["IMBLEARN_CHECKED", "MAX_INT", "TreeTiming", "TrainingRows", "fit_forest", "fit_tree", "fit_trees",
-           "tree_seeds"]
+__all__ = ["IMBLEARN_CHECKED", "MAX_INT", "BufferTiming", "TreeTiming", "TrainingRows", "fit_forest", "fit_tree",
+           "fit_trees", "prepare_sample_buffers", "tree_seeds"]
 
 # imblearn.ensemble._forest.MAX_INT: the bound of every per-tree seed (sklearn's _set_random_states uses it too).
 MAX_INT = int(np.iinfo(np.int32).max)
@@ -120,26 +120,69 @@ class TrainingRows:
 
 
 _buffers: dict[int, np.ndarray] = {}  # thread id -> the float32 buffer that thread's trees read their samples into
+_prepared: list[np.ndarray] = []  # buffers prepare_sample_buffers faulted in, for the threads that have none yet
+_buffers_lock = threading.Lock()
 
 
 def sample_buffer(n_rows: int, n_features: int) -> np.ndarray:
     """A (n_rows, n_features) float32 array over this thread's reused buffer.
 
     Its pages stay mapped from tree to tree: a fresh array per tree (about 120 MB at 2,000 rows) cost a third more
-    than the uint8 -> float32 copy itself in page faults. A thread holds one tree's sample, as before, and
+    than the uint8 -> float32 copy itself in page faults. A thread without a large enough buffer takes one that
+    `prepare_sample_buffers` made, else allocates it. A thread holds one tree's sample, as before, and
     `release_sample_buffers` frees them all when the forest is done.
     """
     thread = threading.get_ident()
     size = n_rows * n_features
-    if _buffers.get(thread, np.empty(0, np.float32)).size < size:
-        _buffers.pop(thread, None)  # the smaller one goes before the larger one is allocated
-        _buffers[thread] = np.empty(size, np.float32)
-    return _buffers[thread][:size].reshape(n_rows, n_features)
+    with _buffers_lock:
+        if _buffers.get(thread, np.empty(0, np.float32)).size < size:
+            _buffers.pop(thread, None)  # the smaller one goes before the larger one is allocated
+            spare = next((i for i, b in enumerate(_prepared) if b.size >= size), None)
+            _buffers[thread] = _prepared.pop(spare) if spare is not None else np.empty(size, np.float32)
+        return _buffers[thread][:size].reshape(n_rows, n_features)
+
+
+@dataclass(frozen=True)
+class BufferTiming:
+    """One worker's preparation of its sample buffers (prepare_sample_buffers): wall and CPU seconds (system time
+    included), the bytes it faulted in and the process."""
+
+    seconds: float
+    cpu: float
+    bytes: int
+    pid: int
+
+
+def prepare_sample_buffers(n_rows: int, n_features: int, dask_worker: Any = None) -> BufferTiming:
+    """Allocate and touch one (n_rows, n_features) float32 buffer per thread of this worker (client.run, before a
+    forest's trees), so that a tree's read times reading, not the first touch of its buffer.
+
+    numpy asks for transparent huge pages for large arrays, and faulting them in costs far more than the copy into
+    them on this kind of machine (~2 CPU s per GiB measured in a VM, against ~0.4 s in 4 KiB pages; the fit on huge
+    pages takes 6-10% less CPU, which over a forest's trees is worth more: docs/benchmarks.md): paid here once per
+    worker and forest, and counted in the forest's time. No more buffers than threads: a process still holds one
+    sample per thread.
+    """
+    threads = int(dask_worker.state.nthreads) if dask_worker is not None else 1
+    size = n_rows * n_features
+    started, started_cpu = time.perf_counter(), time.thread_time()
+    with _buffers_lock:
+        _prepared[:] = [b for b in _prepared if b.size >= size]  # smaller ones go before larger ones are made
+        held = len(_prepared) + sum(b.size >= size for b in _buffers.values())
+    made = [np.empty(size, np.float32) for _ in range(max(0, threads - held))]
+    for b in made:
+        b[::1024] = 0  # one write per 4 KiB page faults the whole buffer in (contents are overwritten by reads)
+    with _buffers_lock:
+        _prepared.extend(made)
+    return BufferTiming(time.perf_counter() - started, time.thread_time() - started_cpu, size * 4 * len(made),
+                        os.getpid())
 
 
 def release_sample_buffers() -> None:
     """Free this process's sample buffers (run on every worker at the end of a forest)."""
-    _buffers.clear()
+    with _buffers_lock:
+        _buffers.clear()
+        _prepared.clear()
 
 
 @dataclass(frozen=True)
@@ -147,7 +190,8 @@ class TreeTiming:
     """Where one tree's time went, measured in its task: drawing its sample's rows (the sampler, which the
     in-memory fit runs too), reading them (decoding any chunk its machine had not decoded yet included) and
     fitting, in wall seconds and in CPU seconds of the task's thread (what the tree costs on a core of its own,
-    however loaded the machine); the sample's shape; the process that ran it."""
+    however loaded the machine); the sample's shape; the process that ran it and when the tree started (Unix
+    seconds: which tree was a process's first)."""
 
     draw: float
     read: float
@@ -158,6 +202,7 @@ class TreeTiming:
     rows: int
     features: int
     pid: int
+    start: float
 
 
 def fit_tree(
@@ -173,7 +218,7 @@ def fit_tree(
     `strata` (encoded like y): balance the sample over these groups instead of the classes (e.g. raw labels,
     so crystalline and plain rows of one class are drawn equally); the tree still learns the classes.
     """
-    started, started_cpu = time.perf_counter(), time.thread_time()
+    start, started, started_cpu = time.time(), time.perf_counter(), time.thread_time()
     sampler = RandomUnderSampler(sampling_strategy="all", replacement=True, random_state=sampler_seed)
     placeholder = np.zeros((len(y_encoded), 1), dtype=np.uint8)
     _, y_sample = sampler.fit_resample(placeholder, y_encoded if strata is None else strata)
@@ -192,7 +237,7 @@ def fit_tree(
     tree = DecisionTreeClassifier(max_features="sqrt", random_state=tree_seed)
     tree.fit(X, y_sample)
     timing = TreeTiming(drawn - started, read - drawn, time.perf_counter() - read, drawn_cpu - started_cpu,
-                        read_cpu - drawn_cpu, time.thread_time() - read_cpu, X.shape[0], X.shape[1], os.getpid())
+                        read_cpu - drawn_cpu, time.thread_time() - read_cpu, X.shape[0], X.shape[1], os.getpid(), start)
     return sampler, tree, timing
 
 
@@ -214,6 +259,7 @@ def fit_forest(
     trees_per_task: int = 1,
     strata: Sequence | np.ndarray | None = None,
     timings: list[TreeTiming] | None = None,
+    preparation: list[BufferTiming] | None = None,
     show_progress: Callable[[list], None] | None = None,
 ) -> BalancedRandomForestClassifier:
     """`BalancedRandomForestClassifier(n_estimators, random_state).fit(reader(rows), y)`, one task per tree.
@@ -223,7 +269,8 @@ def fit_forest(
     once and shown through `show_progress` (crystal_dask.progress's display); the row numbers and encoded labels are
     broadcast to every worker once, and each task reads its own rows from zarr. The result is an ordinary fitted
     forest with the same attributes as the in-memory fit (n_jobs left at None). `timings`: a list that receives
-    each tree's TreeTiming, in tree order.
+    each tree's TreeTiming, in tree order. Before the trees, each worker faults in its sample buffers
+    (prepare_sample_buffers), so that trees time their reading; `preparation` receives each worker's BufferTiming.
 
     Submitted directly rather than through joblib's dask backend: even configured (pre_dispatch="all", an
     explicit batch_size, the inputs scattered once) it submits and fetches each task on its own and adds its batch
@@ -252,6 +299,12 @@ def fit_forest(
                                       dtype=np.float64)
     batches = [seeds[i:i + trees_per_task] for i in range(0, len(seeds), trees_per_task)]
     token = uuid.uuid4().hex
+    # every tree's sample: each class (or group) drawn to the smallest one's count ("all", with replacement)
+    per_class = np.bincount(codes if groups is None else groups[:, 0].astype(np.int64))
+    prepared = client.run(prepare_sample_buffers, len(per_class) * int(per_class.min()), n_features,
+                          on_error="ignore")
+    if preparation is not None:
+        preparation.extend(t for t in prepared.values() if isinstance(t, BufferTiming))
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             # Broadcast: every worker holds the inputs, so a killed worker loses none of them. Keys of their own

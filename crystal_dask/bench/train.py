@@ -26,6 +26,7 @@ features; checked against the forests' own trees, and turned into a SLURM sizing
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -110,13 +111,16 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
         BalancedRandomForestClassifier(random_state=RANDOM_STATE, n_jobs=2).fit(X[:200], y[:200])
         rowcache.evict(cache_dir, 0)  # the first timed fit starts from an empty copy: every chunk decoded once
         cold: list = []
+        cold_prepared: list = []
         t0 = time.perf_counter()
-        fit_forest(reader, chosen, y, client, random_state=RANDOM_STATE, timings=cold)
+        fit_forest(reader, chosen, y, client, random_state=RANDOM_STATE, timings=cold, preparation=cold_prepared)
         cold_seconds = time.perf_counter() - t0
         log(f"cold fit (every chunk decoded once on the way): {cold_seconds:.2f} s")
         trees: list = []
+        prepared: list = []
         contenders: dict[str, tuple[Any, Callable[[], Any]]] = {  # name -> (its cluster, the fit)
-            "dask": (client, lambda: fit_forest(reader, chosen, y, client, random_state=RANDOM_STATE, timings=trees)),
+            "dask": (client, lambda: fit_forest(reader, chosen, y, client, random_state=RANDOM_STATE, timings=trees,
+                                                preparation=prepared)),
             "broadcast_fit": (client, lambda X=X: broadcast_fit(X, y, client)),
             "local": (None, lambda X=X: BalancedRandomForestClassifier(random_state=RANDOM_STATE, n_jobs=2).fit(X, y)),
         }
@@ -147,7 +151,7 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
         scale = _scale_run(work, ds, client, scale_rows, scale_smallest, scale_trees, log) if scale_rows else None
     stats = {k: Stat(tuple(v)) for k, v in seconds.items()}
     overhead = ratio(stats["dask"], stats["local"])
-    per_tree = tree_summary(trees)
+    per_tree = tree_summary(trees, prepared, len(cold))
     model = cost_model(grid)
     checks = [(f"{rows:,}-row forest", per_tree)] + ([("scale forest", scale["per_tree"])] if scale else [])
     model["checks"] = [{"forest": name, "rows": t["rows"], "features": t["features"], "fit_measured": t["fit_cpu"],
@@ -158,7 +162,7 @@ def run(work: Path, *, rows: int = 2000, repeats: int = 3, seed: int = 0, slide_
         "dataset": str(ds.root), "dataset_patches": int(len(valid)),
         "seconds": {k: v.as_dict() for k, v in stats.items()},
         "cpu_seconds": {k: Stat(tuple(v)).as_dict() for k, v in cpu.items()},
-        "cold_seconds": cold_seconds, "cold_per_tree": tree_summary(cold),
+        "cold_seconds": cold_seconds, "cold_per_tree": tree_summary(cold, cold_prepared),
         "per_tree": per_tree,
         "ratios": {"overhead": overhead, "cold_overhead": cold_seconds / stats["local"].median,
                    "overhead_cpu": float(np.median(cpu["dask"]) / np.median(cpu["local"])),
@@ -180,19 +184,35 @@ def _load() -> str:
     return "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
-def tree_summary(timings: Sequence) -> dict[str, Any]:
+def tree_summary(timings: Sequence, preparation: Sequence = (), forest_trees: int | None = None) -> dict[str, Any]:
     """Medians of the trees' draw, read and fit seconds, the share of reading in a tree's time (draw + read +
-    fit; of the sum, and of the worst tree) and the sample's shape."""
+    fit; of the sum, and of the worst tree), the sample's shape, every tree's timing (`each`: forests of
+    `forest_trees` trees one after another, with each tree's index in its forest and whether it was its process's
+    first of that forest) and the worst tree's; and the workers' preparation of their sample buffers before the
+    trees (forest.prepare_sample_buffers: the slowest worker's wall and CPU seconds, part of the forest's wall
+    time)."""
     col = {k: np.array([getattr(t, k) for t in timings]) for k in ("draw", "read", "fit", "draw_cpu", "read_cpu",
                                                                    "fit_cpu")}
     total = col["draw"] + col["read"] + col["fit"]
     total_cpu = col["draw_cpu"] + col["read_cpu"] + col["fit_cpu"]
+    per = forest_trees or len(timings)
+    first: dict[tuple[int, int], tuple[float, int]] = {}  # (forest, process) -> (start, index) of its first tree
+    for i, t in enumerate(timings):
+        first[i // per, t.pid] = min(first.get((i // per, t.pid), (t.start, i)), (t.start, i))
+    each = [{"forest": i // per, "tree": i % per, **dataclasses.asdict(t),
+             "read_share": float(col["read"][i] / total[i]), "first_on_process": first[i // per, t.pid][1] == i}
+            for i, t in enumerate(timings)]
     return {"trees": len(timings), **{k: float(np.median(v)) for k, v in col.items()},
             "read_share": float(col["read"].sum() / total.sum()), "read_share_max": float((col["read"] / total).max()),
             "read_share_cpu": float(col["read_cpu"].sum() / total_cpu.sum()),
             "read_share_cpu_max": float((col["read_cpu"] / total_cpu).max()),
             "rows": int(timings[0].rows), "features": int(timings[0].features),
-            "processes": len({t.pid for t in timings})}
+            "processes": len({t.pid for t in timings}),
+            "prepare": {"seconds": max((p.seconds for p in preparation), default=0.0),
+                        "cpu": max((p.cpu for p in preparation), default=0.0),
+                        "bytes": max((p.bytes for p in preparation), default=0),
+                        "workers": len({p.pid for p in preparation})},
+            "worst": each[int(np.argmax(col["read"] / total))], "each": each}
 
 
 # ------------------------------------------------------------------------------------------------ cost model
@@ -336,12 +356,19 @@ def report(r: dict[str, Any]) -> str:
 
 def _trees_line(what: str, pt: dict[str, Any]) -> str:
     met = pt["read_share_max"] <= TARGET_READ_SHARE
+    w, p = pt["worst"], pt["prepare"]
     return (f"{what} ({pt['trees']} trees of {pt['rows']} x {pt['features']}, on {pt['processes']} processes): draw "
             f"{pt['draw']:.3f} s, read {pt['read']:.3f} s, fit {pt['fit']:.3f} s (medians; CPU {pt['draw_cpu']:.3f} / "
             f"{pt['read_cpu']:.3f} / {pt['fit_cpu']:.3f} s); reading {pt['read_share']:.0%} of the time "
             f"({pt['read_share_cpu']:.0%} of the CPU), {pt['read_share_max']:.0%} in the worst tree "
             f"({pt['read_share_cpu_max']:.0%} of its CPU; target <= {TARGET_READ_SHARE:.0%}: "
-            f"{'met' if met else 'MISSED'})")
+            f"{'met' if met else 'MISSED'})\n  worst tree: #{w['tree']} of forest {w['forest']} (process {w['pid']}"
+            f"{', its first tree of the forest' if w['first_on_process'] else ''}): draw {w['draw']:.3f} s, "
+            f"read {w['read']:.3f} s, fit {w['fit']:.3f} s (CPU {w['draw_cpu']:.3f} / {w['read_cpu']:.3f} / "
+            f"{w['fit_cpu']:.3f} s)\n"
+            f"  before the trees, in the forest's time: each worker's sample buffer faulted in "
+            f"({fmt_bytes(p['bytes'])} on each of {p['workers']} workers): {p['seconds']:.2f} s wall, "
+            f"{p['cpu']:.2f} CPU s (slowest worker of these forests)")
 
 
 # ------------------------------------------------------------------------------------------------ scale
@@ -411,6 +438,7 @@ def _scale_run(work: Path, source, client, rows: int, smallest: int, trees: int,
         f"{int(variants.max()) + 1} variants of a patch), {trees} trees; "
         f"a tree touches {touched['as_stored']:.0f} of {touched['chunks']} chunks (load {_load()})")
     timings: list = []
+    prepared: list = []
     with peaks(client) as pk:
         t0 = time.perf_counter()
         step = 8 * chunk  # tasks of 8 chunks: both workers decode, each chunk once
@@ -418,13 +446,14 @@ def _scale_run(work: Path, source, client, rows: int, smallest: int, trees: int,
                                  [min(s + step, rows) for s in range(0, rows, step)], pure=False))
         fill = time.perf_counter() - t0
         log(f"scale: decoded copy filled in {fill:.0f} s (load {_load()})")
-        fit_forest(TrainingRows(str(ds.root)), np.arange(rows), y, client, n_estimators=trees, timings=timings)
+        fit_forest(TrainingRows(str(ds.root)), np.arange(rows), y, client, n_estimators=trees, timings=timings,
+                   preparation=prepared)
         seconds = time.perf_counter() - t0
     log(f"scale: forest {seconds - fill:.0f} s (load {_load()})")
     return {"rows": rows, "features": 65536, "classes": counts.tolist(), "trees": trees, "seconds": seconds,
             "fill_seconds": fill, "forest_seconds": seconds - fill, "fill_rows_per_second": rows / fill,
             "fill_seconds_per_chunk": fill * 2 / touched["chunks"],  # 2 workers
-            "seconds_per_tree": seconds / trees, "per_tree": tree_summary(timings), "touched": touched,
+            "seconds_per_tree": seconds / trees, "per_tree": tree_summary(timings, prepared), "touched": touched,
             "peak_rss": pk, "under_2gib": all(v < 2 * GIB for v in pk.values()),
             "under_target": seconds <= TARGET_SCALE_SECONDS, "load_average": list(os.getloadavg()),
             "in_memory_bytes": rows * 65536 * 4}

@@ -169,6 +169,12 @@ def test_bench_train_reports_overhead_and_identical_models(bench_work):
     assert pt["read"] > 0 and pt["fit"] > 0 and 0 < pt["read_share"] <= pt["read_share_max"] < 1
     assert 0 < pt["fit_cpu"] and 0 < pt["read_share_cpu"] < 1
     assert pt["features"] == 256 * 256 and pt["rows"] == 9 * min(r["classes"])
+    # every tree kept, the worst one named, the buffers' preparation before the trees reported
+    assert len(pt["each"]) == 100 and [e["tree"] for e in pt["each"]] == list(range(100))
+    assert pt["worst"]["read_share"] == pytest.approx(pt["read_share_max"])
+    assert sum(e["first_on_process"] for e in pt["each"]) == 2
+    assert pt["prepare"]["workers"] == 2 and pt["prepare"]["bytes"] == pt["rows"] * pt["features"] * 4
+    assert "worst tree: #" in bench_train.report(r) and "sample buffer faulted in" in bench_train.report(r)
     sc = r["scale"]
     assert sc["rows"] == 400 and min(sc["classes"]) == 20 and sum(sc["classes"]) == 400
     assert sc["per_tree"]["trees"] == 4 and sc["per_tree"]["rows"] == 9 * 20
@@ -231,6 +237,23 @@ def test_augment_gives_distinct_variants_and_the_patch_itself_first():
     assert len({t.tobytes() for t in turned}) == bench_evaluate.VARIANTS  # no two variants alike
     assert np.array_equal(bench_evaluate.augment(patch, [bench_evaluate.VARIANTS + 3]),
                           bench_evaluate.augment(patch, [3]))  # variants repeat after VARIANTS
+
+
+def test_tree_summary_names_the_worst_tree_and_each_process_first_per_forest():
+    from crystal_dask.forest import BufferTiming, TreeTiming
+
+    def tree(read: float, pid: int, start: float) -> TreeTiming:
+        return TreeTiming(0.01, read, 0.1, 0.01, read, 0.1, 9, 4, pid, start)
+
+    # two forests of 3 trees on processes 1 and 2; forest 1's tree 2 started first on process 1
+    timings = [tree(0.02, 1, 10.0), tree(0.02, 2, 10.1), tree(0.02, 1, 10.5),
+               tree(0.02, 1, 20.5), tree(0.02, 2, 20.1), tree(0.3, 1, 20.0)]
+    pt = bench_train.tree_summary(timings, [BufferTiming(0.5, 0.4, 144, 1), BufferTiming(0.7, 0.3, 144, 2)] * 2, 3)
+    assert [(e["forest"], e["tree"]) for e in pt["each"]] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert [e["first_on_process"] for e in pt["each"]] == [True, True, False, False, True, True]
+    assert (pt["worst"]["forest"], pt["worst"]["tree"]) == (1, 2)
+    assert pt["worst"]["read_share"] == pytest.approx(0.3 / 0.41) == pytest.approx(pt["read_share_max"])
+    assert pt["prepare"] == {"seconds": 0.7, "cpu": 0.4, "bytes": 144, "workers": 2}
 
 
 def test_scale_layout_keeps_each_patchs_label_and_sizes_the_smallest_class():
