@@ -111,9 +111,8 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
 def pen_mask(rgb: np.ndarray, downsample: float, *, pen_margin: int = 20, dark_max: int = 50,
              min_pen_px0: float = 128 * 128) -> np.ndarray:
     """Marker ink (green/cyan/blue by G - R, black by darkness): see the module docstring for the rule."""
-    f = rgb.astype(np.int16)
-    coloured = (f[..., 1] - f[..., 0] > pen_margin) & (saturation(rgb) >= 0.15)
-    dark = f.max(axis=-1) < dark_max
+    coloured = (rgb[..., 1].astype(np.int16) - rgb[..., 0] > pen_margin) & (saturation(rgb) >= 0.15)
+    dark = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < dark_max  # pairwise: see _channels
     ink = coloured | dark
     min_px = max(1, round(min_pen_px0 / downsample**2))
     ink = drop_small_objects(ink, min_px)

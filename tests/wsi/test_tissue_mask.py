@@ -15,6 +15,7 @@ from crystal_dask.wsi.slides import Slide, SlideError
 from crystal_dask.wsi.tissue_mask import (
     mask_from_rgb,
     median3,
+    pen_mask,
     saturation,
     thumbnail,
     thumbnail_level,
@@ -25,6 +26,18 @@ from crystal_dask.wsi.tissue_mask import (
 )
 
 W, H = 2400, 1800
+
+
+def test_pen_mask_thresholds_per_pixel():
+    # blocks of 3 x 3 px at downsample 64 (objects of >= 4 px kept, no dilation past 1 px): darkness is the
+    # brightest channel below 50, coloured ink G - R above 20 with saturation >= 0.15
+    colours = [((49, 10, 0), True), ((50, 10, 0), False), ((10, 49, 30), True), ((100, 121, 110), True),
+               ((100, 120, 110), False), ((200, 230, 226), False), ((0, 255, 255), True)]
+    rgb = np.full((9, 9 * len(colours), 3), 255, np.uint8)
+    for i, (c, _) in enumerate(colours):
+        rgb[3:6, 9 * i + 3:9 * i + 6] = c
+    ink = pen_mask(rgb, 64)
+    assert [bool(ink[4, 9 * i + 4]) for i in range(len(colours))] == [want for _, want in colours]
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (2, 3), (37, 53)])
