@@ -29,7 +29,7 @@ W, H = 2400, 1800
 
 
 def test_pen_mask_thresholds_per_pixel():
-    # blocks of 3 x 3 px at downsample 64 (objects of >= 4 px kept, no dilation past 1 px): darkness is the
+    # blocks of 3 x 3 px at downsample 64 (objects of more than 4 px kept, dilated by 1 px): darkness is the
     # brightest channel below 50, coloured ink G - R above 20 with saturation >= 0.15
     colours = [((49, 10, 0), True), ((50, 10, 0), False), ((10, 49, 30), True), ((100, 121, 110), True),
                ((100, 120, 110), False), ((200, 230, 226), False), ((0, 255, 255), True)]
