@@ -14,6 +14,9 @@ from crystal_dask.synthetic.tissue import paint_slide
 from crystal_dask.wsi.slides import Slide, SlideError
 from crystal_dask.wsi.tissue_mask import (
     mask_from_rgb,
+    median3,
+    pen_mask,
+    saturation,
     thumbnail,
     thumbnail_level,
     tissue_fraction,
@@ -23,6 +26,30 @@ from crystal_dask.wsi.tissue_mask import (
 )
 
 W, H = 2400, 1800
+
+
+def test_pen_mask_thresholds_per_pixel():
+    # blocks of 3 x 3 px at downsample 64 (objects of more than 4 px kept, dilated by 1 px): darkness is the
+    # brightest channel below 50, coloured ink G - R above 20 with saturation >= 0.15
+    colours = [((49, 10, 0), True), ((50, 10, 0), False), ((10, 49, 30), True), ((100, 121, 110), True),
+               ((100, 120, 110), False), ((200, 230, 226), False), ((0, 255, 255), True)]
+    rgb = np.full((9, 9 * len(colours), 3), 255, np.uint8)
+    for i, (c, _) in enumerate(colours):
+        rgb[3:6, 9 * i + 3:9 * i + 6] = c
+    ink = pen_mask(rgb, 64)
+    assert [bool(ink[4, 9 * i + 4]) for i in range(len(colours))] == [want for _, want in colours]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (2, 3), (37, 53)])
+def test_median3_is_scipys_3x3_median(shape):
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(sum(shape))
+    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    rgb[rng.random(shape) < 0.3] = 240  # ties
+    for a in (saturation(rgb), rng.integers(0, 5, shape).astype(np.float32), rng.normal(size=shape)):
+        np.testing.assert_array_equal(median3(a), ndi.median_filter(a, size=3))
+
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
