@@ -14,9 +14,7 @@ from crystal_dask.synthetic.tissue import paint_slide
 from crystal_dask.wsi.slides import Slide, SlideError
 from crystal_dask.wsi.tissue_mask import (
     mask_from_rgb,
-    median3,
     pen_mask,
-    saturation,
     thumbnail,
     thumbnail_level,
     tissue_fraction,
@@ -38,18 +36,6 @@ def test_pen_mask_thresholds_per_pixel():
         rgb[3:6, 9 * i + 3:9 * i + 6] = c
     ink = pen_mask(rgb, 64)
     assert [bool(ink[4, 9 * i + 4]) for i in range(len(colours))] == [want for _, want in colours]
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (2, 3), (37, 53)])
-def test_median3_is_scipys_3x3_median(shape):
-    from scipy import ndimage as ndi
-
-    rng = np.random.default_rng(sum(shape))
-    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
-    rgb[rng.random(shape) < 0.3] = 240  # ties
-    for a in (saturation(rgb), rng.integers(0, 5, shape).astype(np.float32), rng.normal(size=shape)):
-        np.testing.assert_array_equal(median3(a), ndi.median_filter(a, size=3))
-
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
