@@ -269,13 +269,17 @@ def finish_band(grey: np.ndarray, bh: int, w: int, k: int) -> np.ndarray:
 
 
 def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: PatchSettings,
-              polygon: tuple[list[float], list[float]] | None) -> tuple[np.ndarray, tuple[float, ...]]:
+              polygon: tuple[list[float], list[float]] | None,
+              keep_bytes: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
     """Greyscale float32 image covering a level-0 box read at `level`, block-averaged in bands when it is large,
     and where the exact box lies in it: (image, (left, top, right, bottom)) in the image's fractional pixels.
+    `keep_bytes`: uint8 instead where the grey is the decoder's own luma (`grey_is_bytes`), as `resize_grey`
+    takes it.
 
     The fast path decodes JPEG tiles reduced in the DCT domain (`decode_scale`) and, for BT.601, luma only.
     """
     g = grey_read(slide, level, box, s)
+    as_bytes = keep_bytes and grey_is_bytes(g, s, polygon is not None)
     k, w, h = g.k, g.w, g.h
     band = max(k, (BAND_PIXELS // max(w, 1)) // k * k)
     if polygon is not None:  # in x-units throughout, so that one cell size serves both axes
@@ -283,7 +287,8 @@ def read_grey(slide: Slide, level: int, box: tuple[int, int, int, int], s: Patch
     parts = []
     for by in range(0, h, band):
         bh = min(band, h - by)
-        grey = as_grey(decode_pixels(slide, g, g.ix0, g.iy0 + by, g.rw, min(bh, g.rh - by), s), s)
+        pixels = decode_pixels(slide, g, g.ix0, g.iy0 + by, g.rw, min(bh, g.rh - by), s)
+        grey = pixels if as_bytes else as_grey(pixels, s)
         if polygon is not None:
             grey = _mask_outside(grey, polygon, g.ix0, g.iy0 + by, g.ux, s.background)
         parts.append(finish_band(grey, bh, w, k))
@@ -309,9 +314,7 @@ def render_patch(slide: Slide, box: tuple[int, int, int, int], s: PatchSettings,
     """
     level = choose_level(slide, box[2] - box[0], box[3] - box[1], s)
     masked = polygon is not None and s.mask_outside
-    grey, where = read_grey(slide, level, box, s, polygon if masked else None)
-    if grey_is_bytes(grey_read(slide, level, box, s), s, masked):
-        grey = grey.astype(np.uint8)  # integral already: the decoder's luma, as float32
+    grey, where = read_grey(slide, level, box, s, polygon if masked else None, keep_bytes=True)
     return resize_grey(grey, where, s.patch_size), level
 
 
