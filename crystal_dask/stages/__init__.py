@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from crystal_dask import experiment
+if TYPE_CHECKING:  # the job loader pulls in numpy and PIL: importing ORDER (the CLI's help) needs neither
+    from crystal_dask.experiment import Experiment
 
 ORDER: tuple[str, ...] = ("synth", "scan", "extract", "features", "train", "evaluate", "infer", "report")
 
@@ -22,6 +24,8 @@ def sections() -> tuple[ModuleType, ...]:
     return tuple(s for s in ordered() if getattr(s, "SECTION", None))
 
 
-def load_experiment(path: str | Path, out: str | Path | None = None) -> experiment.Experiment:
+def load_experiment(path: str | Path, out: str | Path | None = None) -> Experiment:
     """Read and check a job file, every stage's section included (see experiment.load_experiment)."""
+    from crystal_dask import experiment
+
     return experiment.load_experiment(path, out, sections=sections())
