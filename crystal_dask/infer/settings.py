@@ -77,12 +77,12 @@ def model_context(model_path: Path) -> dict[str, Any]:
     """The model's manifest plus its dataset's patch settings ("dataset_settings"), for `render_settings`, and
     how each feature array it uses was made ("feature_settings"), for windows.window_matrix."""
     from crystal_dask.store.dataset import Dataset
-    from crystal_dask.store.models import read_manifest
+    from crystal_dask.store.models import model_arrays, read_manifest
 
     manifest = dict(read_manifest(Path(model_path)))
     ds = Dataset(Path(manifest["dataset"]))
     manifest["dataset_settings"] = ds.read_manifest()["settings"]
     group = ds.group()
-    manifest["feature_settings"] = {a: dict(group[a].attrs) for a in (manifest.get("config") or {}).get("features", [])
+    manifest["feature_settings"] = {a: dict(group[a].attrs) for a in model_arrays(manifest)
                                     if a in ds.array_names() and a != PIXELS}
     return manifest

@@ -10,14 +10,10 @@ from typing import Any
 import numpy as np
 
 from crystal_dask.store.dataset import PIXELS
+from crystal_dask.store.models import model_arrays
 from crystal_dask.wsi.patches import PatchSettings
 from crystal_dask.wsi.slides import Slide
 from crystal_dask.wsi.windows import render_windows
-
-
-def model_arrays(model_manifest: Mapping[str, Any]) -> tuple[str, ...]:
-    """The dataset arrays the model was fitted on, side by side."""
-    return tuple((model_manifest.get("config") or {}).get("features") or (PIXELS,))
 
 
 def window_matrix(slide: Slide, boxes: np.ndarray, model_manifest: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

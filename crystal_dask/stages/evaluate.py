@@ -28,9 +28,9 @@ from crystal_dask.runtime import keys
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
 from crystal_dask.stages import train
 from crystal_dask.stages.base import Context, Step
-from crystal_dask.store.dataset import PIXELS, Dataset
+from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.files import write_json
-from crystal_dask.store.models import load_model, read_manifest
+from crystal_dask.store.models import load_model, model_arrays, read_manifest
 from crystal_dask.store.schema import PREDICTIONS, make_table, write_table
 from crystal_dask.vocab import CLASSES, EVAL_SPLITS, SPLITS
 
@@ -93,7 +93,7 @@ def evaluate(
     model = load_model(Path(model_path))
     model_future = client.scatter(model, broadcast=True, hash=False)  # once per worker, not once per task
 
-    features = tuple(read_manifest(Path(model_path))["config"].get("features", [PIXELS]))  # as the model was fitted
+    features = model_arrays(read_manifest(Path(model_path)))  # as the model was fitted
     pixels, labels = dataset.dask_view(rows, features)  # sorted rows: each block stays within its zarr chunks
     with roomy_stage(client) as stage:
         proba, cm = predict_partitions(pixels, labels, model_future, stage)

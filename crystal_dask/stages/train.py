@@ -26,7 +26,7 @@ from crystal_dask.stages import extract
 from crystal_dask.stages import features as feature_stage
 from crystal_dask.stages.base import Context, Step
 from crystal_dask.store.dataset import PIXELS, Dataset
-from crystal_dask.store.models import read_manifest, save_model
+from crystal_dask.store.models import model_arrays, read_manifest, save_model
 from crystal_dask.vocab import CLASSES, SPLITS
 from crystal_dask.wsi.split import apportion
 
@@ -224,7 +224,6 @@ def report_inputs(ctx: Context, results: Mapping[str, Any]) -> dict[str, Any]:
         m = read_manifest(path)
         models[cfg.name] = {"train_rows": m["train_rows"], "class_counts": m["class_counts"],
                             "manifest": str(path.with_suffix(".json")), "leakage": m.get("leakage"), "model": str(path),
-                            # a manifest from before feature sets trained on pixels and named no columns
-                            "features": list(m["config"].get("features") or [PIXELS]), "columns": m.get("columns")}
+                            "features": list(model_arrays(m)), "columns": m.get("columns")}
     return {"configs": list(models), "models": models,
             "notes": [f"{n}: {m['leakage']}" for n, m in models.items() if m.get("leakage")]}

@@ -139,6 +139,14 @@ def save_model(model: Any, path: Path, manifest: dict[str, Any]) -> dict[str, An
     return full
 
 
+def model_arrays(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The dataset arrays a model was fitted on, side by side, from its manifest (one written before feature sets
+    names none: raw pixels)."""
+    from crystal_dask.store.dataset import PIXELS  # here: reading a manifest needs no zarr or dask
+
+    return tuple((manifest.get("config") or {}).get("features") or (PIXELS,))
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a model file; ValueError naming the file when it is missing or unreadable."""
     mpath = manifest_path(path)
