@@ -49,7 +49,7 @@ class Decision:
     run: bool
     why: str
 
-    def line(self, width: int = 28) -> str:
+    def line(self, width: int) -> str:
         """One listing line; `width` aligns the reasons of a whole listing (the longest step name)."""
         return f"{'run' if self.run else 'skip':<5} {self.step.name:<{width}} {self.why}"
 
@@ -94,9 +94,15 @@ class Planner:
         return self.ctx.out / "stages" / f"{_file_name(step.name)}.json"
 
     def declare(self, step: Step) -> str:
-        """Check the step's reads (every one an earlier step) and return its key."""
+        """Check the step's name (its own, and its own record file) and reads (every one an earlier step); return
+        its key."""
         if step.name in self.ctx.steps:
             raise ValueError(f"step {step.name}: declared twice")
+        record = self.record_path(step)
+        shared = [s.name for s in self.ctx.steps.values() if self.record_path(s) == record]
+        if shared:  # e.g. evaluate:a-b:c and evaluate:a:b-c: each would overwrite the other's record and rerun it
+            raise ValueError(f"steps {shared[0]} and {step.name} would share the record {record.name}: "
+                             "rename a configuration or set")
         missing = [r for r in step.reads if r not in self.keys]
         if missing:
             raise ValueError(f"step {step.name} reads {', '.join(missing)}, which no earlier step makes")

@@ -369,3 +369,17 @@ def test_progress_lines_and_task_keys_name_the_stage(tmp_path, client, caplog):
                                                                          "infer", "report"}
     for step, prefixes in seen.items():
         assert all(p.startswith(stage_of(step)) for p in prefixes), (step, prefixes)
+
+
+def test_two_steps_whose_records_would_share_a_file_are_refused(tmp_path):
+    """Step names map to record files with ':' as '-', so set 'a-b' x config 'c' and set 'a' x config 'b-c'
+    would overwrite (and keep rerunning) each other: the planner refuses the second, naming both."""
+    from types import SimpleNamespace
+
+    from crystal_dask.stages.base import Step
+
+    planner = Planner(Context(SimpleNamespace(out=tmp_path), None))
+    planner.declare(Step("evaluate:a-b:c", (), {}, (), lambda: None))
+    with pytest.raises(ValueError, match="steps evaluate:a-b:c and evaluate:a:b-c would share the record "
+                                         "evaluate-a-b-c.json"):
+        planner.declare(Step("evaluate:a:b-c", (), {}, (), lambda: None))
