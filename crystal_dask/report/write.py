@@ -20,6 +20,7 @@ from crystal_dask.metrics import compare, summarize
 from crystal_dask.report import markdown
 from crystal_dask.report.paired import crystalline_split, load_paired, paired_for
 from crystal_dask.report.results import check_results, slug
+from crystal_dask.runtime.keys import stage_key
 from crystal_dask.store.files import write_atomic
 
 
@@ -33,15 +34,13 @@ class _Done:
         return self.value
 
 
-TASK_PREFIX = "report"  # the figures' tasks on the dashboard: report-confusion, report-gallery, ...
-
-
 def _submitter(client: Any | None) -> Callable[..., Any]:
-    """submit(fn, *args) -> an object with .result(): a task on `client`'s workers (its key starting with
-    TASK_PREFIX, then the figure), or a call made now."""
+    """submit(fn, *args) -> an object with .result(): a task on `client`'s workers (named after the stage, then
+    the figure: report-confusion, report-gallery, ...), or a call made now."""
     if client is None:
         return lambda fn, *args: _Done(fn(*args))
-    return lambda fn, *args: client.submit(fn, *args, key=f"{TASK_PREFIX}-{fn.__name__.strip('_')}-{uuid.uuid4().hex}")
+    return lambda fn, *args: client.submit(fn, *args,
+                                           key=stage_key(f"{fn.__name__.strip('_')}-{uuid.uuid4().hex}", "report"))
 
 
 def _confusion(summary: dict[str, Any], title: str, path: Path) -> Path:
