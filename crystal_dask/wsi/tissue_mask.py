@@ -91,9 +91,11 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
 
 
 def pen_mask(rgb: np.ndarray, downsample: float, *, pen_margin: int = 20, dark_max: int = 50,
-             min_pen_px0: float = 128 * 128) -> np.ndarray:
-    """Marker ink (green/cyan/blue by G - R, black by darkness): see the module docstring for the rule."""
-    coloured = (rgb[..., 1].astype(np.int16) - rgb[..., 0] > pen_margin) & (saturation(rgb) >= 0.15)
+             min_pen_px0: float = 128 * 128, sat: np.ndarray | None = None) -> np.ndarray:
+    """Marker ink (green/cyan/blue by G - R, black by darkness): see the module docstring for the rule. `sat`:
+    the image's `saturation`, when the caller has it already."""
+    sat = saturation(rgb) if sat is None else sat
+    coloured = (rgb[..., 1].astype(np.int16) - rgb[..., 0] > pen_margin) & (sat >= 0.15)
     dark = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < dark_max  # pairwise: see _channels
     ink = coloured | dark
     min_px = max(1, round(min_pen_px0 / downsample**2))
@@ -114,14 +116,15 @@ def mask_from_rgb(rgb: np.ndarray, downsample: float, *, od_min: float = 0.05, e
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb must be (h, w, 3) uint8, got {rgb.shape} {rgb.dtype}")
-    sat = ndi.median_filter(saturation(rgb), size=3)  # JPEG chroma noise at nuclear edges, as CLAM's blur
+    raw = saturation(rgb)
+    sat = ndi.median_filter(raw, size=3)  # JPEG chroma noise at nuclear edges, as CLAM's blur
     spread = float(sat.max() - sat.min())
     thr = threshold_otsu(sat) if spread > 1e-6 else S_MAX
     thr = min(max(thr, S_MIN), S_MAX)
     # the densest channel is the darkest: the log of the darkest alone (OD falls as intensity rises)
     tissue = (sat > thr) & (optical_density(_channels(np.minimum, rgb)) >= od_min)
     if exclude_pen:
-        tissue &= ~pen_mask(rgb, downsample)
+        tissue &= ~pen_mask(rgb, downsample, sat=raw)
     radius = max(1, round(close_px0 / downsample))
     tissue = ndi.binary_closing(np.pad(tissue, radius), structure=disk(radius))[radius:-radius, radius:-radius]
     tissue = fill_small_holes(tissue, max(1, round(min_hole_px0 / downsample**2)))
