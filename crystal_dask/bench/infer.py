@@ -294,6 +294,7 @@ PHASES = ("infer-tissue", "infer-windows", "infer-export")
 def timed_infer(client: Any, entries: list, model: Path, out: Path) -> tuple[float, dict[str, int], dict, int]:
     """One `infer_slides` run into a fresh `out`: (wall seconds, peak RSS per process, compute seconds and task
     count per kind of task, tissue windows: those predicted and those no feature could describe)."""
+    from dask.utils import key_split
     from distributed import get_task_stream
 
     from crystal_dask.infer.run import infer_slides
@@ -305,7 +306,7 @@ def timed_infer(client: Any, entries: list, model: Path, out: Path) -> tuple[flo
         seconds = time.perf_counter() - t0
     phases = {p: {"seconds": 0.0, "tasks": 0} for p in PHASES}
     for t in stream.data:
-        kind = "-".join(str(t["key"]).strip("()'").split("-")[:2])
+        kind = key_split(t["key"])  # infer-tissue, infer-windows, infer-export, as the dashboard groups them
         if kind in phases:
             phases[kind]["tasks"] += 1
             phases[kind]["seconds"] += sum(s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute")
