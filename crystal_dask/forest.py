@@ -42,8 +42,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from crystal_dask.runtime.keys import stage_key
 from crystal_dask.store.dataset import PIXELS, Dataset, ZarrRows
 
-__all__ = ["IMBLEARN_CHECKED", "MAX_INT", "BufferTiming", "TreeTiming", "TrainingRows", "fit_forest", "fit_tree",
-           "fit_trees", "prepare_sample_buffers", "tree_seeds"]
+__all__ = ["IMBLEARN_CHECKED", "MAX_INT", "BufferTiming", "TreeTiming", "TrainingRows", "draw", "fit_forest",
+           "fit_tree", "fit_trees", "prepare_sample_buffers", "tree_seeds"]
 
 # imblearn.ensemble._forest.MAX_INT: the bound of every per-tree seed (sklearn's _set_random_states uses it too).
 MAX_INT = int(np.iinfo(np.int32).max)
@@ -205,6 +205,14 @@ class TreeTiming:
     start: float
 
 
+def draw(labels: np.ndarray, sampler_seed: int) -> tuple[RandomUnderSampler, np.ndarray]:
+    """A tree's sampler fitted on the labels alone (the classes, or the strata it balances over): its
+    `sample_indices_` are the tree's training positions; also the labels it drew."""
+    sampler = RandomUnderSampler(sampling_strategy="all", replacement=True, random_state=sampler_seed)
+    _, drawn = sampler.fit_resample(np.zeros((len(labels), 1), dtype=np.uint8), labels)
+    return sampler, drawn
+
+
 def fit_tree(
     reader: Reader, rows: np.ndarray, y_encoded: np.ndarray, tree_seed: int, sampler_seed: int,
     strata: np.ndarray | None = None,
@@ -219,9 +227,7 @@ def fit_tree(
     so crystalline and plain rows of one class are drawn equally); the tree still learns the classes.
     """
     start, started, started_cpu = time.time(), time.perf_counter(), time.thread_time()
-    sampler = RandomUnderSampler(sampling_strategy="all", replacement=True, random_state=sampler_seed)
-    placeholder = np.zeros((len(y_encoded), 1), dtype=np.uint8)
-    _, y_sample = sampler.fit_resample(placeholder, y_encoded if strata is None else strata)
+    sampler, y_sample = draw(y_encoded if strata is None else strata, sampler_seed)
     if strata is not None:
         y_sample = y_encoded[sampler.sample_indices_, 0]
     picked = np.asarray(rows)[sampler.sample_indices_]

@@ -381,17 +381,13 @@ def _fill(root: str, start: int, stop: int) -> None:
 
 def touched_chunks(y: np.ndarray, chunk: int, trees: int, rng: np.random.Generator | None = None) -> float:
     """Mean number of row chunks the first `trees` trees' samples touch (rows shuffled first when `rng`)."""
-    from imblearn.under_sampling import RandomUnderSampler
-
-    from crystal_dask.forest import tree_seeds
+    from crystal_dask.forest import draw, tree_seeds
 
     position = np.arange(len(y)) if rng is None else rng.permutation(len(y))
-    placeholder = np.zeros((len(y), 1), np.uint8)
     counts = []
     for _, sampler_seed in tree_seeds(trees, 42):
-        s = RandomUnderSampler(sampling_strategy="all", replacement=True, random_state=sampler_seed)
-        s.fit_resample(placeholder, y)
-        counts.append(len(np.unique(position[s.sample_indices_] // chunk)))
+        sampler, _ = draw(y, sampler_seed)  # the rows fit_tree's sampler picks
+        counts.append(len(np.unique(position[sampler.sample_indices_] // chunk)))
     return float(np.mean(counts))
 
 
