@@ -33,12 +33,13 @@ def cell_index(n_px: int, downsample: float, origin: float, step: float, size: f
 
 
 def rasterize_grid(values: np.ndarray, shape: tuple[int, int], downsample: float, *, step: float, size: float,
-                   origin: tuple[float, float] = (0, 0), fill: float = -1) -> np.ndarray:
-    """A (h, w) image of a (rows, cols) grid's values on thumbnail pixels; `fill` where no cell lies."""
+                   origin: tuple[float, float] = (0, 0)) -> np.ndarray:
+    """A (h, w) image of a (rows, cols) grid's integer values on thumbnail pixels; -1 where no cell lies (the
+    index `_blend` leaves untouched)."""
     rows = cell_index(shape[0], downsample, origin[1], step, size, values.shape[0])
     cols = cell_index(shape[1], downsample, origin[0], step, size, values.shape[1])
     out = values[np.maximum(rows, 0)[:, None], np.maximum(cols, 0)[None, :]]
-    return np.where((rows[:, None] >= 0) & (cols[None, :] >= 0), out, fill)
+    return np.where((rows[:, None] >= 0) & (cols[None, :] >= 0), out, -1)
 
 
 def _blend(thumbnail: np.ndarray, index: np.ndarray, tint: np.ndarray, alpha: float) -> np.ndarray:
