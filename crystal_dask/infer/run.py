@@ -81,13 +81,14 @@ def plan_slide(entry: SlideInput, out: Path, model_manifest: Mapping[str, Any],
     rows, cols = window_grid(width, height, size, step)
     if rows * cols == 0:
         return {"reject": f"the slide ({width}x{height} px) is smaller than one {size:.0f} px window"}
+    regions = [[list(xs), list(ys), cls] for xs, ys, cls in entry.regions]  # as JSON holds them
     digest = fingerprint(FORMAT_VERSION, model_manifest["sha256"], s.as_dict(), asdict(settings),
-                         _slide_identity(entry.slide), entry.mpp, [list(map(list, r[:2])) + [r[2]]
-                                                                    for r in entry.regions])
+                         _slide_identity(entry.slide), entry.mpp, regions)
     b = settings.block
     blocks = [(r0, c0) for r0 in range(0, rows, b) for c0 in range(0, cols, b)]
     return {"slide": entry.slide, "bname": entry.bname, "width": width, "height": height, "mpp": mpp,
             "size": size, "step": step, "rows": rows, "cols": cols, "blocks": blocks, "digest": digest,
+            "regions": regions,
             "dir": str(slide_dir(out, entry.bname)), "markers": str(slide_dir(out, entry.bname) / MARKERS / digest)}
 
 
@@ -212,7 +213,7 @@ def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, A
                 todo.append(dask.delayed(json.loads)(export_marker.read_text(), dask_key_name=f"infer-done-{i}"))
                 continue
             key = f"{plan['digest'][:8]}-{i}"
-            pending.append((len(todo), entry, plan, base, paths, key))
+            pending.append((len(todo), plan, base, paths, key))
             todo.append(dask.delayed(infer_tissue)(base | {"tissue_threshold": settings.tissue_threshold,
                                                            "thumbnail_side": settings.thumbnail_side},
                                                    dask_key_name=f"infer-tissue-{key}"))
@@ -220,14 +221,14 @@ def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, A
             tissues = client.compute([todo[k] for k, *_ in pending])
             # one copy per worker, referred to by key (not pickled into every task)
             model_future = client.scatter(load_model(Path(model_path)), broadcast=True, hash=False)
-        for (k, entry, plan, base, paths, key), tissue in zip(pending, tissues, strict=True):
+        for (k, plan, base, paths, key), tissue in zip(pending, tissues, strict=True):
             blocks = [dask.delayed(infer_block)(base | {"r0": r0, "c0": c0, "stage": stage,
                                                         "model_manifest": task_manifest},
                                                 tissue, model_future, dask_key_name=f"infer-windows-{key}-{r0}-{c0}")
                       for r0, c0 in plan["blocks"]]
             todo[k] = dask.delayed(infer_export)(
                 base | {"corpus": corpus, "paths": paths, "heatmap_class": settings.heatmap_class,
-                        "regions": [list(map(list, r[:2])) + [r[2]] for r in entry.regions],
+                        "regions": plan["regions"],
                         "min_overlap": settings.min_overlap},
                 tissue, blocks, dask_key_name=f"infer-export-{key}")
         try:
