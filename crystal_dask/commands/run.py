@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     with hold(job.out):  # a second run on this folder is refused before it starts a cluster
         print(f"job {job.name}: outputs in {job.out}")
         # status.json says `starting` until the runner takes over, and why, if the cluster never comes
-        with starting(job.out, job.name, job.source), client_for(cluster) as client:
-            report = run_job(job, client, progress_bar(args), args.performance_reports)
+        with starting(job.out, job.name, job.source) as status, client_for(cluster) as client:
+            report = run_job(job, client, progress_bar(args), args.performance_reports, status)
     print(f"report: {report}")
     return 0
 
