@@ -155,7 +155,8 @@ def dry_run(exp: Experiment) -> list[Decision]:
 
 class Runner:
     def __init__(self, exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None,
-                 performance_reports: bool = False):
+                 performance_reports: bool = False, status: Status | None = None):
+        """`status`: the driver's own (status.starting), taken over with its start time; None: a new one."""
         self.ctx = Context(exp, client, show_progress)
         self.planner = Planner(self.ctx)
         self.out = exp.out
@@ -163,7 +164,11 @@ class Runner:
         self.reports = self.out / "reports" if performance_reports else None
         if self.reports is not None:
             self.reports.mkdir(parents=True, exist_ok=True)
-        self.status = Status(exp.out, exp.name, exp.source)
+        if status is None:
+            status = Status(exp.out, exp.name, exp.source)
+        else:
+            status.update(state="running")
+        self.status = status  # one per run: the file is written from this object only
 
     def step(self, decision: Decision) -> bool:
         """Run the decided step (or record that it is skipped). True when it ran."""
@@ -217,12 +222,12 @@ def setup_logging(out: Path) -> list[logging.Handler]:
 
 
 def run_job(exp: Experiment, client: Client, show_progress: Callable[[list], None] | None = None,
-            performance_reports: bool = False) -> Path:
+            performance_reports: bool = False, status: Status | None = None) -> Path:
     """Run every stage of `exp` on `client`; return the Markdown report's path. `performance_reports`: a Dask
-    performance report per step that runs, in <out>/reports/."""
+    performance report per step that runs, in <out>/reports/. `status`: the driver's, if it made one (Runner)."""
     with hold(exp.out):  # one run per output folder (re-entrant: `crystal-dask run` took it already)
         handlers = setup_logging(exp.out)
-        runner = Runner(exp, client, show_progress, performance_reports)
+        runner = Runner(exp, client, show_progress, performance_reports, status)
         try:
             return runner.run()["report"]
         except BaseException as exc:

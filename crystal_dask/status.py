@@ -77,14 +77,15 @@ STARTING = "starting"
 
 @contextlib.contextmanager
 def starting(out: Path, job: str, job_file: Path) -> Iterator[Status]:
-    """The driver's status from its start until the runner takes the file over: a driver that fails before that
-    (no cluster, workers that never come) records the failure and its one-line reason."""
-    early = Status(out, job, job_file, state=STARTING)
+    """The driver's status from its start; the runner takes this very object over (pipeline.Runner), so the run
+    has one status and one start time. A driver that fails before the runner took over (no cluster, workers that
+    never come) records the failure and its one-line reason."""
+    status = Status(out, job, job_file, state=STARTING)
     try:
-        yield early
+        yield status
     except BaseException as exc:
-        if (read(out) or {}).get("state") == STARTING:  # the runner never took over: nothing else would say why
-            early.failed(exc)
+        if status.data["state"] == STARTING:  # the runner never took over: nothing else would say why
+            status.failed(exc)
         raise
 
 

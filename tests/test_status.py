@@ -1,5 +1,6 @@
 """status.py: a driver that fails before its first stage (its cluster never comes) leaves status.json failed with
-the one-line reason, and `crystal-dask status` shows it; a run refused by the lock leaves the holder's status alone."""
+the one-line reason, and `crystal-dask status` shows it; the runner takes the driver's status over (one per run, its
+start time kept); a run refused by the lock leaves the holder's status alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import yaml
 
 from crystal_dask.cli import main
 from crystal_dask.runtime.lock import LOCK
-from crystal_dask.status import Status, read
+from crystal_dask.status import Status, read, starting
 from tests.helpers.jobs import tiny_job
 
 
@@ -47,3 +48,18 @@ def test_a_refused_run_leaves_the_holders_status_alone(tmp_path, capsys):
         assert main(["run", str(job), "--cluster", str(cluster)]) == 1
     assert "another run holds this output folder" in capsys.readouterr().err
     assert (out / "status.json").read_bytes() == before
+
+
+def test_the_runner_takes_over_the_drivers_status_and_its_start(tmp_path):
+    from crystal_dask.experiment import Experiment
+    from crystal_dask.pipeline import Runner
+    from crystal_dask.vocab import LabelMap
+
+    out = tmp_path / "out"
+    exp = Experiment(name="t", source=tmp_path / "job.yaml", out=out, corpora={}, labels=LabelMap(), settings={})
+    with starting(out, exp.name, exp.source) as status:
+        assert read(out)["state"] == "starting"
+        runner = Runner(exp, None, status=status)
+    assert runner.status is status
+    state = read(out)
+    assert state["state"] == "running" and state["started"] == status.data["started"]  # not reset by the runner

@@ -165,13 +165,13 @@ def infer_settings() -> Any:
 def tissue_windows(slides: Sequence[Path], model: Path) -> tuple[list[list], list[tuple[str, int, list[int]]]]:
     """The tissue windows infer will predict (as its tissue task finds them) and, per slide, the unique tiles they
     touch at the level it reads them: ([slide, x0, y0, x1, y1] boxes, [(slide, level, tile indices)])."""
-    from crystal_dask.infer.settings import model_context, render_settings
-    from crystal_dask.wsi.patches import choose_level
+    from crystal_dask.infer.settings import render_context
+    from crystal_dask.wsi.patches import PatchSettings, choose_level
     from crystal_dask.wsi.slides import Slide
     from crystal_dask.wsi.tissue_mask import mask_from_rgb, thumbnail, tissue_fraction, window_boxes, window_grid
 
     settings = infer_settings()
-    s, _ = render_settings(model_context(model), settings)
+    s = PatchSettings(**render_context(model, settings)[0]["render_settings"])
     boxes, tiles = [], []
     for path in slides:
         with Slide(path) as sl:
@@ -317,7 +317,7 @@ def per_window_costs(slide: Path, boxes: list[list], models: dict[str, Path]) ->
     """Seconds per window of each step on one block of the first slide's tissue windows, in this process:
     rendering the pixels (the block's area decoded once), the feature families (read at their resolution +
     stain, texture, calcification), and each model's one predict call."""
-    from crystal_dask.infer.settings import model_context, render_settings
+    from crystal_dask.infer.settings import render_context
     from crystal_dask.infer.windows import window_matrix
     from crystal_dask.predict import predict_proba
     from crystal_dask.store.models import load_model
@@ -330,8 +330,7 @@ def per_window_costs(slide: Path, boxes: list[list], models: dict[str, Path]) ->
     out: dict[str, float] = {"windows": len(b)}
     with Slide(slide) as sl:
         for name, path in models.items():
-            mm = model_context(path)
-            mm["render_settings"] = render_settings(mm, infer_settings())[0].as_dict()
+            mm, _ = render_context(path, infer_settings())
             model = load_model(path)
             window_matrix(sl, b[:4], mm)  # first calls (imports, lazy set-up) are not what a window costs
             t0 = time.perf_counter()

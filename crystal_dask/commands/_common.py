@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,8 @@ if TYPE_CHECKING:  # distributed costs 0.2 s to import: `run --dry-run` and the 
     from distributed import Client
 
     from crystal_dask.runtime.cluster import ClusterConfig
+
+    Connect = Callable[[], contextlib.AbstractContextManager[Client]]
 
 
 def add_cluster_argument(p: argparse.ArgumentParser) -> None:
@@ -22,8 +25,8 @@ def add_cluster_argument(p: argparse.ArgumentParser) -> None:
 
 
 def cluster_config(args: argparse.Namespace) -> ClusterConfig:
-    """The --cluster file, read and checked (None: the local defaults). A verb calls it with its other inputs,
-    before it takes a lock or writes anything: a bad file is one line naming file and key, and leaves nothing."""
+    """The --cluster file, read and checked (None: the local defaults): a bad file is one line naming file and
+    key, and leaves nothing."""
     from crystal_dask.runtime.cluster import load_cluster_config
 
     return load_cluster_config(args.cluster)
@@ -36,6 +39,19 @@ def client_for(cluster: ClusterConfig) -> Iterator[Client]:
 
     with connect(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def locked(args: argparse.Namespace, out: Path, verb: str) -> Iterator[Connect]:
+    """The order of every verb that writes a folder on a cluster: its --cluster file checked (after the settings
+    the verb checks first), then <out>'s lock taken (a second command on the folder is refused at once: no slow
+    import, no cluster, no status or output yet), then the block, which reads the verb's inputs and starts the
+    cluster by entering what this yields (`with connect() as client`) once they are all there."""
+    from crystal_dask.runtime.lock import hold
+
+    cluster = cluster_config(args)
+    with hold(out, f"crystal-dask {verb}"):
+        yield functools.partial(client_for, cluster)
 
 
 def progress_bar(args: argparse.Namespace):

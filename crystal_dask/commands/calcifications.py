@@ -25,17 +25,18 @@ def run(args: argparse.Namespace) -> int:
     from crystal_dask.exports.calcifications import NoMppError, detect_slide
     from crystal_dask.exports.geojson import write_geojson
     from crystal_dask.runtime.lock import hold
+    from crystal_dask.stages import features
     from crystal_dask.store.files import write_atomic
     from crystal_dask.wsi.slides import SlideError
 
-    if args.um_per_px is not None and not args.um_per_px > 0:
-        print("calcifications: --um-per-px must be > 0", file=sys.stderr)
-        return 2
+    # checked (and defaulted) as the features stage checks its own um_per_px, once, before the lock
+    given = {} if args.um_per_px is None else {"um_per_px": args.um_per_px}
+    um_per_px = features.parse(given, None, features.SECTION).um_per_px
     with hold(args.output, "crystal-dask calcifications"):  # one command per output folder
         rows, failed = [], 0
         for path in args.slides:
             try:
-                collection, summary = detect_slide(path, args.um_per_px)
+                collection, summary = detect_slide(path, um_per_px)
             except (NoMppError, SlideError, OSError, ValueError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 reason = reason if str(path) in reason else f"{path}: {reason}"

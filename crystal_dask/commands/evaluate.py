@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crystal_dask.commands._common import add_cluster_argument, client_for, cluster_config, progress_bar
+from crystal_dask.commands._common import add_cluster_argument, locked, progress_bar
 
 HELP = "Evaluate a model on a dataset's splits, partition by partition; writes predictions and confusion."
 
@@ -22,13 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.runtime.lock import hold
-
-    cluster = cluster_config(args)  # checked before the lock
-    with hold(args.out, "crystal-dask evaluate"):  # one command per output folder, refused before any slow import
+    with locked(args, args.out, "evaluate") as connect:
         from crystal_dask.stages.evaluate import evaluate
 
-        with client_for(cluster) as client:
+        with connect() as client:
             summary = evaluate(args.dataset, args.model, args.out, client, splits=args.splits,
                                show_progress=progress_bar(args))
     cm = np.array(summary["confusion"])

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from crystal_dask.commands._common import add_cluster_argument, client_for, cluster_config, progress_bar
+from crystal_dask.commands._common import add_cluster_argument, locked, progress_bar
 from crystal_dask.wsi.patches import PatchSettings
 
 HELP = "Extract patches from a scanned corpus into a chunked zarr dataset, in parallel with Dask bags."
@@ -35,17 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.runtime.lock import hold
-
     settings = PatchSettings.from_config({k: v for k, v in vars(args).items() if k in PatchSettings.keys()})
-    cluster = cluster_config(args)  # checked with the settings, before the lock
-    with hold(args.out, "crystal-dask extract"):  # one command per output folder, refused before any slow import
+    with locked(args, args.out, "extract") as connect:
         from crystal_dask.stages.extract import extract
         from crystal_dask.store.schema import REGIONS, REJECTS, read_table
 
         regions = read_table(args.scan / "regions.parquet", REGIONS)
         scan_rejects = read_table(args.scan / "rejects.parquet", REJECTS)
-        with client_for(cluster) as client:
+        with connect() as client:
             ds = extract(regions, args.out, settings, client, scan_rejects=scan_rejects,
                          show_progress=progress_bar(args))
     manifest = ds.read_manifest()

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from crystal_dask.commands._common import add_cluster_argument, client_for, cluster_config, progress_bar
+from crystal_dask.commands._common import add_cluster_argument, locked, progress_bar
 
 HELP = ("Add handcrafted feature families (docs/features.md) to a dataset written by `crystal-dask extract`, chunk "
         "by chunk in parallel; a row a family cannot describe is a reject with its reason.")
@@ -26,11 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.runtime.lock import hold
-
-    cluster = cluster_config(args)  # checked before the lock
-    # one command per folder, extraction's included; refused before any slow import
-    with hold(args.dataset, "crystal-dask features"):
+    with locked(args, args.dataset, "features") as connect:  # one command per folder, extraction's included
         from crystal_dask.features import FAMILIES
         from crystal_dask.stages import features
         from crystal_dask.store.dataset import Dataset
@@ -42,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         if not ds.complete():
             raise FileNotFoundError(f"{args.dataset}: not a finished dataset (no {ds.manifest.name}); write one "
                                     f"with `crystal-dask extract` first")
-        with client_for(cluster) as client:
+        with connect() as client:
             manifest = features.compute(ds, settings, client, progress_bar(args))
         write_json(features.manifest_path(ds), manifest)
     print(json.dumps({k: manifest[k] for k in ("families", "rows", "rejected", "reasons", "chunks", "chunks_run")},

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crystal_dask.commands._common import add_cluster_argument, client_for, cluster_config, progress_bar
+from crystal_dask.commands._common import add_cluster_argument, locked, progress_bar
 
 if TYPE_CHECKING:
-    from crystal_dask.runtime.cluster import ClusterConfig
+    from crystal_dask.commands._common import Connect
 
 HELP = ("Predict every tissue window of whole slides with a trained model: per-slide probability grids (zarr), "
         "overlay and heatmap PNGs, QuPath GeoJSON, NEDC REGIONDECISIONS, a summary table and scores.")
@@ -61,14 +61,11 @@ def collect_inputs(inputs: list[Path], splits: list[str] | None = None) -> tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.runtime.lock import hold
-
-    cluster = cluster_config(args)  # checked before the lock
-    with hold(args.out, "crystal-dask infer"):  # one command per output folder; the stage imports inside it
-        return _infer(args, cluster)
+    with locked(args, args.out, "infer") as connect:  # the stage imports inside it
+        return _infer(args, connect)
 
 
-def _infer(args: argparse.Namespace, cluster: ClusterConfig) -> int:
+def _infer(args: argparse.Namespace, connect: Connect) -> int:
     from crystal_dask.infer.run import infer_slides
     from crystal_dask.infer.settings import InferSettings
 
@@ -77,7 +74,7 @@ def _infer(args: argparse.Namespace, cluster: ClusterConfig) -> int:
                              magnification=args.magnification, heatmap_class=args.heatmap_class, block=args.block,
                              skip_errors=not args.stop_on_error)
     slides, corpus = collect_inputs(args.input, args.splits)
-    with client_for(cluster) as client:
+    with connect() as client:
         m = infer_slides(slides, args.model, args.out, client, settings, corpus=corpus,
                          show_progress=progress_bar(args))
     score = m["score"]["summary"] if m["score"] else None

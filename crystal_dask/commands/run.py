@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crystal_dask.commands._common import add_cluster_argument, client_for, cluster_config, progress_bar
+from crystal_dask.commands._common import add_cluster_argument, cluster_config, locked, progress_bar
 from crystal_dask.stages import ORDER
 
 HELP = (f"Run a job (jobs/<job>.yaml): the stages it asks for, in order: {', '.join(ORDER)}. Finished steps are "
@@ -26,20 +26,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from crystal_dask.pipeline import run_job
-    from crystal_dask.runtime.lock import hold
     from crystal_dask.stages import load_experiment
     from crystal_dask.status import starting
 
     # the job and the cluster file are checked together, before the lock, any output or any cluster
     job = load_experiment(args.job, args.out)
-    cluster = cluster_config(args)
     if args.dry_run:
+        cluster_config(args)  # checked as a run checks it, though none starts
         return dry_run_listing(job)
-    with hold(job.out):  # a second run on this folder is refused before it starts a cluster
+    with locked(args, job.out, "run") as connect:
         print(f"job {job.name}: outputs in {job.out}")
         # status.json says `starting` until the runner takes over, and why, if the cluster never comes
-        with starting(job.out, job.name, job.source), client_for(cluster) as client:
-            report = run_job(job, client, progress_bar(args), args.performance_reports)
+        with starting(job.out, job.name, job.source) as status, connect() as client:
+            report = run_job(job, client, progress_bar(args), args.performance_reports, status)
     print(f"report: {report}")
     return 0
 

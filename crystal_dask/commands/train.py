@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from crystal_dask.commands._common import add_cluster_argument, client_for, cluster_config
+from crystal_dask.commands._common import add_cluster_argument, locked
 
 HELP = "Train a balanced random forest (random_state=42) on a dataset's rows for one configuration."
 
@@ -27,19 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystal_dask.runtime.lock import hold
-
-    cluster = cluster_config(args)  # checked before the lock
-    # one command per output folder, the model's (two trainings into one folder could write the same files),
-    # refused before any slow import
-    with hold(args.out.parent, "crystal-dask train"):
+    # the model's folder is locked: two trainings into one folder could write the same files
+    with locked(args, args.out.parent, "train") as connect:
         from crystal_dask.stages.train import TrainConfig, train
 
         crystal = args.crystal if args.crystal is not None else args.config == "crystal"
         cfg = TrainConfig.from_config(args.config, {
             "crystal": crystal, "crystal_all_splits": args.crystal_all_splits, "splits": args.splits,
             "sample_n": args.sample_n, "sample_seed": args.sample_seed, "stratified": not args.no_stratify})
-        with client_for(cluster) as client:
+        with connect() as client:
             manifest = train(args.dataset, cfg, args.out, client)
     print(json.dumps({k: manifest[k] for k in ("train_rows", "crystal_rows", "class_counts", "sha256")}, indent=2))
     print(f"model: {args.out}")

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from crystal_dask.infer.settings import InferSettings, model_context, render_settings
+from crystal_dask.infer.settings import InferSettings, render_context
 from crystal_dask.infer.tasks import FORMAT_VERSION, infer_block, infer_export, infer_tissue, marker
 from crystal_dask.stages.base import fingerprint
 from crystal_dask.store.files import remove_partial_writes, write_json
@@ -140,11 +140,10 @@ def infer_slides(
     out.mkdir(parents=True, exist_ok=True)
     manifest_file = out / "infer.json"
     manifest_file.unlink(missing_ok=True)
-    model_manifest = model_context(Path(model_path))
-    s, window_source = render_settings(model_manifest, settings)
-    model_manifest["render_settings"] = s.as_dict()
-    log.info("infer %s: window %s %s, step %s (from %s)", out, s.window_size, s.window_unit,
-             s.window_step or s.window_size, window_source)
+    model_manifest, window_source = render_context(Path(model_path), settings)
+    s = model_manifest["render_settings"]
+    log.info("infer %s: window %s %s, step %s (from %s)", out, s["window_size"], s["window_unit"],
+             s["window_step"] or s["window_size"], window_source)
 
     rejects: list[dict] = []
     plans = []
@@ -175,7 +174,7 @@ def infer_slides(
     write_table(make_table(REJECTS, rejects), out / "rejects.parquet", REJECTS)
     manifest = {
         "model": str(Path(model_path).resolve()), "model_sha256": model_manifest["sha256"], "corpus": corpus,
-        "render_settings": s.as_dict(), "window_source": window_source, "settings": asdict(settings),
+        "render_settings": s, "window_source": window_source, "settings": asdict(settings),
         "slides_in": len(slides), "slides_done": done, "rejects": len(rejects),
         "windows": int(sum(r["windows"] for r in rows)), "unscored_windows": unscored,
         "format_version": FORMAT_VERSION,

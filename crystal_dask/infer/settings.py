@@ -1,5 +1,5 @@
 """What inference is told (InferSettings) and what it takes from the model: the window its dataset was cut with
-(`render_settings`) and how its dataset's arrays were made (`model_context`)."""
+(`render_settings`) and how its dataset's arrays were made (`model_context`); both at once: `render_context`."""
 
 from __future__ import annotations
 
@@ -86,3 +86,12 @@ def model_context(model_path: Path) -> dict[str, Any]:
     manifest["feature_settings"] = {a: dict(group[a].attrs) for a in model_arrays(manifest)
                                     if a in ds.array_names() and a != PIXELS}
     return manifest
+
+
+def render_context(model_path: Path, settings: InferSettings) -> tuple[dict[str, Any], str]:
+    """What infer renders and predicts a slide's windows with: the model's `model_context` with the windows'
+    PatchSettings under "render_settings" (a dict, as the tasks take it), and where the window came from."""
+    manifest = model_context(model_path)
+    s, source = render_settings(manifest, settings)
+    manifest["render_settings"] = s.as_dict()
+    return manifest, source

@@ -98,17 +98,18 @@ def status(out: Path) -> dict[str, Any]:
         out = output_folder(out)
     state: dict[str, Any] = {"out": str(out)}
     state |= status_file.read(out) or {}
+    ended: bool | None = None  # whether the submitted driver has ended: None when nobody can tell from here
     if (out / "submit.json").exists():
         sub = json.loads((out / "submit.json").read_text())
         state["submission"] = sub
         if sub["kind"] == "background":
             state["driver_running"] = _pid_alive(sub["pid"])
+            ended = not state["driver_running"]
         elif sub["kind"] == "slurm" and shutil.which("squeue"):
             q = subprocess.run(["squeue", "-h", "-j", sub["slurm_job_id"], "-o", "%T"], capture_output=True, text=True)
-            state["slurm_state"] = q.stdout.strip() or "finished (not in the queue)"
-    # whether the submitted driver has ended: None when nobody can tell from here (a foreign host, no squeue)
-    ended = (not state["driver_running"] if "driver_running" in state
-             else state["slurm_state"] in SLURM_ENDED if "slurm_state" in state else None)
+            state["slurm_state"] = q.stdout.strip() or None  # None: squeue no longer lists the job
+            ended = state["slurm_state"] is None or state["slurm_state"] in SLURM_ENDED
+    state["driver_ended"] = ended
     if "state" not in state:
         if "submission" not in state:
             state["state"] = "unknown: nothing ran here"
@@ -125,9 +126,9 @@ def status(out: Path) -> dict[str, Any]:
     return state
 
 
-# squeue's states of a job that has ended (and what status() says of one squeue no longer lists)
-SLURM_ENDED = ("finished (not in the queue)", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
-               "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+# squeue's states of a job that has ended (one squeue no longer lists has ended too: its slurm_state is None)
+SLURM_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+               "DEADLINE")
 
 
 def _last_word(log: Path) -> str:
@@ -144,7 +145,8 @@ def _last_word(log: Path) -> str:
 def format_status(state: dict[str, Any]) -> str:
     lines = [f"job {state.get('job', '?')}: {state['state']}  (outputs: {state['out']})"]
     if "slurm_state" in state:
-        lines.append(f"  driver: SLURM job {state['submission']['slurm_job_id']}: {state['slurm_state']}")
+        shown = state["slurm_state"] or "finished (not in the queue)"
+        lines.append(f"  driver: SLURM job {state['submission']['slurm_job_id']}: {shown}")
     if "driver_running" in state:
         lines.append(f"  driver: pid {state['submission']['pid']}: "
                      f"{'running' if state['driver_running'] else 'not running'}")

@@ -1,5 +1,6 @@
-"""The two shapes every chunk-owning stage repeats: a task that resumes from its done-marker, and a bag of such
-tasks computed on the cluster, named after their stage, with a progress display."""
+"""The shapes every chunk-owning stage repeats: a task that resumes from its done-marker, what the done-markers
+already recorded (read once, on the client), and a bag of the tasks still to run computed on the cluster, named
+after their stage, with a progress display, their results gathered."""
 
 from __future__ import annotations
 
@@ -35,6 +36,24 @@ def resumable(task_fn: Callable[..., dict] | None = None, *,
         return result
 
     return run
+
+
+def recorded(tasks: Sequence[dict], usable: Callable[[dict], bool] = lambda result: True, *,
+             done_at: Callable[[dict], Path] = _marker_key) -> dict[int, dict]:
+    """What the tasks that left a done-marker recorded, by their index in `tasks`; each marker read once. A marker
+    whose result `usable` refuses (its outputs are no longer as it recorded them) is removed: its task runs
+    again, and the result it then returns takes the marker's place."""
+    done = {}
+    for k, task in enumerate(tasks):
+        marker = done_at(task)
+        if not marker.exists():
+            continue
+        result = json.loads(marker.read_text())
+        if usable(result):
+            done[k] = result
+        else:
+            marker.unlink()
+    return done
 
 
 def map_tasks(client: Any, fn: Callable[[dict], Any], tasks: Sequence[dict],

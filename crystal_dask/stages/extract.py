@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from crystal_dask.experiment import Experiment
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
-from crystal_dask.runtime.tasks import map_tasks, resumable
+from crystal_dask.runtime.tasks import map_tasks, recorded, resumable
 from crystal_dask.stages import scan
 from crystal_dask.stages.base import Context, Step
 from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, ROW_ARRAYS, Dataset
@@ -146,20 +146,20 @@ def extract(
          "dataset": str(ds.root), "marker": str(markers / f"chunk-{k:06d}.json")}
         for k, start in enumerate(range(0, len(rows), c))
     ]
-    for t in tasks:  # a chunk is done only while its files are as its marker recorded them
-        if Path(t["marker"]).exists() and _damaged(ds, json.loads(Path(t["marker"]).read_text())):
-            Path(t["marker"]).unlink()
-    todo = [t for t in tasks if not Path(t["marker"]).exists()]
+    # a chunk is done only while its files are as its marker recorded them
+    results = recorded(tasks, lambda done: not _damaged(ds, done))
+    todo = [k for k in range(len(tasks)) if k not in results]
     if todo:
         with roomy_stage(client) as stage:
             try:
-                map_tasks(client, extract_chunk, [t | {"stage": stage} for t in todo], show_progress, stage=NAME)
+                results |= zip(todo, map_tasks(client, extract_chunk, [tasks[k] | {"stage": stage} for k in todo],
+                                               show_progress, stage=NAME), strict=True)
             finally:  # the workers' cached slides are closed with the stage
                 client.run(close_stage, stage, on_error="ignore")
 
     patches, checksums = [], {}
-    for t in tasks:
-        done = json.loads(Path(t["marker"]).read_text())
+    for k, t in enumerate(tasks):
+        done = results[k]
         checksums |= done["files"]
         for r, o in zip(t["rows"], done["rows"], strict=True):
             if "reject" in o:

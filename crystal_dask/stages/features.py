@@ -36,7 +36,7 @@ from crystal_dask.experiment import Experiment
 from crystal_dask.features import FAMILIES, FeatureError, compute_families, resample_to
 from crystal_dask.runtime import keys
 from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
-from crystal_dask.runtime.tasks import map_tasks, resumable
+from crystal_dask.runtime.tasks import map_tasks, recorded, resumable
 from crystal_dask.stages import extract
 from crystal_dask.stages.base import Context, Step, fingerprint, stage_of
 from crystal_dask.store.dataset import PIXELS, Dataset
@@ -165,14 +165,16 @@ def compute(ds: Dataset, settings: FeatureSettings, client, show_progress=None) 
         tasks.append({"start": start, "rows": rows, "families": list(families), "um_per_px": settings.um_per_px,
                       "max_side": settings.max_side, "dataset": str(ds.root),
                       "marker": str(markers / f"chunk-{k:06d}.json")})
-    todo = [t for t in tasks if not Path(t["marker"]).exists()]
+    results = recorded(tasks)
+    todo = [k for k in range(len(tasks)) if k not in results]
     if todo:
         with roomy_stage(client) as stage:
-            map_tasks(client, feature_chunk, [t | {"stage": stage} for t in todo], show_progress, stage=NAME)
+            results |= zip(todo, map_tasks(client, feature_chunk, [tasks[k] | {"stage": stage} for k in todo],
+                                           show_progress, stage=NAME), strict=True)
     ds.sweep_partial_writes()
     rejects, checksums = [], {}
-    for t in tasks:
-        done = json.loads(Path(t["marker"]).read_text())
+    for k, t in enumerate(tasks):
+        done = results[k]
         checksums |= done["checksums"]
         for i, o in enumerate(done["rows"]):
             r = by_row.get(t["start"] + i)

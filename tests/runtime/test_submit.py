@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -16,6 +17,8 @@ import yaml
 
 from crystal_dask.cli import main
 from crystal_dask.runtime.submit import format_status, status, submit
+from crystal_dask.status import Status
+from crystal_dask.store.files import write_json
 from tests.helpers.jobs import TINY
 
 # A job small enough to run detached within a test: one corpus, its own dev/eval patients as the held-out set.
@@ -94,7 +97,7 @@ def test_submit_on_slurm_runs_the_driver_as_a_batch_job(slurm_ready, tmp_path):
     assert state["driver_slurm_job_id"] == record["slurm_job_id"]
     assert list((tmp_path / "logs").iterdir()), "the worker jobs wrote no logs"
     deadline = time.time() + 60  # the driver job ends once the cluster it started has shut down
-    while status(out)["slurm_state"] not in ("finished (not in the queue)", "COMPLETED"):
+    while status(out)["slurm_state"] not in (None, "COMPLETED"):  # None: no longer in the queue
         assert time.time() < deadline, format_status(status(out))
         time.sleep(1)
 
@@ -159,6 +162,18 @@ def test_a_driver_that_ends_before_writing_its_status_is_failed_with_its_last_wo
     last = Path(record["log"]).read_text().splitlines()[-1]
     assert last.startswith(f"crystal-dask: error: {path}") and "train.corpus" in last
     assert state["error"] == f"the driver ended before it started the job; its last word: {last}"
+
+
+@pytest.mark.skipif(shutil.which("squeue") is None, reason="no squeue here")
+def test_a_slurm_driver_squeue_no_longer_lists_has_ended(tmp_path):
+    """A driver job squeue does not list (this id was never submitted) has ended: a status still `running` is a
+    driver gone; what is shown is made from the state value (None), not the other way round."""
+    out = tmp_path / "out"
+    Status(out, "tiny", tmp_path / "job.yaml").stage("scan:fcbr", state="running")  # its pid, this one, still lives
+    write_json(out / "submit.json", {"kind": "slurm", "slurm_job_id": "999999999", "log": str(out / "driver.log")})
+    state = status(out)
+    assert state["slurm_state"] is None and state["driver_ended"] is True and state["driver_gone"], state
+    assert "  driver: SLURM job 999999999: finished (not in the queue)" in format_status(state).splitlines()
 
 
 def test_status_says_why_a_step_runs():

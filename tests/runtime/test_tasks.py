@@ -1,11 +1,12 @@
-"""runtime/tasks.py: a resumable task runs once and answers from its marker after; map_tasks on a real cluster."""
+"""runtime/tasks.py: a resumable task runs once and answers from its marker after; what the markers recorded, read
+once, a refused one removed; map_tasks on a real cluster."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from crystal_dask.runtime.tasks import map_tasks, resumable
+from crystal_dask.runtime.tasks import map_tasks, recorded, resumable
 
 CALLS: list[str] = []
 
@@ -47,6 +48,17 @@ def test_a_failing_task_leaves_no_marker(tmp_path):
     except ValueError:
         pass
     assert not (tmp_path / "m.json").exists()
+
+
+def test_recorded_gives_each_markers_result_by_task_and_removes_a_refused_one(tmp_path):
+    CALLS.clear()
+    tasks = [{"x": x, "marker": str(tmp_path / f"{x}.json")} for x in (2, 3, 7)]
+    _square(tasks[0])
+    _square(tasks[2])
+    assert recorded(tasks) == {0: {"square": 4}, 2: {"square": 49}}  # the task without a marker is left out
+    assert recorded(tasks, lambda result: result["square"] < 10) == {0: {"square": 4}}
+    assert not Path(tasks[2]["marker"]).exists()  # refused: its task runs again
+    assert _square(tasks[2]) == {"square": 49} and CALLS == [t["marker"] for t in (tasks[0], tasks[2], tasks[2])]
 
 
 def test_map_tasks_returns_results_in_task_order_under_the_stage_name(client, tmp_path):

@@ -15,7 +15,7 @@ import zarr
 
 from crystal_dask.exports.polygons import signed_area
 from crystal_dask.infer.run import SlideInput, infer_slides, slides_from_regions
-from crystal_dask.infer.settings import InferSettings, model_context, render_settings
+from crystal_dask.infer.settings import InferSettings, model_context, render_context, render_settings
 from crystal_dask.infer.windows import window_matrix
 from crystal_dask.store.dataset import Dataset
 from crystal_dask.store.models import load_model
@@ -50,10 +50,9 @@ def inferred(held_out, window_model, client, tmp_path_factory) -> Path:
 
 
 def test_windows_render_exactly_as_the_dataset(held_out, window_model):
-    mm = model_context(window_model)
-    s, source = render_settings(mm, InferSettings())
+    mm, source = render_context(window_model, InferSettings())
+    s = PatchSettings(**mm["render_settings"])
     assert (s.window_size, s.window_step, s.mode) == (256.0, 256.0, "window") and "dataset" in source
-    mm["render_settings"] = s.as_dict()
     # neighbours (sharing tiles), a lone window far away, and an overlapping one: all as render_patch renders them
     boxes = np.array([[0, 0, 256, 256], [256, 0, 512, 256], [256, 256, 512, 512], [1536, 1280, 1792, 1536],
                       [128, 128, 384, 384]])
