@@ -107,8 +107,13 @@ def status(out: Path) -> dict[str, Any]:
             ended = not state["driver_running"]
         elif sub["kind"] == "slurm" and shutil.which("squeue"):
             q = subprocess.run(["squeue", "-h", "-j", sub["slurm_job_id"], "-o", "%T"], capture_output=True, text=True)
-            state["slurm_state"] = q.stdout.strip() or None  # None: squeue no longer lists the job
-            ended = state["slurm_state"] is None or state["slurm_state"] in SLURM_ENDED
+            # squeue exits 1 both for a job the controller has forgotten (ended) and when it cannot ask the
+            # controller at all: only the first says anything about the driver
+            if q.returncode == 0 or SLURM_FORGOTTEN in q.stderr:
+                state["slurm_state"] = q.stdout.strip() or None  # None: squeue no longer lists the job
+                ended = state["slurm_state"] is None or state["slurm_state"] in SLURM_ENDED
+            else:
+                state["slurm_error"] = (q.stderr.strip().splitlines() or [f"squeue exited {q.returncode}"])[-1]
     state["driver_ended"] = ended
     if "state" not in state:
         if "submission" not in state:
@@ -126,6 +131,8 @@ def status(out: Path) -> dict[str, Any]:
     return state
 
 
+# what squeue says of a job id its controller no longer knows (it forgets ended jobs after MinJobAge)
+SLURM_FORGOTTEN = "Invalid job id specified"
 # squeue's states of a job that has ended (one squeue no longer lists has ended too: its slurm_state is None)
 SLURM_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
                "DEADLINE")
@@ -144,8 +151,9 @@ def _last_word(log: Path) -> str:
 
 def format_status(state: dict[str, Any]) -> str:
     lines = [f"job {state.get('job', '?')}: {state['state']}  (outputs: {state['out']})"]
-    if "slurm_state" in state:
-        shown = state["slurm_state"] or "finished (not in the queue)"
+    if "slurm_state" in state or "slurm_error" in state:
+        shown = (f"cannot tell ({state['slurm_error']})" if "slurm_error" in state
+                 else state["slurm_state"] or "finished (not in the queue)")
         lines.append(f"  driver: SLURM job {state['submission']['slurm_job_id']}: {shown}")
     if "driver_running" in state:
         lines.append(f"  driver: pid {state['submission']['pid']}: "

@@ -164,8 +164,7 @@ def test_a_driver_that_ends_before_writing_its_status_is_failed_with_its_last_wo
     assert state["error"] == f"the driver ended before it started the job; its last word: {last}"
 
 
-@pytest.mark.skipif(shutil.which("squeue") is None, reason="no squeue here")
-def test_a_slurm_driver_squeue_no_longer_lists_has_ended(tmp_path):
+def test_a_slurm_driver_squeue_no_longer_lists_has_ended(slurm_ready, tmp_path):
     """A driver job squeue does not list (this id was never submitted) has ended: a status still `running` is a
     driver gone; what is shown is made from the state value (None), not the other way round."""
     out = tmp_path / "out"
@@ -174,6 +173,28 @@ def test_a_slurm_driver_squeue_no_longer_lists_has_ended(tmp_path):
     state = status(out)
     assert state["slurm_state"] is None and state["driver_ended"] is True and state["driver_gone"], state
     assert "  driver: SLURM job 999999999: finished (not in the queue)" in format_status(state).splitlines()
+
+
+SLURM_CONF = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+
+
+@pytest.mark.skipif(shutil.which("squeue") is None or not SLURM_CONF.is_file(), reason="no squeue or slurm.conf here")
+def test_a_slurm_driver_is_not_declared_gone_when_squeue_cannot_reach_its_controller(tmp_path, monkeypatch):
+    """squeue exits 1 with empty output both for a forgotten job and for an unreachable controller: the second
+    says nothing of the driver, so a running job stays running and status says it cannot tell, and why. The
+    controller is made unreachable for real: this machine's slurm.conf pointed at a port nobody listens on."""
+    keys = ("SlurmctldPort", "MessageTimeout", "TCPTimeout")
+    conf = [line for line in SLURM_CONF.read_text().splitlines() if not line.startswith(keys)]
+    (tmp_path / "slurm.conf").write_text("\n".join([*conf, "SlurmctldPort=1", "MessageTimeout=1", "TCPTimeout=1", ""]))
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    out = tmp_path / "out"
+    Status(out, "tiny", tmp_path / "job.yaml").stage("scan:fcbr", state="running")  # its pid, this one, still lives
+    write_json(out / "submit.json", {"kind": "slurm", "slurm_job_id": "4242", "log": str(out / "driver.log")})
+    state = status(out)
+    assert state["driver_ended"] is None and "slurm_state" not in state and not state.get("driver_gone"), state
+    assert state["state"] == "running" and "Unable to contact slurm controller" in state["slurm_error"], state
+    assert (f"  driver: SLURM job 4242: cannot tell ({state['slurm_error']})"
+            in format_status(state).splitlines())
 
 
 def test_status_says_why_a_step_runs():
