@@ -3,10 +3,10 @@
 The kernel drops a flock when its process dies, however it dies (SIGKILL included), so a lock file left by a
 killed run is not held by anyone: the next run takes it over and says whose it was. A second run while the first
 lives is refused at once, naming the command, pid and host that hold the lock. Every command that writes a folder
-takes it (`run`, `scan`, `extract`, `features`, `train`, `evaluate`, `infer`, `calcifications`), before it reads its inputs or starts a
-cluster. The lock is re-entrant within one process (the CLI takes it before starting a cluster, the runner again
-around the stages). A folder that holding the lock created is removed again if it is still empty on release, so a
-command refused or failing at once leaves nothing behind.
+takes it (`run`, `scan`, `extract`, `features`, `train`, `evaluate`, `infer`, `calcifications`), before it reads
+its inputs or starts a cluster. The lock is re-entrant within one process (the CLI takes it before starting a
+cluster, the runner again around the stages). A folder that holding the lock created is removed again if it is
+still empty on release, so a command refused or failing at once leaves nothing behind.
 """
 
 from __future__ import annotations
