@@ -1,6 +1,6 @@
 """The shapes every chunk-owning stage repeats: a task that resumes from its done-marker, what the done-markers
 already recorded (read once, on the client), and a bag of the tasks still to run computed on the cluster, named
-after their stage, with a progress display, their results gathered."""
+after their stage, with a progress display, their results gathered (`run_remaining`: the three together)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,28 @@ def map_tasks(client: Any, fn: Callable[[dict], Any], tasks: Sequence[dict],
     if show_progress is not None:
         show_progress(futures)
     return [result for partition in client.gather(futures) for result in partition]  # one task per partition
+
+
+def run_remaining(client: Any, fn: Callable[[dict], dict], tasks: Sequence[dict],
+                  show_progress: Callable[[list], None] | None = None, *, stage: str,
+                  usable: Callable[[dict], bool] = lambda result: True,
+                  then_on_workers: Callable[[str], Any] | None = None
+                  ) -> tuple[list[dict], int]:
+    """Every task's result, in task order, and how many tasks ran now: what its done-marker recorded (`recorded`,
+    with `usable`), else what it returns when run now (`map_tasks`), the runs inside one `roomy_stage` whose id
+    each task gets as "stage". `then_on_workers(stage id)` runs on every worker after them, also after an error
+    (extract closes the slides its tasks cached for the stage)."""
+    from crystal_dask.runtime.allocator import roomy_stage
+
+    results = recorded(tasks, usable)
+    todo = [k for k in range(len(tasks)) if k not in results]
+    if todo:
+        with roomy_stage(client) as stage_id:
+            try:
+                ran = map_tasks(client, fn, [tasks[k] | {"stage": stage_id} for k in todo], show_progress,
+                                stage=stage)
+                results |= zip(todo, ran, strict=True)
+            finally:
+                if then_on_workers is not None:
+                    client.run(then_on_workers, stage_id, on_error="ignore")
+    return [results[k] for k in range(len(tasks))], len(todo)

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from crystal_dask.experiment import Experiment
-from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
-from crystal_dask.runtime.tasks import map_tasks, recorded, resumable
+from crystal_dask.runtime.allocator import roomy_malloc
+from crystal_dask.runtime.tasks import resumable, run_remaining
 from crystal_dask.stages import scan
 from crystal_dask.stages.base import Context, Step
 from crystal_dask.store.dataset import FORMAT_VERSION, PIXELS, ROW_ARRAYS, Dataset
@@ -146,20 +146,13 @@ def extract(
          "dataset": str(ds.root), "marker": str(markers / f"chunk-{k:06d}.json")}
         for k, start in enumerate(range(0, len(rows), c))
     ]
-    # a chunk is done only while its files are as its marker recorded them
-    results = recorded(tasks, lambda done: not _damaged(ds, done))
-    todo = [k for k in range(len(tasks)) if k not in results]
-    if todo:
-        with roomy_stage(client) as stage:
-            try:
-                results |= zip(todo, map_tasks(client, extract_chunk, [tasks[k] | {"stage": stage} for k in todo],
-                                               show_progress, stage=NAME), strict=True)
-            finally:  # the workers' cached slides are closed with the stage
-                client.run(close_stage, stage, on_error="ignore")
+    # a chunk is done only while its files are as its marker recorded them; the workers' cached slides are closed
+    # with the stage
+    results, chunks_run = run_remaining(client, extract_chunk, tasks, show_progress, stage=NAME,
+                                        usable=lambda done: not _damaged(ds, done), then_on_workers=close_stage)
 
     patches, checksums = [], {}
-    for k, t in enumerate(tasks):
-        done = results[k]
+    for t, done in zip(tasks, results, strict=True):
         checksums |= done["files"]
         for r, o in zip(t["rows"], done["rows"], strict=True):
             if "reject" in o:
@@ -176,7 +169,7 @@ def extract(
         "plan_hash": digest, "settings": settings.as_dict(), "format_version": FORMAT_VERSION,
         "patches": len(patches), "planned": len(rows), "regions_in": n_regions, "regions_written": placed,
         "rejects_extract": len(rejects), "rejects_total": all_rejects.num_rows, "chunks": len(tasks),
-        "chunks_run": len(todo),
+        "chunks_run": chunks_run,
     }
     ds.finish(make_table(PATCHES, patches), all_rejects, manifest, checksums)
     return ds

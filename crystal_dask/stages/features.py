@@ -35,8 +35,8 @@ from crystal_dask.checks import ConfigError, check_fields, integer, number, text
 from crystal_dask.experiment import Experiment
 from crystal_dask.features import FAMILIES, FeatureError, compute_families, resample_to
 from crystal_dask.runtime import keys
-from crystal_dask.runtime.allocator import roomy_malloc, roomy_stage
-from crystal_dask.runtime.tasks import map_tasks, recorded, resumable
+from crystal_dask.runtime.allocator import roomy_malloc
+from crystal_dask.runtime.tasks import resumable, run_remaining
 from crystal_dask.stages import extract
 from crystal_dask.stages.base import Context, Step, fingerprint, stage_of
 from crystal_dask.store.dataset import PIXELS, Dataset
@@ -165,16 +165,10 @@ def compute(ds: Dataset, settings: FeatureSettings, client, show_progress=None) 
         tasks.append({"start": start, "rows": rows, "families": list(families), "um_per_px": settings.um_per_px,
                       "max_side": settings.max_side, "dataset": str(ds.root),
                       "marker": str(markers / f"chunk-{k:06d}.json")})
-    results = recorded(tasks)
-    todo = [k for k in range(len(tasks)) if k not in results]
-    if todo:
-        with roomy_stage(client) as stage:
-            results |= zip(todo, map_tasks(client, feature_chunk, [tasks[k] | {"stage": stage} for k in todo],
-                                           show_progress, stage=NAME), strict=True)
+    results, chunks_run = run_remaining(client, feature_chunk, tasks, show_progress, stage=NAME)
     ds.sweep_partial_writes()
     rejects, checksums = [], {}
-    for k, t in enumerate(tasks):
-        done = results[k]
+    for t, done in zip(tasks, results, strict=True):
         checksums |= done["checksums"]
         for i, o in enumerate(done["rows"]):
             r = by_row.get(t["start"] + i)
@@ -189,7 +183,7 @@ def compute(ds: Dataset, settings: FeatureSettings, client, show_progress=None) 
     return {"key": key, "families": {f: {"version": FAMILIES[f].version, "columns": len(FAMILIES[f].columns)}
                                      for f in families},
             "rows": table.num_rows, "rejected": len(rejects), "reasons": dict(sorted(reasons.items())),
-            "chunks": len(tasks), "chunks_run": len(todo)}
+            "chunks": len(tasks), "chunks_run": chunks_run}
 
 
 def fit_pca(train_ds: Dataset, rows: np.ndarray, components: int, client) -> Any:

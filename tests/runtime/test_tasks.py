@@ -1,9 +1,11 @@
 """runtime/tasks.py: a resumable task runs once and answers from its marker after; what the markers recorded, read
-once, a refused one removed; map_tasks on a real cluster."""
+once, a refused one removed; map_tasks and run_remaining on a real cluster."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from pathlib import Path
 
 from crystal_dask.runtime.tasks import map_tasks, recorded, resumable
@@ -70,3 +72,26 @@ def test_map_tasks_returns_results_in_task_order_under_the_stage_name(client, tm
         assert map_tasks(client, _square, tasks, stage="extract") == [{"square": 25}, {"square": 1}, {"square": 16}]
     assert stream.data and all(key_split(t["key"]).startswith("extract") for t in stream.data), stream.data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1.json", "4.json", "5.json"]
+
+
+def _stage_done(folder: str, stage: str) -> None:
+    """Run on every worker after run_remaining's tasks: leaves a file named after the stage id and the worker's pid."""
+    (Path(folder) / f"{stage}-{os.getpid()}").touch()
+
+
+def test_run_remaining_runs_only_what_no_usable_marker_recorded(client, tmp_path):
+    """A marked task answers from its marker, a refused marker's task runs again, results come in task order, the
+    count says how many ran, and `then_on_workers` runs on every worker with the stage id the tasks got."""
+    from crystal_dask.runtime.tasks import run_remaining
+
+    tasks = [{"x": x, "marker": str(tmp_path / f"{x}.json")} for x in (5, 1, 4, 2)]
+    (tmp_path / "5.json").write_text(json.dumps({"square": 25}))
+    (tmp_path / "4.json").write_text(json.dumps({"square": -1}))  # refused below: runs again
+    (tmp_path / "stages").mkdir()
+    results, ran = run_remaining(client, _square, tasks, stage="extract", usable=lambda r: r["square"] >= 0,
+                                 then_on_workers=functools.partial(_stage_done, str(tmp_path / "stages")))
+    assert results == [{"square": 25}, {"square": 1}, {"square": 16}, {"square": 4}] and ran == 3
+    done = sorted(p.name for p in (tmp_path / "stages").iterdir())
+    workers = client.scheduler_info()["workers"].values()
+    assert len(done) == len(workers) and len({name.rsplit("-", 1)[0] for name in done}) == 1, done
+    assert run_remaining(client, _square, tasks, stage="extract") == (results, 0)  # all marked now
