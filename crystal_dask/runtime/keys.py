@@ -3,7 +3,8 @@
 Dask names a task after the function or operation that made it (`getitem`, `shuffle-taker`,
 `from_sequence-extract_chunk`, `finalize-hlgfinalizecompute`); the dashboard groups tasks by that prefix, so a
 stage's work shows as dask's internals. `compute` runs collections with every key of their (optimized) graph
-renamed to start with the stage's name, and returns futures as `client.compute` does.
+renamed to start with the stage's name, and returns futures as `client.compute` does; inside `named`, a library's
+own `dask.compute` (dask-ml's PCA.fit) is renamed the same way.
 
 A renamed key reads `<stage>-<kind>--<dask's name>`: the dashboard (dask.utils.key_split) keeps the leading words
 made of letters only and stops at the first other word, here the empty one between the two dashes, so it groups
@@ -14,7 +15,8 @@ after it keeps the key unique.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -82,3 +84,17 @@ def compute(client: Client, collections: Sequence[Any], stage: str) -> list[Futu
     graph, subs = _renamed(expr, stage)
     return client.get(graph, [subs[k] for k in flatten(expr.__dask_keys__())], sync=False)
 
+
+@contextmanager
+def named(client: Client, stage: str) -> Iterator[None]:
+    """Every `dask.compute` made inside (a library's, which names its own tasks) runs on `client` with its keys
+    renamed as `compute` renames them: dask calls the configured scheduler with the optimized, finalized graph
+    and its output keys, and takes the results in that order."""
+    import dask
+
+    def get(expr: Any, out: list, **_: Any) -> list:
+        graph, subs = _renamed(expr, stage)
+        return client.get(graph, [subs[k] for k in out])
+
+    with dask.config.set(scheduler=get):
+        yield

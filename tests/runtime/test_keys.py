@@ -77,3 +77,20 @@ def test_job_steps_show_stage_and_task_on_the_dashboard(small_dataset, client, t
     assert seen["train"] == {"train-fit-trees"}, seen
     assert f"evaluate-{FINAL}" in seen["evaluate"] and "evaluate-predict" in seen["evaluate"], seen
     assert all(p.startswith("evaluate-") for p in seen["evaluate"]), seen
+
+
+def test_named_renames_a_librarys_own_compute(client):
+    """Inside `named`, dask.compute (as a library calls it, naming its own tasks) runs on the client under the
+    stage, with dask's own values; outside, naming is dask's again."""
+    import dask
+
+    from crystal_dask.runtime.keys import named
+
+    x = da.from_array(np.arange(60.0).reshape(12, 5), chunks=(4, 5))
+    before = dask.config.get("scheduler", None)
+    with get_task_stream(client) as stream, named(client, "train"):
+        got = dask.compute(x.mean(axis=0), (x - 1).sum(), 7)
+    assert np.array_equal(got[0], np.arange(60.0).reshape(12, 5).mean(axis=0)) and got[1:] == (1770.0 - 60, 7)
+    prefixes = {key_split(t["key"]) for t in stream.data}
+    assert prefixes and all(p.startswith("train-") for p in prefixes), prefixes
+    assert dask.config.get("scheduler", None) == before
