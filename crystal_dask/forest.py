@@ -43,7 +43,7 @@ from crystal_dask.runtime.keys import stage_key
 from crystal_dask.store.dataset import PIXELS, Dataset, ZarrRows
 
 __all__ = ["IMBLEARN_CHECKED", "MAX_INT", "BufferTiming", "TreeTiming", "TrainingRows", "draw", "fit_forest",
-           "fit_tree", "fit_trees", "prepare_sample_buffers", "tree_seeds"]
+           "fit_tree", "fit_trees", "prepare_sample_buffer", "tree_seeds"]
 
 # imblearn.ensemble._forest.MAX_INT: the bound of every per-tree seed (sklearn's _set_random_states uses it too).
 MAX_INT = int(np.iinfo(np.int32).max)
@@ -120,32 +120,13 @@ class TrainingRows:
 
 
 _buffers: dict[int, np.ndarray] = {}  # thread id -> the float32 buffer that thread's trees read their samples into
-_prepared: list[np.ndarray] = []  # buffers prepare_sample_buffers faulted in, for the threads that have none yet
 _buffers_lock = threading.Lock()
-
-
-def sample_buffer(n_rows: int, n_features: int) -> np.ndarray:
-    """A (n_rows, n_features) float32 array over this thread's reused buffer.
-
-    Its pages stay mapped from tree to tree: a fresh array per tree (about 120 MB at 2,000 rows) cost a third more
-    than the uint8 -> float32 copy itself in page faults. A thread without a large enough buffer takes one that
-    `prepare_sample_buffers` made, else allocates it. A thread holds one tree's sample, as before, and
-    `release_sample_buffers` frees them all when the forest is done.
-    """
-    thread = threading.get_ident()
-    size = n_rows * n_features
-    with _buffers_lock:
-        if _buffers.get(thread, np.empty(0, np.float32)).size < size:
-            _buffers.pop(thread, None)  # the smaller one goes before the larger one is allocated
-            spare = next((i for i, b in enumerate(_prepared) if b.size >= size), None)
-            _buffers[thread] = _prepared.pop(spare) if spare is not None else np.empty(size, np.float32)
-        return _buffers[thread][:size].reshape(n_rows, n_features)
 
 
 @dataclass(frozen=True)
 class BufferTiming:
-    """One worker's preparation of its sample buffers (prepare_sample_buffers): wall and CPU seconds (system time
-    included), the bytes it faulted in and the process."""
+    """One worker thread's preparation of its sample buffer (prepare_sample_buffer): wall and CPU seconds (system
+    time included), the bytes it faulted in and the process."""
 
     seconds: float
     cpu: float
@@ -153,36 +134,53 @@ class BufferTiming:
     pid: int
 
 
-def prepare_sample_buffers(n_rows: int, n_features: int, dask_worker: Any = None) -> BufferTiming:
-    """Allocate and touch one (n_rows, n_features) float32 buffer per thread of this worker (client.run, before a
-    forest's trees), so that a tree's read times reading, not the first touch of its buffer.
+def _thread_buffer(size: int) -> tuple[np.ndarray, BufferTiming | None]:
+    """This thread's buffer of at least `size` float32 values, and the timing of making it (None: it had one)."""
+    thread = threading.get_ident()
+    with _buffers_lock:
+        held = _buffers.get(thread)
+        if held is not None and held.size >= size:
+            return held, None
+        _buffers.pop(thread, None)  # the smaller one goes before the larger one is allocated
+    started, started_cpu = time.perf_counter(), time.thread_time()
+    buffer = np.empty(size, np.float32)
+    buffer[::1024] = 0  # one write per 4 KiB page faults the whole buffer in (contents are overwritten by reads)
+    with _buffers_lock:
+        _buffers[thread] = buffer
+    return buffer, BufferTiming(time.perf_counter() - started, time.thread_time() - started_cpu, size * 4,
+                                os.getpid())
+
+
+def prepare_sample_buffer(n_rows: int, n_features: int) -> BufferTiming | None:
+    """Allocate and touch this thread's (n_rows, n_features) float32 sample buffer, unless it holds one large
+    enough: done by a forest's task before its trees (fit_trees), so that a tree's read times reading, not the
+    first touch of its buffer, and only a worker that gets a tree pays for one. The timing, or None when there was
+    nothing to make.
 
     numpy asks for transparent huge pages for large arrays, and faulting them in costs far more than the copy into
     them on this kind of machine (~2 CPU s per GiB measured in a VM, against ~0.4 s in 4 KiB pages; the fit on huge
     pages takes 6-10% less CPU, which over a forest's trees is worth more: docs/benchmarks.md): paid here once per
-    worker and forest, and counted in the forest's time. No more buffers than threads: a process still holds one
-    sample per thread.
+    thread and forest, and counted in the forest's time.
     """
-    threads = int(dask_worker.state.nthreads) if dask_worker is not None else 1
+    return _thread_buffer(n_rows * n_features)[1]
+
+
+def sample_buffer(n_rows: int, n_features: int) -> np.ndarray:
+    """A (n_rows, n_features) float32 array over this thread's reused buffer.
+
+    Its pages stay mapped from tree to tree: a fresh array per tree (about 120 MB at 2,000 rows) cost a third more
+    than the uint8 -> float32 copy itself in page faults. A thread without a large enough buffer makes one
+    (prepare_sample_buffer). A thread holds one tree's sample, as before, and `release_sample_buffers` frees them
+    all when the forest is done.
+    """
     size = n_rows * n_features
-    started, started_cpu = time.perf_counter(), time.thread_time()
-    with _buffers_lock:
-        _prepared[:] = [b for b in _prepared if b.size >= size]  # smaller ones go before larger ones are made
-        held = len(_prepared) + sum(b.size >= size for b in _buffers.values())
-    made = [np.empty(size, np.float32) for _ in range(max(0, threads - held))]
-    for b in made:
-        b[::1024] = 0  # one write per 4 KiB page faults the whole buffer in (contents are overwritten by reads)
-    with _buffers_lock:
-        _prepared.extend(made)
-    return BufferTiming(time.perf_counter() - started, time.thread_time() - started_cpu, size * 4 * len(made),
-                        os.getpid())
+    return _thread_buffer(size)[0][:size].reshape(n_rows, n_features)
 
 
 def release_sample_buffers() -> None:
     """Free this process's sample buffers (run on every worker at the end of a forest)."""
     with _buffers_lock:
         _buffers.clear()
-        _prepared.clear()
 
 
 @dataclass(frozen=True)
@@ -249,10 +247,13 @@ def fit_tree(
 
 def fit_trees(
     reader: Reader, rows: np.ndarray, y_encoded: np.ndarray, seeds: Sequence[tuple[int, int]],
-    strata: np.ndarray | None = None,
-) -> list[tuple[RandomUnderSampler, DecisionTreeClassifier, TreeTiming]]:
-    """One task of the forest: fit_tree for each (tree_seed, sampler_seed) of `seeds`, in order."""
-    return [fit_tree(reader, rows, y_encoded, tree_seed, sampler_seed, strata) for tree_seed, sampler_seed in seeds]
+    strata: np.ndarray | None = None, sample_rows: int = 0,
+) -> tuple[list[tuple[RandomUnderSampler, DecisionTreeClassifier, TreeTiming]], BufferTiming | None]:
+    """One task of the forest: its thread's buffer for `sample_rows`-row samples prepared (the timing, None when
+    the thread had one), then fit_tree for each (tree_seed, sampler_seed) of `seeds`, in order."""
+    prepared = prepare_sample_buffer(sample_rows, reader.shape[1])
+    return [fit_tree(reader, rows, y_encoded, tree_seed, sampler_seed, strata)
+            for tree_seed, sampler_seed in seeds], prepared
 
 
 def fit_forest(
@@ -270,13 +271,14 @@ def fit_forest(
 ) -> BalancedRandomForestClassifier:
     """`BalancedRandomForestClassifier(n_estimators, random_state).fit(reader(rows), y)`, one task per tree.
 
-    The trees run as dask tasks on `client`'s cluster, `trees_per_task` trees each (named
-    `train-fit_trees-<uuid>-<attempt>-<task>`, so the dashboard shows them as the train stage's), all submitted at
-    once and shown through `show_progress` (crystal_dask.progress's display); the row numbers and encoded labels are
-    broadcast to every worker once, and each task reads its own rows from zarr. The result is an ordinary fitted
-    forest with the same attributes as the in-memory fit (n_jobs left at None). `timings`: a list that receives
-    each tree's TreeTiming, in tree order. Before the trees, each worker faults in its sample buffers
-    (prepare_sample_buffers), so that trees time their reading; `preparation` receives each worker's BufferTiming.
+    The trees run as dask tasks on `client`'s cluster, `trees_per_task` trees each (keys
+    `train-fit-trees--fit_trees-<uuid>-<attempt>-<task>`: the dashboard shows them as train-fit-trees), all
+    submitted at once and shown through `show_progress` (crystal_dask.progress's display); the row numbers and
+    encoded labels are broadcast to every worker once, and each task reads its own rows from zarr. The result is an
+    ordinary fitted forest with the same attributes as the in-memory fit (n_jobs left at None). `timings`: a list
+    that receives each tree's TreeTiming, in tree order. A worker thread's first task faults in its sample buffer
+    before its trees (prepare_sample_buffer), so that trees time their reading and a worker without a tree
+    allocates nothing; `preparation` receives each such thread's BufferTiming.
 
     Submitted directly rather than through joblib's dask backend: even configured (pre_dispatch="all", an
     explicit batch_size, the inputs scattered once) it submits and fetches each task on its own and adds its batch
@@ -307,10 +309,7 @@ def fit_forest(
     token = uuid.uuid4().hex
     # every tree's sample: each class (or group) drawn to the smallest one's count ("all", with replacement)
     per_class = np.bincount(codes if groups is None else groups[:, 0].astype(np.int64))
-    prepared = client.run(prepare_sample_buffers, len(per_class) * int(per_class.min()), n_features,
-                          on_error="ignore")
-    if preparation is not None:
-        preparation.extend(t for t in prepared.values() if isinstance(t, BufferTiming))
+    sample_rows = len(per_class) * int(per_class.min())
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             # Broadcast: every worker holds the inputs, so a killed worker loses none of them. Keys of their own
@@ -319,10 +318,12 @@ def fit_forest(
             rows_f, y_f, groups_f = client.scatter([rows, y_encoded, groups], broadcast=True, hash=False)
             n = len(batches)
             futures = client.map(fit_trees, [reader] * n, [rows_f] * n, [y_f] * n, batches, [groups_f] * n,
+                                 [sample_rows] * n,
                                  key=[stage_key(f"fit_trees-{token}-{attempt}-{i}", "train") for i in range(n)])
             if show_progress is not None:
                 show_progress(futures)
-            fitted = [tree for batch in client.gather(futures) for tree in batch]
+            done = client.gather(futures)
+            fitted = [tree for batch, _ in done for tree in batch]
             break
         except (FutureCancelledError, KilledWorker) as exc:
             # Every tree is seeded: fitting again gives the same forest.
@@ -333,6 +334,8 @@ def fit_forest(
     samplers, trees, timed = (list(t) for t in zip(*fitted, strict=True))
     if timings is not None:
         timings.extend(timed)
+    if preparation is not None:
+        preparation.extend(prepared for _, prepared in done if prepared is not None)
     return _assemble(model, samplers, trees, classes, n_features)
 
 

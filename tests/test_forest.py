@@ -157,16 +157,16 @@ def test_a_threads_trees_reuse_onesample_buffer():
     assert not forest._buffers
 
 
-def test_prepared_buffers_are_taken_by_the_trees_threads():
-    timing = forest.prepare_sample_buffers(3, 4)  # outside a worker: one thread
-    assert timing.bytes == 3 * 4 * 4 and timing.seconds >= 0 and len(forest._prepared) == 1
-    assert forest.prepare_sample_buffers(2, 4).bytes == 0  # a large enough one is there already
-    prepared = forest._prepared[0]
-    assert np.shares_memory(forest.sample_buffer(3, 4), prepared) and not forest._prepared
-    assert forest.prepare_sample_buffers(2, 4).bytes == 0  # the thread's own buffer counts
-    assert forest.prepare_sample_buffers(5, 4).bytes == 5 * 4 * 4  # too small: a larger one is made
+def test_a_prepared_buffer_is_the_one_the_threads_trees_read_into():
+    timing = forest.prepare_sample_buffer(3, 4)
+    assert timing.bytes == 3 * 4 * 4 and timing.seconds >= 0 and timing.pid == os.getpid()
+    prepared = forest._buffers[threading.get_ident()]
+    assert forest.prepare_sample_buffer(2, 4) is None  # a large enough one is there already
+    assert np.shares_memory(forest.sample_buffer(3, 4), prepared)
+    assert forest.prepare_sample_buffer(5, 4).bytes == 5 * 4 * 4  # too small: a larger one is made
+    assert not np.shares_memory(forest.sample_buffer(5, 4), prepared)
     forest.release_sample_buffers()
-    assert not forest._buffers and not forest._prepared
+    assert not forest._buffers
 
 
 def test_each_worker_prepares_one_trees_sample_before_the_trees(dataset, training, client):
@@ -175,10 +175,19 @@ def test_each_worker_prepares_one_trees_sample_before_the_trees(dataset, trainin
     fit_forest(ZarrRows(str(dataset), "features"), rows, y, client, n_estimators=4, timings=timings,
                preparation=preparation)
     sample_bytes = timings[0].rows * timings[0].features * 4
-    assert len(preparation) == len(client.scheduler_info()["workers"])
     assert {p.bytes for p in preparation} == {sample_bytes}  # the size every tree's sample has
-    assert {t.pid for t in timings} <= {p.pid for p in preparation}
+    assert {t.pid for t in timings} == {p.pid for p in preparation}  # once per thread that fitted trees
+    assert len(preparation) == len({p.pid for p in preparation})  # one thread per worker here
     assert all(t.start > 0 for t in timings)
+
+
+def test_only_a_worker_that_gets_a_tree_prepares_a_buffer(dataset, training, client):
+    rows, y = training
+    timings, preparation = [], []
+    fit_forest(ZarrRows(str(dataset), "features"), rows, y, client, n_estimators=1, timings=timings,
+               preparation=preparation)
+    assert len(client.scheduler_info()["workers"]) == 2
+    assert [p.pid for p in preparation] == [timings[0].pid]
 
 
 @pytest.mark.parametrize("array", ["pixels", "features"])

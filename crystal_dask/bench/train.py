@@ -188,9 +188,9 @@ def tree_summary(timings: Sequence, preparation: Sequence = (), forest_trees: in
     """Medians of the trees' draw, read and fit seconds, the share of reading in a tree's time (draw + read +
     fit; of the sum, and of the worst tree), the sample's shape, every tree's timing (`each`: forests of
     `forest_trees` trees one after another, with each tree's index in its forest and whether it was its process's
-    first of that forest) and the worst tree's; and the workers' preparation of their sample buffers before the
-    trees (forest.prepare_sample_buffers: the slowest worker's wall and CPU seconds, part of the forest's wall
-    time)."""
+    first of that forest) and the worst tree's; and the workers' preparation of their sample buffers before their
+    trees (forest.prepare_sample_buffer, in each worker thread's first task: the slowest one's wall and CPU
+    seconds, part of the forest's wall time)."""
     col = {k: np.array([getattr(t, k) for t in timings]) for k in ("draw", "read", "fit", "draw_cpu", "read_cpu",
                                                                    "fit_cpu")}
     total = col["draw"] + col["read"] + col["fit"]

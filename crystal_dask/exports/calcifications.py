@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import find_objects
 from skimage.measure import label
 
+from crystal_dask.exports.geojson import geometry
 from crystal_dask.exports.polygons import trace_components
 from crystal_dask.features.calcification import deposit_mask
 from crystal_dask.features.region import Region
@@ -33,16 +35,21 @@ class NoMppError(ValueError):
     """A slide without a pixel size: deposits are measured in µm."""
 
 
-def _polygons(obj: np.ndarray, x0: float, y0: float, fx: float, fy: float) -> list[list[list[list[float]]]]:
-    """The polygons ([exterior, *holes] of [x, y]) of one 8-connected object's 4-connected parts, level-0 px."""
-    return [[[[round(x0 + x * fx, 2), round(y0 + y * fy, 2)] for x, y in ring] for ring in (outer, *holes)]
+def deposit_polygons(obj: np.ndarray, corner: tuple[int, int], x0: float, y0: float, fx: float,
+                     fy: float) -> list[list[list[list[float]]]]:
+    """The polygons ([exterior, *holes] of [x, y]) of one 8-connected object's 4-connected parts, level-0 px.
+
+    `obj` is the object's mask on its bounding box, whose top-left pixel is `corner` (row, column) of the read
+    that starts at level-0 (x0, y0) with (fx, fy) level-0 px per px: each vertex is placed from its column and row
+    in the whole read, so the coordinates are those a trace on the read's whole mask gives."""
+    r0, c0 = corner
+    return [[[[round(x0 + (c0 + x) * fx, 2), round(y0 + (r0 + y) * fy, 2)] for x, y in ring]
+             for ring in (outer, *holes)]
             for _, outer, holes in trace_components(obj)]
 
 
 def _feature(polys: list, area_um2: float, mean_h: float) -> dict[str, Any]:
-    geometry = ({"type": "Polygon", "coordinates": polys[0]} if len(polys) == 1
-                else {"type": "MultiPolygon", "coordinates": polys})
-    return {"type": "Feature", "geometry": geometry,
+    return {"type": "Feature", "geometry": geometry(polys),
             "properties": {"objectType": "detection", "classification": CLASS,
                            "measurements": {"area µm2": round(area_um2, 2), "mean haematoxylin OD": round(mean_h, 4)}}}
 
@@ -82,13 +89,13 @@ def detect_slide(path: str | Path, um_per_px: float | None = None) -> tuple[dict
                 fx, fy = (bx1 - bx0) / rgb.shape[1], (by1 - by0) / rgb.shape[0]  # level-0 px per px of this read
                 ys, xs = np.nonzero(lab)
                 first = np.unique(lab[ys, xs], return_index=True)[1]  # raster-first pixel of each object
-                for i, k in enumerate(first, 1):
+                for i, (k, box) in enumerate(zip(first, find_objects(lab), strict=True), 1):
                     gx, gy = bx0 + xs[k] * fx, by0 + ys[k] * fy
                     if not (x0 <= gx < x1 and y0 <= gy < y1):
                         continue  # its tile is another one
-                    obj = lab == i
-                    features.append(_feature(_polygons(obj, bx0, by0, fx, fy), float(obj.sum()) * um * um,
-                                             float(region.hed[0][obj].mean())))
+                    obj = lab[box] == i  # traced on its bounding box, not on the whole read
+                    polys = deposit_polygons(obj, (box[0].start, box[1].start), bx0, by0, fx, fy)
+                    features.append(_feature(polys, float(obj.sum()) * um * um, float(region.hed[0][box][obj].mean())))
     summary = {"slide": str(path), "deposits": len(features), "tissue_mm2": round(tissue_mm2, 4),
                "per_mm2": round(len(features) / tissue_mm2, 3) if tissue_mm2 > 0 else 0.0, "um_per_px": um}
     return {"type": "FeatureCollection", "features": features}, summary

@@ -30,6 +30,14 @@ def _check_grid(classes: np.ndarray, proba: np.ndarray, n_classes: int) -> None:
         raise ValueError(f"classes must hold -1 (no window) or a class index in [0, {n_classes})")
 
 
+def geometry(polygons: list[list[list[list[float]]]]) -> dict[str, Any]:
+    """The GeoJSON geometry of one feature's polygons ([exterior, *holes] of [x, y] each): a Polygon when there is
+    one, else a MultiPolygon."""
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
+
+
 def class_polygons(classes: np.ndarray, k: int, origin: tuple[float, float], step: float,
                    size: float) -> list[tuple[np.ndarray, list[list[list[list[float]]]]]]:
     """Connected regions of class k: (cells mask, polygons), each polygon [exterior, *holes] of [x, y] lists.
@@ -72,12 +80,9 @@ def class_map_to_geojson(classes: np.ndarray, proba: np.ndarray, *, step: float,
         groups = [[reg] for reg in regions] if per == "component" else [regions]
         for group in groups:
             cells = np.logical_or.reduce([c for c, _ in group])
-            polys = [p for _, ps in group for p in ps]
-            geometry = ({"type": "Polygon", "coordinates": polys[0]} if len(polys) == 1
-                        else {"type": "MultiPolygon", "coordinates": polys})
             features.append({
                 "type": "Feature",
-                "geometry": geometry,
+                "geometry": geometry([p for _, ps in group for p in ps]),
                 "properties": {
                     "objectType": object_type,
                     "classification": {"name": name, "color": list(rgb[k])},

@@ -55,7 +55,10 @@ def from_dataset(root: str | Path, splits: Sequence[str] | None = None) -> list[
 
 
 def markdown(groups: Sequence[dict[str, Any]]) -> list[str]:
-    """A markdown table (lines) of `nonzero_by_group`'s entries: one line per class, crystalline and other."""
+    """A markdown table (lines, the report's table writer's, blank line after) of `nonzero_by_group`'s entries: one
+    line per class, crystalline and other."""
+    from crystal_dask.report.markdown import table
+
     by_cls: dict[str, dict[bool, dict[str, Any]]] = {}
     for g in groups:
         by_cls.setdefault(g["cls"], {})[g["crystal"]] = g
@@ -63,6 +66,5 @@ def markdown(groups: Sequence[dict[str, Any]]) -> list[str]:
     def cell(g: dict[str, Any] | None) -> str:
         return "–" if g is None else f"{100 * g['fraction']:.0f}% ({g['with_deposit']}/{g['rows']})"
 
-    lines = ["| class | crystalline rows with a deposit | other rows with a deposit |", "|---|---|---|"]
-    lines += [f"| {c} | {cell(v.get(True))} | {cell(v.get(False))} |" for c, v in sorted(by_cls.items())]
-    return lines
+    return table(("class", "crystalline rows with a deposit", "other rows with a deposit"),
+                 [(c, cell(v.get(True)), cell(v.get(False))) for c, v in sorted(by_cls.items())], text=(0, 1, 2))

@@ -156,7 +156,7 @@ def calcification_markdown(signal: dict[str, list[dict[str, Any]]]) -> list[str]
            "crystalline / other row: read beside the importances, a family that finds nothing on the crystalline "
            "rows cannot be what the forest learnt from.", ""]
     for set_name, groups in signal.items():
-        out += [f"### {set_name}", "", *groups_table(groups), ""]
+        out += [f"### {set_name}", "", *groups_table(groups)]
     return out
 
 

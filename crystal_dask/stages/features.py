@@ -186,14 +186,15 @@ def compute(ds: Dataset, settings: FeatureSettings, client, show_progress=None) 
             "chunks": len(tasks), "chunks_run": chunks_run}
 
 
-def fit_pca(train_ds: Dataset, rows: np.ndarray, components: int, client) -> Any:
-    """dask-ml's PCA of the pixels of `rows`, fitted on the cluster (blocks of the zarr chunks)."""
+def fit_pca(train_ds: Dataset, rows: np.ndarray, components: int, client, stage: str) -> Any:
+    """dask-ml's PCA of the pixels of `rows`, fitted on the cluster (blocks of the zarr chunks); the tasks' keys
+    start with `stage`."""
     from dask_ml.decomposition import PCA as DaskPCA
 
     data, _ = train_ds.dask_view(rows)
     data = data.astype(np.float32)
     model = DaskPCA(n_components=min(components, len(rows), data.shape[1]), svd_solver="randomized", random_state=0)
-    with client.as_current():
+    with keys.named(client, stage):  # fit's own dask.compute, renamed as keys.compute renames ours
         model.fit(data)
     return model
 
@@ -254,10 +255,11 @@ def pca_step(ctx: Context, corpus: str, step_name: str) -> Step:
         train_ds = ctx.output(fitted_on)
         table = train_ds.rows()
         rows = np.sort(table.filter(pc.equal(table["split"], "train"))["row"].to_numpy())
-        model = fit_pca(train_ds, rows, components, ctx.client)
+        stage = f"{stage_of(step_name)}-{PCA}"  # train-pca-qr, train-pca-matmul-getitem: apart from the trees
+        model = fit_pca(train_ds, rows, components, ctx.client, stage)
         key = fingerprint(train_ds.read_manifest()["plan_hash"], components)
         for r in reads:
-            apply_pca(ctx.output(r), model, ctx.client, key, stage_of(step_name))
+            apply_pca(ctx.output(r), model, ctx.client, key, stage)
         write_json(record, {"key": key, "fitted_on": str(train_ds.root), "rows": int(len(rows)),
                             "components": int(model.n_components_),
                             "explained_variance_ratio": float(np.sum(model.explained_variance_ratio_))})

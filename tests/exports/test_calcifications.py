@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from crystal_dask.cli import main
-from crystal_dask.exports.calcifications import NoMppError, detect_slide
+from crystal_dask.exports.calcifications import NoMppError, deposit_polygons, detect_slide
 from crystal_dask.synthetic.slide_writer import write_slide
 from crystal_dask.synthetic.tissue import paint_slide
 
@@ -66,6 +66,28 @@ def test_command_on_real_slides_writes_geojson_table_and_rejects(realdata, calci
     assert float(rows[1]["tissue_mm2"]) > 0.03  # OS-1 detail: 0.25 x 0.25 mm, mostly tissue
     gj = json.loads((tmp_path / "OS-1-detail.ome.tif.geojson").read_text())
     assert gj["type"] == "FeatureCollection"
+
+
+def test_a_deposit_traced_on_its_bounding_box_has_the_whole_reads_coordinates():
+    """Each deposit is traced on its bounding box only; its level-0 polygons are, to the byte, the ones a trace on
+    the whole read's mask gives: with holes, parts touching at a corner, at the read's edges."""
+    from scipy.ndimage import find_objects
+    from skimage.measure import label
+
+    m = np.zeros((60, 80), bool)
+    m[5:20, 10:30] = True
+    m[9:14, 15:22] = False  # a hole
+    m[20:25, 30:34] = True  # touches the first at a corner: one 8-connected deposit of two parts
+    m[0:7, 70:80] = True  # on the read's top and right edges
+    m[50:60, 0:3] = True  # bottom-left corner
+    m[40, 40] = True  # one pixel
+    lab = label(m, connectivity=2)
+    x0, y0, fx, fy = 1234.5, 987.25, 4.0 / 3, 2.5
+    for i, box in enumerate(find_objects(lab), 1):
+        whole = deposit_polygons(lab == i, (0, 0), x0, y0, fx, fy)
+        on_box = deposit_polygons(lab[box] == i, (box[0].start, box[1].start), x0, y0, fx, fy)
+        assert json.dumps(on_box) == json.dumps(whole)
+    assert lab.max() == 4 and len(deposit_polygons(lab == lab[5, 10], (0, 0), x0, y0, fx, fy)) == 2
 
 
 def test_slide_without_mpp_is_refused(tmp_path):

@@ -15,7 +15,7 @@ from crystal_dask.experiment import Experiment
 from crystal_dask.metrics import compare, confusion, summarize
 from crystal_dask.report.gallery import BORDER, CRYSTAL_RGB, GALLERY_ERRORS, THUMB
 from crystal_dask.report.importances import feature_names, importances
-from crystal_dask.report.markdown import GALLERY_PER_CLASS
+from crystal_dask.report.markdown import GALLERY_PER_CLASS, table
 from crystal_dask.report.paired import load_paired
 from crystal_dask.report.write import write_report
 from crystal_dask.stages import evaluate as evaluate_stage
@@ -354,6 +354,11 @@ def test_calcification_signal_is_reported_per_set(tmp_path: Path) -> None:
     written = write_report({**_results(), "calcification": {"toy-eval": groups}}, tmp_path / "with", _paired())
     md = written["report.md"].read_text()
     assert "## Calcification signal" in md and "### toy-eval" in md and "| c0 | 75% (3/4) | 0% (0/5) |" in md
+    # the report's one table writer: its separator line, one blank line after the table
+    section = md[md.index("### toy-eval"):].split("\n")
+    assert section[2:6] == [*table(["class", "crystalline rows with a deposit", "other rows with a deposit"], [],
+                                   text=(0, 1, 2))[:2], "| c0 | 75% (3/4) | 0% (0/5) |", ""], section
+    assert section[6] != "", section
     assert json.loads(written["report.json"].read_text())["calcification"] == {"toy-eval": groups}
     plain = write_report(_results(), tmp_path / "without", _paired())
     assert "Calcification signal" not in plain["report.md"].read_text()

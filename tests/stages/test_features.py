@@ -340,6 +340,27 @@ def test_pca_family_in_a_tiny_job_is_fitted_on_the_training_split(small_corpus, 
     assert all("confusion" in results["sets"][s]["pca"] for s in ("FCBR-eval", "other"))
 
 
+def test_pca_fit_tasks_are_named_after_the_stage(small_dataset, client):
+    """dask-ml's own PCA.fit runs under the stage's name on the dashboard, and fits what it fits unnamed."""
+    from dask.utils import key_split
+    from dask_ml.decomposition import PCA as DaskPCA
+    from distributed import get_task_stream
+
+    from crystal_dask.stages.features import fit_pca
+
+    ds = Dataset(small_dataset)
+    rows = np.sort(ds.rows()["row"].to_numpy())[:24]
+    with get_task_stream(client) as stream:
+        model = fit_pca(ds, rows, 3, client, "train-pca")
+    prefixes = {key_split(t["key"]) for t in stream.data}
+    assert prefixes and all(p.startswith("train-pca-") for p in prefixes), prefixes
+    plain = DaskPCA(n_components=3, svd_solver="randomized", random_state=0)
+    with client.as_current():
+        plain.fit(ds.dask_view(rows)[0].astype(np.float32))
+    assert np.array_equal(model.components_, plain.components_)
+    assert np.array_equal(model.explained_variance_, plain.explained_variance_)
+
+
 def _gram(x: np.ndarray) -> np.ndarray:
     """The covariance's non-zero eigenvalues through the (rows x rows) Gram matrix: few rows, many pixels."""
     c = x - x.mean(axis=0)
