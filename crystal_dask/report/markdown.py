@@ -34,14 +34,12 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], text: Sequence[i
     return [*lines, ""]
 
 
-
 def crystalline_markdown(split: dict[str, Any], configs: Sequence[str]) -> list[str]:
     rows = [[part, *(f"{pct(split[c][part]['accuracy'])} ({split[c][part]['correct']:,}/{split[c][part]['n']:,})"
                      for c in configs)] for part in ("crystalline", "other")]
     return ["### Crystalline rows and the rest", "",
             "Rows annotated cdcs/cnno/cidc are scored as dcis/nneo/indc; here they are counted apart.", "",
-            *table(["rows", *configs], rows), ""]
-
+            *table(["rows", *configs], rows)]
 
 
 def set_markdown(
@@ -146,7 +144,6 @@ def importances_markdown(imps: dict[str, Any]) -> list[str]:
     return out
 
 
-
 def calcification_markdown(signal: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Per set: how often the calcification family found a deposit, per class and crystalline/other row."""
     from crystal_dask.features.calcification_summary import markdown as groups_table
@@ -166,7 +163,6 @@ def gallery_markdown(set_name: str, g: dict[str, Any]) -> list[str]:
             f"places when the class has any) and the {len(g['errors'])} most confident errors of {g['config']} "
             f"(of {g['wrong']:,} wrong). Rows are listed in report.json.", "",
             f"![{set_name}: gallery]({g['figure']})", ""]
-
 
 
 def infer_markdown(infer: dict[str, Any], classes: Sequence[str]) -> list[str]:

@@ -167,7 +167,8 @@ def test_crystalline_rows_are_counted_apart(tmp_path: Path) -> None:
         assert split[config]["crystalline"] == {"n": int(crystal.sum()), "correct": int(ok[crystal].sum()),
                                                 "accuracy": float(ok[crystal].mean())}
         assert split[config]["other"]["correct"] == int(ok[~crystal].sum())
-    assert "### Crystalline rows and the rest" in written["report.md"].read_text()
+    md = written["report.md"].read_text()
+    assert "### Crystalline rows and the rest" in md and "\n\n\n" not in md  # one blank line between blocks
 
 
 def test_rejects_inconsistent_results(tmp_path: Path) -> None:
