@@ -14,7 +14,8 @@ haematoxylin, 3-6 µm period), some crossed by a microtome crack (a 1.5-4 µm st
 some placed against a real nucleus of the field.
 
 Measured: recall against haematoxylin OD (deposits >= 20 µm) and against diameter (H >= 0.5): a deposit is found
-when the detector's mask covers at least half of its painted pixels. False objects per mm² of tissue on the
+when the detector's mask covers at least half of its painted pixels; the target's recall (>= 20 µm, H >= 0.5) also
+by the image painted on, so images held out of a decision are read apart. False objects per mm² of tissue on the
 same real tissue without deposits, as scanned and with its haematoxylin scaled up by colour deconvolution
 (x1.5, x2: a dark-stained slide), and on its densest-nuclei quarter of fields. Calcium oxalate (pale,
 birefringent, nearly invisible in H&E) is out of scope, for the painter as for the detector.
