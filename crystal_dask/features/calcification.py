@@ -5,7 +5,7 @@ basophilic (blue-purple), sharply bordered, often laminated or fractured by the 
 ("type I") is pale, colourless to amber and nearly invisible in H&E without polarised light: this family does
 NOT detect it, and a region holding only oxalate crystals reads as "no deposits".
 
-Detection (version 3) separates deposits from nuclei by more than darkness. Every rule is in µm, so it means
+Detection (version 4) separates deposits from nuclei by more than darkness. Every rule is in µm, so it means
 the same tissue at any resolution; docs/features.md gives each rule's reason and the curves measured by the
 validation harness (`crystal-dask bench calcification`, deposits painted on real H&E):
 1. Cracks closed: a grey closing of the haematoxylin amount H with a disk of CLOSE_UM (3 µm) radius fills the
@@ -33,14 +33,23 @@ validation harness (`crystal-dask bench calcification`, deposits painted on real
    that tissue's plateau, and rule 6 then judges mostly tissue. Inside each object that failed rule 6, rules 2-6
    run again on the plateau >= SPLIT_RATIO (1.2) x the object's median H, the rest of the object counting as
    ring; a body found so must also be glassy at the scanner's scale.
-Glassy at the scanner's scale (rules 6b, 7): the median over the object's interior of H's local coefficient of
-variation, in a window of 2 x GLASS_UM + 1 px after a grey closing of that size (it fills one-pixel cracks), is at
-most PIXEL_CV_MAX (0.07). Mineral has no chromatin; the purple cytoplasm of epidermis reads 0.08-0.10 at 2 µm/px,
-clumps of nuclei 0.12-0.25. Laminated and cracked deposits read 0.05-0.2, so these two rules mostly rescue smooth
-ones.
+8. A glassy body inside a rejected object: a deposit as pale as the tissue it merged with has no darker body for
+   rule 7, and one merged with textured tissue (nuclei, epidermis) makes rule 7's body, which includes that tissue,
+   fail the pixel-scale glassiness. Inside each object that failed rules 6 and 7, the pixels that are glassy at the
+   scanner's scale (local coefficient of variation <= PIXEL_CV_MAX, below) are opened by a disk of GLASS_CORE_UM
+   (4 µm) radius: the window reaches GLASS_UM past the core's edge and each crack, so a cracked 20 µm deposit keeps
+   an 8 µm glassy disc, not a 12 µm one. These basophilic glassy cores (rule 4), grown as in rule 5, are deposits
+   when the median H of their ring (rule 6's, the rest of the object counting as ring) is at most
+   GLASS_BORDER_RATIO (1 / SPLIT_RATIO) x their median: a glassy body SPLIT_RATIO darker than all round it. The
+   glassy cores of deposit-free real tissue (smooth cytoplasm and stroma) read a ring of 0.89-1.5 x their H.
+Glassy at the scanner's scale (rules 6b, 7, 8): H's local coefficient of variation, in a window of 2 x GLASS_UM + 1
+px after a grey closing of that size (it fills one-pixel cracks), at most PIXEL_CV_MAX (0.07); for rules 6b and 7
+its median over the object's interior. Mineral has no chromatin; the purple cytoplasm of epidermis reads 0.08-0.10
+at 2 µm/px, clumps of nuclei 0.12-0.25. Laminated and cracked deposits read 0.05-0.2, so rules 6b and 7 mostly
+rescue smooth ones, and rule 8 the smooth parts of the others.
 Known limits (measured, docs/features.md): fine granular deposits under ~15 µm are missed by design (rule 2);
-20 µm deposits crossed by cracks lose their core to rule 3; pale deposits (H 0.5-0.6) lying on or against dark
-tissue still fail rule 6.
+20 µm deposits crossed by cracks lose their core to rule 3; pale deposits (H 0.5-0.6) lying on or against tissue
+nearly as dark, with no glassy disc of 8 µm or a ring under 1 / SPLIT_RATIO of their H, still fail.
 
 Deposits are 8-connected components (`skimage.measure.label`), measured as
 `regionprops` defines area, centroid, eccentricity, perimeter (4-neighbourhood) and solidity, but vectorised over
@@ -82,7 +91,7 @@ from skimage.morphology import disk
 
 from crystal_dask.features.region import Region
 
-VERSION = 3
+VERSION = 4
 DEPOSIT_H_OD = 0.4  # plateau floor: haematoxylin amount, decadic OD
 CLOSE_UM = 3.0  # radius of the grey closing that bridges microtome cracks
 CORE_UM = 6.0  # radius of the disc a deposit's glassy plateau must hold
@@ -95,7 +104,9 @@ BORDER_Q = 50.0  # percentile of H in that ring (half the border) ...
 BORDER_RATIO = 0.6  # ... which must be <= this x the deposit's median H
 SPLIT_RATIO = 1.2  # rule 7: a body this much darker than the median of the object it failed in is judged alone
 GLASS_UM = 1.0  # rules 6b and 7: half-side of the window of the pixel-scale glassiness (3 px at 2 µm/px)
-PIXEL_CV_MAX = 0.07  # rules 6b and 7: largest median local coefficient of variation of H inside
+PIXEL_CV_MAX = 0.07  # rules 6b, 7 and 8: largest (median) local coefficient of variation of H of glassy mineral
+GLASS_CORE_UM = 4.0  # rule 8: radius of the disc a glassy core inside a rejected object must hold
+GLASS_BORDER_RATIO = 1 / SPLIT_RATIO  # rule 8: a glassy body's ring median H <= this x its median H
 CLUSTER_UM = 50.0  # single-linkage distance between deposit centroids that joins them into one cluster
 NN_SENTINEL_UM = 2000.0  # mean nearest-neighbour distance reported when fewer than 2 deposits (see docstring)
 MAX_SHAPE = 32  # solidity over at most this many (largest) deposits
@@ -126,10 +137,11 @@ def _disk(radius_px: int) -> np.ndarray:
     return disk(radius_px).astype(bool)
 
 
-def _border_step(h: np.ndarray, lab: np.ndarray, n: int, ring_px: int, skip_px: int = 0) -> np.ndarray:
+def _border_step(h: np.ndarray, lab: np.ndarray, n: int, ring_px: int, skip_px: int = 0,
+                 ratio: float = BORDER_RATIO) -> np.ndarray:
     """(n,) bool: rule 6, the BORDER_Q-th percentile of `h` in each object's outer ring of `ring_px`, starting
-    `skip_px` outside it, <= BORDER_RATIO x its median (False for an object with no ring, i.e. filling the
-    region). Pixels of `h` outside every object count as ring, so a body inside dark tissue (rule 7) is judged
+    `skip_px` outside it, <= `ratio` x its median (False for an object with no ring, i.e. filling the
+    region). Pixels of `h` outside every object count as ring, so a body inside dark tissue (rules 7, 8) is judged
     against that tissue where it touches it."""
     ok = np.zeros(n, bool)
     for i, box in enumerate(find_objects(lab), 1):
@@ -139,7 +151,7 @@ def _border_step(h: np.ndarray, lab: np.ndarray, n: int, ring_px: int, skip_px: 
         if skip_px:
             ring &= ~binary_dilation(obj, iterations=skip_px)
         if ring.any():
-            ok[i - 1] = np.percentile(h[box][ring], BORDER_Q) <= BORDER_RATIO * np.median(h[box][obj])
+            ok[i - 1] = np.percentile(h[box][ring], BORDER_Q) <= ratio * np.median(h[box][obj])
     return ok
 
 
@@ -153,35 +165,47 @@ def _cores(h: np.ndarray, e: np.ndarray, closed: np.ndarray, level: np.ndarray, 
     tophat = uniform_filter((closed - level) / np.maximum(level, floor), window)
     core = binary_opening(plateau & (tophat <= TEXTURE_MAX), structure=core_disk)  # 3
     lab, n = label(core, connectivity=2, return_num=True)
-    if n == 0:
-        return core
+    return _basophilic(h, e, lab, n) if n else core  # 4
+
+
+def _basophilic(h: np.ndarray, e: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
+    """Rule 4: the labelled cores whose median eosin is at most E_PER_H_MAX x their median haematoxylin."""
     idx = np.arange(1, n + 1)
-    basophilic = np.asarray(median(e, lab, idx)) <= E_PER_H_MAX * np.asarray(median(h, lab, idx))  # 4
+    basophilic = np.asarray(median(e, lab, idx)) <= E_PER_H_MAX * np.asarray(median(h, lab, idx))
     return np.concatenate([[False], basophilic])[lab]
 
 
-def _deposits(h: np.ndarray, closed: np.ndarray, core: np.ndarray, floor: float | np.ndarray, um: float
-              ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+def _grow(core: np.ndarray, closed: np.ndarray, floor: float | np.ndarray, um: float) -> tuple[np.ndarray, int]:
+    """Rule 5: the cores grown by GROW_UM into closed H >= `floor`, labelled (8-connected)."""
+    grown = binary_dilation(core, iterations=_px(um, GROW_UM), mask=closed >= floor)
+    return label(grown, connectivity=2, return_num=True)
+
+
+def _deposits(h: np.ndarray, closed: np.ndarray, cv: np.ndarray, core: np.ndarray, floor: float | np.ndarray,
+              um: float) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """Rules 5-6: the cores grown into closed H >= `floor`, labelled (8-connected); which pass the border; and
-    which are glassy at the pixel scale (computed only where rule 6b or 7 needs it, True elsewhere)."""
-    grown = binary_dilation(core, iterations=_px(um, GROW_UM), mask=closed >= floor)  # 5
-    lab, n = label(grown, connectivity=2, return_num=True)
+    which are glassy at the pixel scale (`cv`: `_local_cv`)."""
+    lab, n = _grow(core, closed, floor, um)  # 5
     ring_px = _px(um, BORDER_UM)
     ok = _border_step(h, lab, n, ring_px)  # 6
-    glassy = _pixel_glassy(h, lab, n, um)
+    glassy = _pixel_glassy(cv, lab, n)
     # 6b: past the blended rim: a pale deposit on mid-purple tissue blends into its first ring
     return lab, n, ok | (_border_step(h, lab, n, ring_px, ring_px) & glassy), glassy
 
 
-def _pixel_glassy(h: np.ndarray, lab: np.ndarray, n: int, um: float) -> np.ndarray:
-    """(n,) bool: rule 7's glassiness at the scanner's scale: over each object's interior (the object less its
-    one-pixel edge, or all of it when nothing is left), the median local coefficient of variation of H, in a
-    window of 2 x GLASS_UM + 1 px after a grey closing of the same size (it fills one-pixel cracks), is at most
-    PIXEL_CV_MAX."""
+def _local_cv(h: np.ndarray, um: float) -> np.ndarray:
+    """H's local coefficient of variation at the scanner's scale: in a window of 2 x GLASS_UM + 1 px after a grey
+    closing of the same size (it fills one-pixel cracks); the mean is floored at DEPOSIT_H_OD."""
     size = 2 * _px(um, GLASS_UM) + 1
     hc = grey_closing(h, size=size)
     mean = uniform_filter(hc, size)
-    cv = np.sqrt(np.maximum(uniform_filter(hc * hc, size) - mean * mean, 0)) / np.maximum(mean, DEPOSIT_H_OD)
+    return np.sqrt(np.maximum(uniform_filter(hc * hc, size) - mean * mean, 0)) / np.maximum(mean, DEPOSIT_H_OD)
+
+
+def _pixel_glassy(cv: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
+    """(n,) bool: rules 6b and 7's glassiness at the scanner's scale: over each object's interior (the object less
+    its one-pixel edge, or all of it when nothing is left), the median of `cv` (`_local_cv`) is at most
+    PIXEL_CV_MAX."""
     inner = np.where(binary_erosion(lab > 0), lab, 0)  # 8-connected objects never touch: one erosion for all
     idx = np.arange(1, n + 1)
     has_inner = np.bincount(inner.ravel(), minlength=n + 1)[1:] > 0
@@ -190,7 +214,7 @@ def _pixel_glassy(h: np.ndarray, lab: np.ndarray, n: int, um: float) -> np.ndarr
 
 
 def deposit_mask(region: Region) -> np.ndarray:
-    """(H, W) bool mask of calcium-phosphate deposits: rules 1-7 (and 6b) of the module docstring."""
+    """(H, W) bool mask of calcium-phosphate deposits: rules 1-8 (and 6b) of the module docstring."""
     um = region.require_mpp()
     h, e = region.hed[0], region.hed[1]
     closed = grey_closing(h, footprint=_disk(_px(um, CLOSE_UM)))  # 1
@@ -200,7 +224,8 @@ def deposit_mask(region: Region) -> np.ndarray:
     core = _cores(h, e, closed, level, DEPOSIT_H_OD, core_disk, window)
     if not core.any():
         return core
-    lab, n, ok, _ = _deposits(h, closed, core, DEPOSIT_H_OD, um)
+    cv = _local_cv(h, um)
+    lab, n, ok, _ = _deposits(h, closed, cv, core, DEPOSIT_H_OD, um)
     out = np.concatenate([[False], ok])[lab]
     if ok.all():
         return out
@@ -209,9 +234,29 @@ def deposit_mask(region: Region) -> np.ndarray:
     floor = np.concatenate([[np.inf], np.where(ok, np.inf, SPLIT_RATIO * np.asarray(median(h, lab, idx)))])[lab]
     sub = _cores(h, e, closed, level, floor, core_disk, window)
     if sub.any():
-        sub_lab, sub_n, sub_ok, sub_glassy = _deposits(h, closed, sub, floor, um)
+        sub_lab, sub_n, sub_ok, sub_glassy = _deposits(h, closed, cv, sub, floor, um)
         out |= np.concatenate([[False], sub_ok & sub_glassy])[sub_lab]
+    # 8: the objects still rejected, rule 7 having found nothing in them
+    rejected = (lab > 0) & ~np.concatenate([[False], ok])[lab]
+    rescued = np.unique(lab[out & rejected])
+    rejected &= ~np.isin(lab, rescued)
+    if rejected.any():
+        out |= _glassy_bodies(h, e, closed, cv, rejected, um)
     return out
+
+
+def _glassy_bodies(h: np.ndarray, e: np.ndarray, closed: np.ndarray, cv: np.ndarray, rejected: np.ndarray,
+                   um: float) -> np.ndarray:
+    """Rule 8: inside `rejected` objects, the cores of glassy pixels (`cv` <= PIXEL_CV_MAX) that hold a disc of
+    GLASS_CORE_UM radius and are basophilic (rule 4), grown as rule 5, kept when the median H of their ring (rule
+    6's, the rest of the object counting as ring) is <= GLASS_BORDER_RATIO x theirs."""
+    core = binary_opening(rejected & (cv <= PIXEL_CV_MAX), structure=_disk(_px(um, GLASS_CORE_UM)))
+    lab, n = label(core, connectivity=2, return_num=True)
+    if n == 0:
+        return core
+    lab, n = _grow(_basophilic(h, e, lab, n), closed, DEPOSIT_H_OD, um)
+    ok = _border_step(h, lab, n, _px(um, BORDER_UM), ratio=GLASS_BORDER_RATIO)
+    return np.concatenate([[False], ok])[lab]
 
 
 def _clusters(cent_um: np.ndarray) -> tuple[int, float]:

@@ -53,9 +53,14 @@ def test_curve_key_points_on_real_tissue(realdata, tmp_path, capsys):
     assert found[0].sum() == 0  # H 0.3: below the appearance range, never a deposit
     assert found[1, 1] == 3  # H 0.85, 50 µm: every one found
     assert found[:, 0].sum() <= 1  # 10 µm: under the size rule (a nucleus's size)
+    # the target's deposits (here the one cell H 0.85, 50 µm) by the image painted on: every one counted once
+    by_image = r["grid"]["target_by_image"]
+    assert set(by_image) <= set(SLIDES) and sum(n for _, n in by_image.values()) == 3
+    assert sum(f for f, _ in by_image.values()) == found[1, 1]
+    assert r["recall_target_by_image"] == {k: round(f / n, 3) for k, (f, n) in sorted(by_image.items())}
     # deposit-free real tissue (docs/features.md): v1 found ~270 objects per mm² here, v2 with a step on a quarter of
-    # the border ~28; on half of it 2.1 as scanned and 4.3 with the haematoxylin doubled; v3 (rules 6b, 7) 4.3 and
-    # 4.3 (the target: <= 5)
+    # the border ~28; on half of it 2.1 as scanned and 4.3 with the haematoxylin doubled; v3 (rules 6b, 7) and v4
+    # (rule 8) 4.3 and 4.3 (the target: <= 5)
     assert r["false_per_mm2"]["h_x1"] <= 5
     assert r["false_per_mm2"]["h_x2"] <= 10
     assert "recall" in capsys.readouterr().out

@@ -240,8 +240,8 @@ def test_deposit_against_epidermis_is_judged_apart_from_it(skin, monkeypatch):
     from crystal_dask.bench.calcification import Deposit
 
     region, truth = _painted_on_skin(skin, 1503, 1002, Deposit(100, 100, 30.0, 0.85, False, False, 0, False))
-    assert _found(region, truth, monkeypatch)
-    assert not _found(region, truth, monkeypatch, SPLIT_RATIO=np.inf)
+    assert _found(region, truth, monkeypatch, GLASS_BORDER_RATIO=0.0)  # rule 8 off: rule 7 finds it
+    assert not _found(region, truth, monkeypatch, SPLIT_RATIO=np.inf, GLASS_BORDER_RATIO=0.0)
 
 
 def test_pale_glassy_deposit_border_is_read_past_its_rim(skin, monkeypatch):
@@ -252,6 +252,19 @@ def test_pale_glassy_deposit_border_is_read_past_its_rim(skin, monkeypatch):
     region, truth = _painted_on_skin(skin, 1002, 1002, Deposit(190, 190, 40.0, 0.5, False, False, 0, False))
     assert _found(region, truth, monkeypatch, SPLIT_RATIO=np.inf)
     assert not _found(region, truth, monkeypatch, PIXEL_CV_MAX=-1.0)  # no object passes the glassiness: no 6b
+
+
+def test_glassy_body_inside_a_rejected_object_is_judged_alone(skin, monkeypatch):
+    """Rule 8: in CMU-1's epidermis a pale 30 µm deposit (H 0.6) merges with a plateau as dark as itself (rule 7
+    finds no darker body), and a dark one (H 1.0) makes rule 7's body, which takes in the textured epidermis, fail
+    the pixel-scale glassiness; their glassy cores, judged alone, are found."""
+    from crystal_dask.bench.calcification import Deposit
+
+    for cy, cx, h in ((100, 100, 0.6), (150, 190, 1.0)):
+        dep = Deposit(cy, cx, 30.0, h, False, False, 0, False)
+        region, truth = _painted_on_skin(skin, 1503, 1002, dep)
+        assert _found(region, truth, monkeypatch)
+        assert not _found(region, truth, monkeypatch, GLASS_BORDER_RATIO=0.0)  # rules 1-7 alone miss it
 
 
 # ------------------------------------------------------------------------------------------ all families
