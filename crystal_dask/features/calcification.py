@@ -42,13 +42,21 @@ validation harness (`crystal-dask bench calcification`, deposits painted on real
    when the median H of their ring (rule 6's, the rest of the object counting as ring) is at most
    GLASS_BORDER_RATIO (1 / SPLIT_RATIO) x their median: a glassy body SPLIT_RATIO darker than all round it. The
    glassy cores of deposit-free real tissue (smooth cytoplasm and stroma) read a ring of 0.89-1.5 x their H.
+9. A small cracked deposit: at 2 µm/px a 20 µm deposit is 10 px across, and a crack or two (1.5-4 µm) leave the
+   closed H a valley that fails rule 3's texture or leaves no 12 µm glassy disc, so no core, no object. Where
+   rules 2-5 made no object, they run again with a disc of SMALL_CORE_UM (4 µm) radius; since nuclei (5-15 µm)
+   hold such a disc, the size rule is read on the grown object instead (equivalent diameter >= SMALL_MIN_UM,
+   16 µm), with a stricter border (first ring's median H <= SMALL_RING, 0.35, x the object's) and glassiness at
+   the scanner's scale read away from the cracks (pixels within one pixel of one under CRACK_RATIO, 0.5, x the
+   object's median H left out; median CV <= SMALL_CV_MAX, 0.2). Rule 4 is read on the object.
 Glassy at the scanner's scale (rules 6b, 7, 8): H's local coefficient of variation, in a window of 2 x GLASS_UM + 1
 px after a grey closing of that size (it fills one-pixel cracks), at most PIXEL_CV_MAX (0.07); for rules 6b and 7
 its median over the object's interior. Mineral has no chromatin; the purple cytoplasm of epidermis reads 0.08-0.10
 at 2 µm/px, clumps of nuclei 0.12-0.25. Laminated and cracked deposits read 0.05-0.2, so rules 6b and 7 mostly
 rescue smooth ones, and rule 8 the smooth parts of the others.
-Known limits (measured, docs/features.md): fine granular deposits under ~15 µm are missed by design (rule 2);
-20 µm deposits crossed by cracks lose their core to rule 3; pale deposits (H 0.5-0.6) lying on or against tissue
+Known limits (measured, docs/features.md): fine granular deposits under ~15 µm are missed by design (rules 2, 9);
+20 µm deposits crossed by cracks that touch dark tissue, or whose ring reads above SMALL_RING x their H, still
+lose their core to rule 3; pale deposits (H 0.5-0.6) lying on or against tissue
 nearly as dark, with no glassy disc of 8 µm or a ring under 1 / SPLIT_RATIO of their H, still fail.
 
 Deposits are 8-connected components (`skimage.measure.label`), measured as
@@ -107,6 +115,11 @@ GLASS_UM = 1.0  # rules 6b and 7: half-side of the window of the pixel-scale gla
 PIXEL_CV_MAX = 0.07  # rules 6b, 7 and 8: largest (median) local coefficient of variation of H of glassy mineral
 GLASS_CORE_UM = 4.0  # rule 8: radius of the disc a glassy core inside a rejected object must hold
 GLASS_BORDER_RATIO = 1 / SPLIT_RATIO  # rule 8: a glassy body's ring median H <= this x its median H
+SMALL_CORE_UM = 4.0  # rule 9: radius of the smaller disc a cracked small deposit's glassy plateau must hold
+SMALL_MIN_UM = 16.0  # rule 9: smallest equivalent diameter of the grown object (nuclei are 5-15 µm)
+SMALL_RING = 0.35  # rule 9: largest median H of the object's first ring, as a fraction of its median H
+CRACK_RATIO = 0.5  # rule 9: a pixel below this x the object's median H is a crack (or outside it)
+SMALL_CV_MAX = 0.2  # rule 9: largest median pixel-scale CV of H over the interior away from cracks
 CLUSTER_UM = 50.0  # single-linkage distance between deposit centroids that joins them into one cluster
 NN_SENTINEL_UM = 2000.0  # mean nearest-neighbour distance reported when fewer than 2 deposits (see docstring)
 MAX_SHAPE = 32  # solidity over at most this many (largest) deposits
@@ -155,15 +168,21 @@ def _border_step(h: np.ndarray, lab: np.ndarray, n: int, ring_px: int, skip_px: 
     return ok
 
 
-def _cores(h: np.ndarray, e: np.ndarray, closed: np.ndarray, level: np.ndarray, floor: float | np.ndarray,
-           core_disk: np.ndarray, window: int) -> np.ndarray:
-    """Rules 2-4 on the plateau `level` >= `floor` (a scalar, or per pixel for rule 7): glassy basophilic cores
-    that hold the `core_disk`."""
+def _glassy_cores(closed: np.ndarray, level: np.ndarray, floor: float | np.ndarray, core_disk: np.ndarray,
+                  window: int) -> np.ndarray:
+    """Rules 2-3 on the plateau `level` >= `floor` (a scalar, or per pixel for rule 7): glassy cores that hold the
+    `core_disk`."""
     plateau = level >= floor
     if not plateau.any():
         return plateau
     tophat = uniform_filter((closed - level) / np.maximum(level, floor), window)
-    core = binary_opening(plateau & (tophat <= TEXTURE_MAX), structure=core_disk)  # 3
+    return binary_opening(plateau & (tophat <= TEXTURE_MAX), structure=core_disk)
+
+
+def _cores(h: np.ndarray, e: np.ndarray, closed: np.ndarray, level: np.ndarray, floor: float | np.ndarray,
+           core_disk: np.ndarray, window: int) -> np.ndarray:
+    """Rules 2-4: the glassy cores (`_glassy_cores`) that are basophilic."""
+    core = _glassy_cores(closed, level, floor, core_disk, window)  # 2-3
     lab, n = label(core, connectivity=2, return_num=True)
     return _basophilic(h, e, lab, n) if n else core  # 4
 
@@ -214,7 +233,7 @@ def _pixel_glassy(cv: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
 
 
 def deposit_mask(region: Region) -> np.ndarray:
-    """(H, W) bool mask of calcium-phosphate deposits: rules 1-8 (and 6b) of the module docstring."""
+    """(H, W) bool mask of calcium-phosphate deposits: rules 1-9 (and 6b) of the module docstring."""
     um = region.require_mpp()
     h, e = region.hed[0], region.hed[1]
     closed = grey_closing(h, footprint=_disk(_px(um, CLOSE_UM)))  # 1
@@ -223,10 +242,10 @@ def deposit_mask(region: Region) -> np.ndarray:
     window = 2 * _px(um, TEXTURE_UM) - 1
     core = _cores(h, e, closed, level, DEPOSIT_H_OD, core_disk, window)
     if not core.any():
-        return core
+        return _small_cracked(h, e, closed, core, window, um, None)  # 9
     cv = _local_cv(h, um)
     lab, n, ok, _ = _deposits(h, closed, cv, core, DEPOSIT_H_OD, um)
-    out = np.concatenate([[False], ok])[lab]
+    out = np.concatenate([[False], ok])[lab] | _small_cracked(h, e, closed, lab > 0, window, um, cv)  # 9
     if ok.all():
         return out
     # 7: a darker glassy body inside a rejected object (a deposit against epidermis, a duct wall) is judged alone
@@ -256,6 +275,40 @@ def _glassy_bodies(h: np.ndarray, e: np.ndarray, closed: np.ndarray, cv: np.ndar
         return core
     lab, n = _grow(_basophilic(h, e, lab, n), closed, DEPOSIT_H_OD, um)
     ok = _border_step(h, lab, n, _px(um, BORDER_UM), ratio=GLASS_BORDER_RATIO)
+    return np.concatenate([[False], ok])[lab]
+
+
+def _small_cracked(h: np.ndarray, e: np.ndarray, closed: np.ndarray, taken: np.ndarray, window: int, um: float,
+                   cv: np.ndarray | None) -> np.ndarray:
+    """Rule 9: small cracked deposits that rules 2-3 leave without a core, i.e. objects touching none of rule 5's
+    (`taken`). Rules 2, 3 and 5 with a disc of SMALL_CORE_UM radius; the grown object must be at least SMALL_MIN_UM
+    across (equivalent diameter), basophilic (rule 4, on the object rather than its core), have a first ring of
+    median H <= SMALL_RING x its median H, and be glassy at the scanner's scale away from its cracks (median of
+    `cv`, `_local_cv` computed here when None, <= SMALL_CV_MAX over its interior less the pixels within one pixel
+    of one under CRACK_RATIO x its median H)."""
+    small_disk = _disk(_px(um, SMALL_CORE_UM))
+    core = _glassy_cores(closed, grey_opening(closed, footprint=small_disk), DEPOSIT_H_OD, small_disk, window)
+    if not core.any():
+        return core
+    lab, n = _grow(core, closed, DEPOSIT_H_OD, um)
+    area_um2 = np.bincount(lab.ravel(), minlength=n + 1)[1:] * um * um
+    new = np.bincount(lab[taken], minlength=n + 1)[1:] == 0
+    cand = new & (2 * np.sqrt(area_um2 / np.pi) >= SMALL_MIN_UM)
+    if not cand.any():
+        return np.zeros_like(core)
+    lab, n = label(np.concatenate([[False], cand])[lab], connectivity=2, return_num=True)
+    ok = _border_step(h, lab, n, _px(um, BORDER_UM), ratio=SMALL_RING)
+    if cv is None:
+        cv = _local_cv(h, um)
+    for i, box in enumerate(find_objects(lab), 1):
+        obj = lab[box] == i
+        h_med = np.median(h[box][obj])
+        if ok[i - 1] and np.median(e[box][obj]) <= E_PER_H_MAX * h_med:  # rule 4, on the few candidates only
+            crack = binary_dilation(h[box] < CRACK_RATIO * h_med)
+            inner = binary_erosion(obj) & ~crack  # the one-pixel edge and the cracks blend with the ring / glass
+            ok[i - 1] = inner.any() and np.median(cv[box][inner]) <= SMALL_CV_MAX
+        else:
+            ok[i - 1] = False
     return np.concatenate([[False], ok])[lab]
 
 

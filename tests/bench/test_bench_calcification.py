@@ -60,9 +60,13 @@ def test_curve_key_points_on_real_tissue(realdata, tmp_path, capsys):
     assert r["recall_target_by_image"] == {k: round(f / n, 3) for k, (f, n) in sorted(by_image.items())}
     # deposit-free real tissue (docs/features.md): v1 found ~270 objects per mm² here, v2 with a step on a quarter of
     # the border ~28; on half of it 2.1 as scanned and 4.3 with the haematoxylin doubled; v3 (rules 6b, 7) and v4
-    # (rule 8) 4.3 and 4.3 (the target: <= 5)
+    # (rules 8, 9) 4.3 and 4.3 (the target: <= 5)
     assert r["false_per_mm2"]["h_x1"] <= 5
     assert r["false_per_mm2"]["h_x2"] <= 10
+    # the whole images, uncut by the fields' grid: all their tissue, the fields' included
+    whole = r["false_per_mm2_whole"]
+    assert whole["fields"] == len(SLIDES) and whole["tissue_mm2"] >= r["false_per_mm2"]["tissue_mm2"]
+    assert whole["h_x1"] <= 5
     assert "recall" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "img").iterdir()) == [
         "calcification_recall_vs_diameter.png", "calcification_recall_vs_h_od.png"]

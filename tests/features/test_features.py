@@ -267,6 +267,19 @@ def test_glassy_body_inside_a_rejected_object_is_judged_alone(skin, monkeypatch)
         assert not _found(region, truth, monkeypatch, GLASS_BORDER_RATIO=0.0)  # rules 1-7 alone miss it
 
 
+def test_small_cracked_deposit_is_found_by_its_grown_size(skin, monkeypatch):
+    """Rule 9: a 20 µm deposit (H 1.0) crossed by two cracks in CMU-1's dermis has no 12 µm glassy core (rules 2-3),
+    uncracked it has one; found with the smaller disc, and only when its glassiness is read away from the cracks."""
+    from crystal_dask.bench.calcification import Deposit
+
+    cracked, truth = _painted_on_skin(skin, 1000, 1500, Deposit(150, 150, 20.0, 1.0, False, False, 2, False))
+    assert _found(cracked, truth, monkeypatch)
+    assert not _found(cracked, truth, monkeypatch, SMALL_MIN_UM=np.inf)  # rule 9 off
+    assert not _found(cracked, truth, monkeypatch, CRACK_RATIO=0.0)  # the cracks' edges counted in the CV
+    whole, truth = _painted_on_skin(skin, 1000, 1500, Deposit(150, 150, 20.0, 1.0, False, False, 0, False))
+    assert _found(whole, truth, monkeypatch, SMALL_MIN_UM=np.inf)
+
+
 # ------------------------------------------------------------------------------------------ all families
 def test_random_and_constant_images_are_finite():
     rng = np.random.default_rng(11)
