@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crystal_dask.infer.settings import InferSettings, model_context, render_settings
-from crystal_dask.infer.tasks import FORMAT_VERSION, infer_block, infer_export, infer_tissue, marker
+from crystal_dask.infer.tasks import FORMAT_VERSION, infer_block, infer_export, infer_picture, infer_tissue, marker
 from crystal_dask.stages.base import fingerprint
 from crystal_dask.store.files import remove_partial_writes, write_json
 from crystal_dask.store.schema import INFER_SUMMARY, REGIONS, REJECTS, conform, make_table, reject_row, write_table
@@ -189,19 +189,22 @@ def infer_slides(
 
 def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, Any], out: Path, client: Any,
              settings: InferSettings, corpus: str, show_progress: Callable[[list], None] | None) -> list[dict]:
-    """Every slide's tissue, block and export tasks in one graph (so blocks of all slides keep every worker
-    busy), the model broadcast once; each slide's export result, in plan order. The tissue tasks are submitted
-    first: the workers find tissue while this process loads and broadcasts the model."""
+    """Every slide's tasks in one graph, submitted at once (so blocks of all slides keep every worker busy, and
+    nothing waits on this process); each slide's export result, in plan order. The model is loaded by a task of
+    its own, on a worker, while another finds a slide's tissue; blocks receive it as a dependency (one copy per
+    worker that runs blocks). Each slide's pictures are tasks of their own too, so they are drawn side by side."""
     import dask
 
+    from crystal_dask.exports.slide import PICTURES
     from crystal_dask.runtime.allocator import roomy_stage
-    from crystal_dask.store.models import load_model
+    from crystal_dask.store.models import checked_bytes, load_model
     from crystal_dask.wsi.slide_cache import close_stage
 
     task_manifest = {k: model_manifest[k] for k in ("config", "render_settings", "sha256", "feature_settings")}
     todo: list[Any] = []  # per slide: its export (or its finished result), in plan order
-    pending, tissues, model_future = [], [], None
+    needs_model = False
     with roomy_stage(client) as stage:
+        model = dask.delayed(load_model)(Path(model_path), dask_key_name=f"infer-model-{stage[:8]}")
         for i, (entry, plan) in enumerate(plans):
             paths = {k: str(v) for k, v in output_paths(out, entry.bname, settings.heatmap_class).items()}
             base = {k: plan[k] for k in ("slide", "bname", "width", "height", "mpp", "size", "step", "rows", "cols",
@@ -213,26 +216,28 @@ def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, A
                 todo.append(dask.delayed(json.loads)(export_marker.read_text(), dask_key_name=f"infer-done-{i}"))
                 continue
             key = f"{plan['digest'][:8]}-{i}"
-            pending.append((len(todo), plan, base, paths, key))
-            todo.append(dask.delayed(infer_tissue)(base | {"tissue_threshold": settings.tissue_threshold,
-                                                           "thumbnail_side": settings.thumbnail_side},
-                                                   dask_key_name=f"infer-tissue-{key}"))
-        if pending:  # the tissue tasks run while the model is loaded and broadcast here
-            tissues = client.compute([todo[k] for k, *_ in pending])
-            # one copy per worker, referred to by key (not pickled into every task)
-            model_future = client.scatter(load_model(Path(model_path)), broadcast=True, hash=False)
-        for (k, plan, base, paths, key), tissue in zip(pending, tissues, strict=True):
+            needs_model = True
+            tissue = dask.delayed(infer_tissue)(base | {"tissue_threshold": settings.tissue_threshold,
+                                                        "thumbnail_side": settings.thumbnail_side},
+                                                dask_key_name=f"infer-tissue-{key}")
             blocks = [dask.delayed(infer_block)(base | {"r0": r0, "c0": c0, "stage": stage,
                                                         "model_manifest": task_manifest},
-                                                tissue, model_future, dask_key_name=f"infer-windows-{key}-{r0}-{c0}")
+                                                tissue, model, dask_key_name=f"infer-windows-{key}-{r0}-{c0}")
                       for r0, c0 in plan["blocks"]]
-            todo[k] = dask.delayed(infer_export)(
-                base | {"corpus": corpus, "paths": paths, "heatmap_class": settings.heatmap_class,
-                        "regions": plan["regions"],
-                        "min_overlap": settings.min_overlap},
-                tissue, blocks, dask_key_name=f"infer-export-{key}")
+            drawn = base | {"paths": paths, "heatmap_class": settings.heatmap_class}
+            pictures = [dask.delayed(infer_picture)(drawn | {"picture": name}, tissue, blocks,
+                                                    dask_key_name=f"infer-{name}-{key}") for name in PICTURES]
+            todo.append(dask.delayed(infer_export)(
+                drawn | {"corpus": corpus, "regions": plan["regions"], "min_overlap": settings.min_overlap},
+                tissue, blocks, pictures, dask_key_name=f"infer-export-{key}"))
         try:
             futures = client.compute(todo) if todo else []
+            if needs_model:
+                try:  # checked here too, while the workers start: a bad file is one line, not a worker's traceback
+                    checked_bytes(Path(model_path))
+                except ValueError:
+                    client.cancel(futures)
+                    raise
             if show_progress is not None and futures:
                 show_progress(futures)
             return client.gather(futures)

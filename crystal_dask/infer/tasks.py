@@ -1,5 +1,7 @@
 """The Dask tasks of whole-slide inference, and the slide's zarr grid they fill.
 
+Per run:
+    infer-model    the model, loaded (hash and allow-list checked) on a worker while others find tissue.
 Per slide:
     infer-tissue   detect tissue on a low-res view (wsi/tissue_mask.py), create the slide's zarr (proba: rows x
                    cols x 9 float32, 0 where no window was scored; tissue: rows x cols bool; scored: rows x cols
@@ -8,11 +10,14 @@ Per slide:
     infer-windows  one block of block x block windows: its tissue windows rendered from one read of the area they
                    cover (infer/windows.py), predicted in one call (crystal_dask.predict), its whole zarr chunk
                    written;
-    infer-export   the slide's grid -> PNGs, GeoJSON, region decisions (exports/slide.py), summary rows, scores.
-Block tasks read through the worker's slide cache (one open slide per file per worker for the stage) and use
-the broadcast model (one copy per worker). Each task leaves a done-marker under <slide>/.infer/<digest>/, so a
-rerun resumes block by block. No process holds a whole slide: a block decodes at most wsi.windows.BLOCK_PIXELS at
-once, the tissue view is bounded by the thumbnail's side, and the export works on the window grid only.
+    infer-overlay, infer-heatmap
+                   one PNG each of the finished grid over the thumbnail (exports/slide.py), side by side;
+    infer-export   GeoJSON and region decisions (exports/slide.py), summary rows, scores, once the PNGs are written.
+Block tasks read through the worker's slide cache (one open slide per file per worker for the stage) and receive
+the loaded model as a dependency (one copy per worker). Each task leaves a done-marker under
+<slide>/.infer/<digest>/, so a rerun resumes block by block. No process holds a whole slide: a block decodes at
+most wsi.windows.BLOCK_PIXELS at once, the tissue view is bounded by the thumbnail's side, and the exports work
+on the window grid only.
 """
 
 from __future__ import annotations
@@ -146,29 +151,62 @@ def summary_rows(task: Mapping[str, Any], proba: np.ndarray, classes: np.ndarray
     return rows
 
 
-@resumable(done_at=lambda task: marker(task, "export"))
-def infer_export(task: dict, tissue_done: dict, blocks: list[dict]) -> dict:
-    """Task infer-export: a slide's grid -> overlay and heatmap PNGs, GeoJSON, region decisions, summary rows and
-    (with annotations) scores. Returns {"rows": summary rows, "score": ...} or {"error": reason}."""
+def _upstream_error(tissue_done: Mapping[str, Any], blocks: list[dict]) -> str | None:
+    """Why a slide's grid is not complete (its tissue task's or first failed block's reason), else None."""
+    errors = [x["error"] for x in (tissue_done, *blocks) if "error" in x]
+    if not errors:
+        return None
+    return errors[0] if errors[0] != "no tissue grid" else "tissue: failed"
+
+
+def read_grid(task: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A slide's whole (proba, tissue, scored) grid from its zarr."""
     import zarr
+
+    group = zarr.open_group(task["zarr"], mode="r")
+    return group["proba"][...], group["tissue"][...], group["scored"][...]
+
+
+@resumable(done_at=lambda task: marker(task, task["picture"]))
+def infer_picture(task: dict, tissue_done: dict, blocks: list[dict]) -> dict:
+    """Task infer-overlay / infer-heatmap: one PNG of a slide's finished grid over its thumbnail (the pictures
+    are the export's slowest files: each is its own task, so they run side by side)."""
     from PIL import Image
 
-    from crystal_dask.exports.slide import write_slide_exports
+    from crystal_dask.exports.slide import write_picture
+
+    error = _upstream_error(tissue_done, blocks)
+    if error:
+        return {"error": error}
+    try:
+        proba, _, scored = read_grid(task)
+        paths = {k: Path(v) for k, v in task["paths"].items()}
+        thumb = np.asarray(Image.open(paths["thumbnail"]).convert("RGB"))
+        write_picture(task["picture"], paths, thumb, tissue_done["downsample"], proba, class_grid(proba, scored),
+                      task["heatmap_class"], size=task["size"], step=task["step"])
+    except (OSError, ValueError, MemoryError) as exc:
+        return _fail(task, task["picture"], exc)
+    return {}
+
+
+@resumable(done_at=lambda task: marker(task, "export"))
+def infer_export(task: dict, tissue_done: dict, blocks: list[dict], pictures: list[dict]) -> dict:
+    """Task infer-export: a slide's grid -> GeoJSON, region decisions, summary rows and (with annotations)
+    scores, once its pictures are written. Returns {"rows": summary rows, "score": ...} or {"error": reason}."""
+    from crystal_dask.exports.slide import write_geometry
     from crystal_dask.infer.scoring import score_slide
     from crystal_dask.wsi.annotations import Header
 
-    errors = [x["error"] for x in (tissue_done, *blocks) if "error" in x]
-    if errors:
-        return {"error": errors[0] if errors[0] != "no tissue grid" else "tissue: failed"}
+    errors = [x["error"] for x in pictures if "error" in x]
+    error = _upstream_error(tissue_done, blocks) or (errors[0] if errors else None)
+    if error:
+        return {"error": error}
     try:
-        group = zarr.open_group(task["zarr"], mode="r")
-        proba, tissue, scored = group["proba"][...], group["tissue"][...], group["scored"][...]
+        proba, tissue, scored = read_grid(task)
         classes = class_grid(proba, scored)
         paths = {k: Path(v) for k, v in task["paths"].items()}
-        thumb = np.asarray(Image.open(paths["thumbnail"]).convert("RGB"))
         header = Header(task["bname"], task["mpp"], task["width"], task["height"])
-        write_slide_exports(paths, thumb, tissue_done["downsample"], proba, classes, task["heatmap_class"], header,
-                            size=task["size"], step=task["step"])
+        write_geometry(paths, proba, classes, header, size=task["size"], step=task["step"])
         rows = summary_rows(task, proba, classes)
         score = None
         if task["regions"]:

@@ -161,22 +161,15 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_model(path: Path, trusted: Sequence[str] | None = None) -> Any:
-    """Load a model written by save_model, after checking its hash and the types it contains.
-
-    Raises ValueError naming the file when the manifest is missing or the sha256 differs, and
-    UntrustedModelError naming the types when the file holds any type outside TRUSTED_TYPES + `trusted`.
-    The bytes that were hashed and checked are the bytes deserialized (no second read of the file).
-    """
+def checked_bytes(path: Path, trusted: Sequence[str] | None = None) -> tuple[bytes, list[str]]:
+    """A model file's bytes, once their sha256 matches the manifest and every type they name is on the allow-list
+    (TRUSTED_TYPES + `trusted`), and that list: what `load_model` deserializes. Raises as `load_model` does."""
     path = Path(path)
     expected = read_manifest(path)["sha256"]
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ValueError(f"{path}: sha256 {actual} differs from the manifest's {expected}; file changed or corrupt")
-    import skops.io as sio
-    from skops.io.exceptions import UntrustedTypesFoundException
-
     allowed = sorted({*TRUSTED_TYPES, *(trusted or ())})
     try:
         found = model_types(data)
@@ -188,6 +181,20 @@ def load_model(path: Path, trusted: Sequence[str] | None = None) -> Any:
             f"{path}: refusing to load type(s) outside the trusted list {refused}; pass them in `trusted` only if "
             "you trust the file's author"
         )
+    return data, allowed
+
+
+def load_model(path: Path, trusted: Sequence[str] | None = None) -> Any:
+    """Load a model written by save_model, after checking its hash and the types it contains (`checked_bytes`).
+
+    Raises ValueError naming the file when the manifest is missing or the sha256 differs, and
+    UntrustedModelError naming the types when the file holds any type outside TRUSTED_TYPES + `trusted`.
+    The bytes that were hashed and checked are the bytes deserialized (no second read of the file).
+    """
+    import skops.io as sio
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    data, allowed = checked_bytes(path, trusted)
     try:
         # skops audits every type against `allowed` again while loading, in case a future schema hides a type
         # from our walk (a separate get_untrusted_types pass cost a third of the load: 1-2 s per forest)

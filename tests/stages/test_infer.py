@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -188,6 +189,35 @@ def test_resume_after_lost_blocks_is_byte_identical(inferred, held_out, window_m
     infer_slides(held_out, window_model, out, client, SETTINGS, corpus="fcbr")
     assert not list(out.rglob("*.partial"))
     assert tree_digest(out) == tree_digest(inferred)
+
+
+def test_a_lost_picture_is_drawn_again_alone(inferred, held_out, window_model, client, tmp_path):
+    """The overlay and the heatmap are tasks of their own, each with its marker: a run that died after the heatmap
+    but before the overlay draws the overlay again (same bytes) and nothing else."""
+    out = tmp_path / "out"
+    shutil.copytree(inferred, out)
+    (out / "infer.json").unlink()
+    d = sorted((out / "slides").iterdir())[0]
+    for name in ("overlay", "export"):
+        next(d.rglob(f"{name}.json")).unlink()
+    (d / f"{d.name}_overlay.png").unlink()
+    heatmap = d / f"{d.name}_heatmap_dcis.png"
+    stamp = heatmap.stat().st_mtime_ns
+    infer_slides(held_out, window_model, out, client, SETTINGS, corpus="fcbr")
+    assert heatmap.stat().st_mtime_ns == stamp
+    assert tree_digest(out) == tree_digest(inferred)
+
+
+def test_a_damaged_model_fails_in_one_line_before_any_output(held_out, window_model, client, tmp_path):
+    from crystal_dask.store.models import manifest_path
+
+    bad = tmp_path / "model" / window_model.name
+    bad.parent.mkdir()
+    shutil.copy(manifest_path(window_model), manifest_path(bad))
+    bad.write_bytes(window_model.read_bytes() + b"x")
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: sha256 ") + r"\w+ differs from the manifest's"):
+        infer_slides(held_out[:1], bad, tmp_path / "out", client, SETTINGS)
+    assert not (tmp_path / "out" / "infer.json").exists()
 
 
 def test_one_worker_gives_the_same_bytes(inferred, held_out, window_model, tmp_path):
