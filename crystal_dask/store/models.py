@@ -79,22 +79,19 @@ def model_types(data: bytes) -> set[str]:
 
     Raises ValueError when the bytes are not a skops file (no zip, no readable schema.json).
     """
+    types: set[str] = set()
+
+    def note(node: dict) -> dict:  # called by the parser for every JSON object of the schema, nested or not
+        if "__class__" in node or "__module__" in node:
+            types.add(f"{node.get('__module__')}.{node.get('__class__')}")
+        return node
+
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            schema = json.loads(z.read("schema.json"))
+            json.loads(z.read("schema.json"), object_hook=note)
     except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         what = _looks_like(data) if not zipfile.is_zipfile(io.BytesIO(data)) else f"a zip without a valid schema: {exc}"
         raise ValueError(f"not a skops model file: {what}") from exc
-    types: set[str] = set()
-    stack: list[Any] = [schema]
-    while stack:  # every node of the schema is a dict naming its __module__ and __class__
-        node = stack.pop()
-        if isinstance(node, dict):
-            if "__class__" in node or "__module__" in node:
-                types.add(f"{node.get('__module__')}.{node.get('__class__')}")
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
     return types
 
 
