@@ -23,7 +23,10 @@ on the window grid only.
 from __future__ import annotations
 
 import functools
+import pickle
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +76,17 @@ def create_grid(task: Mapping[str, Any], tissue: np.ndarray, frac: np.ndarray) -
                        compressors=zstd, dimension_names=("row", "col"))
 
 
+def grid_blocks(rows: int, cols: int, block: int) -> list[tuple[int, int]]:
+    """The (first row, first column) of every block x block block of a window grid, row-major: one zarr chunk and
+    one block task each."""
+    return [(r0, c0) for r0 in range(0, rows, block) for c0 in range(0, cols, block)]
+
+
 @resumable(done_at=lambda task: marker(task, "tissue"))
 def infer_tissue(task: dict) -> dict:
-    """Task infer-tissue: the slide's tissue grid, thumbnail and empty zarr; idempotent through its marker."""
+    """Task infer-tissue: the slide's tissue grid, thumbnail and empty zarr; idempotent through its marker. Its
+    result orders the blocks by their tissue windows, most first ("order", indices into `grid_blocks`): the block
+    tasks run in that order, so the last ones are small and the workers finish together."""
     from crystal_dask.exports.overlay import png_bytes
     from crystal_dask.wsi.tissue_mask import mask_from_rgb, thumbnail, tissue_fraction, window_boxes
 
@@ -90,7 +101,55 @@ def infer_tissue(task: dict) -> dict:
     tissue = frac >= task["tissue_threshold"]
     write_atomic(task["thumbnail"], png_bytes(rgb))
     create_grid(task, tissue, frac)
-    return {"tissue_windows": int(tissue.sum()), "downsample": float(ds)}
+    b = task["block"]
+    windows = [int(tissue[r0:r0 + b, c0:c0 + b].sum()) for r0, c0 in grid_blocks(rows, cols, b)]
+    order = sorted(range(len(windows)), key=lambda i: (-windows[i], i))
+    return {"tissue_windows": int(tissue.sum()), "downsample": float(ds), "order": order}
+
+
+@dataclass(frozen=True)
+class SharedModel:
+    """The model as the block tasks receive it: pickled once, on the worker that loaded it, so a worker that needs
+    it gets a copy of bytes. Sending the live forest made its holder pickle it object by object while its own
+    block held the GIL (~0.35 s before the other worker could start, under load). The bytes are what dask itself
+    pickles to send any object; the file they come from was checked by `load_model`."""
+
+    key: str  # the infer-model task's: one run's model
+    data: bytes
+
+
+_models: dict[str, Any] = {}  # this process's unpickled model, by SharedModel.key (the latest run's only)
+_models_lock = threading.Lock()
+
+
+def load_shared_model(path: str, key: str) -> SharedModel:
+    """Task infer-model: load the model file (hash and allow-list checked) and share it with the blocks."""
+    from crystal_dask.store.models import load_model
+
+    model = load_model(Path(path))
+    with _models_lock:
+        _models.clear()
+        _models[key] = model
+    return SharedModel(key, pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def model_of(shared: SharedModel) -> Any:
+    """The shared model, unpickled once per process and run."""
+    with _models_lock:
+        if shared.key not in _models:
+            _models.clear()
+            _models[shared.key] = pickle.loads(shared.data)
+        return _models[shared.key]
+
+
+def end_stage(stage: str) -> None:
+    """On every worker when a run ends: its cached slides closed, its model and zarr arrays let go."""
+    from crystal_dask.wsi.slide_cache import close_stage
+
+    close_stage(stage)
+    with _models_lock:
+        _models.clear()
+    _block_arrays.cache_clear()
 
 
 @functools.lru_cache(maxsize=16)
@@ -104,17 +163,24 @@ def _block_arrays(path: str, stage: str) -> dict[str, Any]:
     return {k: group[k].with_config({"write_empty_chunks": True}) for k in ("tissue", "proba", "scored")}
 
 
+def infer_block(task: dict, tissue_done: dict, model: SharedModel) -> dict:
+    """Task infer-windows: the block in place task["slot"] of the slide's order (the tissue task's: most tissue
+    windows first; plan order after a tissue marker of an earlier version, which has none), as `window_block`."""
+    if "error" in tissue_done:
+        return {"error": "no tissue grid"}
+    blocks = grid_blocks(task["rows"], task["cols"], task["block"])
+    r0, c0 = blocks[(tissue_done.get("order") or range(len(blocks)))[task["slot"]]]
+    return window_block(task | {"r0": r0, "c0": c0}, model_of(model))
+
+
 @resumable(done_at=lambda task: marker(task, f"block-{task['r0']:05d}-{task['c0']:05d}"))
-def infer_block(task: dict, tissue_done: dict, model: Any) -> dict:
-    """Task infer-windows: predict one block's tissue windows in one call and write its whole zarr chunk, then
-    its marker."""
+def window_block(task: dict, model: Any) -> dict:
+    """Predict one block's tissue windows in one call and write its whole zarr chunk, then its marker."""
     from crystal_dask.infer.windows import window_matrix
     from crystal_dask.runtime.allocator import roomy_malloc
     from crystal_dask.wsi.slide_cache import cached_slide
     from crystal_dask.wsi.tissue_mask import window_boxes
 
-    if "error" in tissue_done:
-        return {"error": "no tissue grid"}
     roomy_malloc(task["stage"])
     r0, c0, b = task["r0"], task["c0"], task["block"]
     grid = _block_arrays(task["zarr"], task["stage"])

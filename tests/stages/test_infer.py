@@ -111,6 +111,23 @@ def test_grid_tissue_and_summary(inferred):
     assert first["area_mm2"] == pytest.approx(first["windows"] * (info["step"] * info["mpp"]) ** 2 / 1e6)
 
 
+def test_blocks_are_ordered_by_their_tissue_windows(inferred):
+    """The tissue task orders a slide's blocks by their tissue windows, most first (ties in plan order): the
+    block tasks run in that order, so the last to run are the small ones."""
+    from crystal_dask.infer.tasks import grid_blocks
+
+    for bname, info in json.loads((inferred / "infer.json").read_text())["slides"].items():
+        d = inferred / "slides" / bname
+        order = json.loads(next(d.rglob("tissue.json")).read_text())["order"]
+        tissue = zarr.open_group(str(d / "windows.zarr"), mode="r")["tissue"][...]
+        b = SETTINGS.block
+        blocks = grid_blocks(info["rows"], info["cols"], b)
+        windows = [int(tissue[r0:r0 + b, c0:c0 + b].sum()) for r0, c0 in blocks]
+        assert sorted(order) == list(range(len(blocks)))
+        assert [(-windows[i], i) for i in order] == sorted((-w, i) for i, w in enumerate(windows))
+        assert windows[order[0]] > windows[order[-1]]
+
+
 def test_geojson_is_a_feature_collection_inside_the_slide(inferred):
     m = json.loads((inferred / "infer.json").read_text())
     for bname, info in m["slides"].items():
