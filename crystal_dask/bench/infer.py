@@ -277,6 +277,7 @@ def prepare_script(slides: list[str], model: str, chunk: int = 64) -> Callable[[
 # ------------------------------------------------------------------------------------------ crystal_dask
 def _warm() -> None:
     """The modules an infer task needs, imported before the timer starts (the script's are, in its prepare)."""
+    import matplotlib.cm  # noqa: F401  (the heatmap's colour map)
     import skimage.filters  # noqa: F401
     import skops.io  # noqa: F401
     import zarr  # noqa: F401

@@ -207,7 +207,7 @@ def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, A
 
     from crystal_dask.exports.slide import PICTURES
     from crystal_dask.runtime.allocator import roomy_stage
-    from crystal_dask.store.models import checked_bytes
+    from crystal_dask.store.models import hashed_bytes
 
     task_manifest = {k: model_manifest[k] for k in ("config", "render_settings", "sha256", "feature_settings")}
     todo: list[Any] = []  # per slide: its export (or its finished result), in plan order
@@ -245,8 +245,10 @@ def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, A
         try:
             futures = client.compute(todo) if todo else []
             if needs_model:
-                try:  # checked here too, while the workers start: a bad file is one line, not a worker's traceback
-                    checked_bytes(Path(model_path))
+                # a changed or damaged file fails here, in one line, while the workers start (not as a worker's
+                # traceback); the allow-list is checked where the model is loaded, on a worker
+                try:
+                    hashed_bytes(Path(model_path))
                 except ValueError:
                     client.cancel(futures)
                     raise

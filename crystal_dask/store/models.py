@@ -158,15 +158,21 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def checked_bytes(path: Path, trusted: Sequence[str] | None = None) -> tuple[bytes, list[str]]:
-    """A model file's bytes, once their sha256 matches the manifest and every type they name is on the allow-list
-    (TRUSTED_TYPES + `trusted`), and that list: what `load_model` deserializes. Raises as `load_model` does."""
+def hashed_bytes(path: Path) -> bytes:
+    """A model file's bytes once their sha256 matches its manifest's; ValueError naming the file otherwise."""
     path = Path(path)
     expected = read_manifest(path)["sha256"]
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ValueError(f"{path}: sha256 {actual} differs from the manifest's {expected}; file changed or corrupt")
+    return data
+
+
+def checked_bytes(path: Path, trusted: Sequence[str] | None = None) -> tuple[bytes, list[str]]:
+    """A model file's bytes, once their sha256 matches the manifest and every type they name is on the allow-list
+    (TRUSTED_TYPES + `trusted`), and that list: what `load_model` deserializes. Raises as `load_model` does."""
+    data = hashed_bytes(path)
     allowed = sorted({*TRUSTED_TYPES, *(trusted or ())})
     try:
         found = model_types(data)
