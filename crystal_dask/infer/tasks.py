@@ -227,9 +227,9 @@ def summary_rows(task: Mapping[str, Any], proba: np.ndarray, classes: np.ndarray
     return rows
 
 
-def _upstream_error(tissue_done: Mapping[str, Any], blocks: list[dict]) -> str | None:
-    """Why a slide's grid is not complete (its tissue task's or first failed block's reason), else None."""
-    errors = [x["error"] for x in (tissue_done, *blocks) if "error" in x]
+def _upstream_error(tissue_done: Mapping[str, Any], done: list[dict]) -> str | None:
+    """Why a slide's task cannot go on (its tissue task's reason, or the first failed one of `done`), else None."""
+    errors = [x["error"] for x in (tissue_done, *done) if "error" in x]
     if not errors:
         return None
     return errors[0] if errors[0] != "no tissue grid" else "tissue: failed"
@@ -273,8 +273,7 @@ def infer_export(task: dict, tissue_done: dict, blocks: list[dict], pictures: li
     from crystal_dask.infer.scoring import score_slide
     from crystal_dask.wsi.annotations import Header
 
-    errors = [x["error"] for x in pictures if "error" in x]
-    error = _upstream_error(tissue_done, blocks) or (errors[0] if errors else None)
+    error = _upstream_error(tissue_done, [*blocks, *pictures])
     if error:
         return {"error": error}
     try:
