@@ -8,7 +8,7 @@ exports) on 1 and 2 workers, in one run against
       it reads them, split over 2 processes.
 A pixel model and a feature model (stain + texture + calcification) are both run; the per-window cost of the
 steps (rendering, features, predict) is measured on its own on one block. Also every process's peak memory and
-the compute time of each kind of task (tissue, windows, export).
+the compute time of each kind of task (model load, tissue, windows, the two PNGs, export).
 
 The slides are realistic in size, generated here from a tile iterator (`big_slide`): a 40,000 x 30,000 px Aperio
 -style pyramid is mostly one repeated glass tile with an ellipse of tissue tiles drawn from a small pool, so it
@@ -277,7 +277,9 @@ def prepare_script(slides: list[str], model: str, chunk: int = 64) -> Callable[[
 # ------------------------------------------------------------------------------------------ crystal_dask
 def _warm() -> None:
     """The modules an infer task needs, imported before the timer starts (the script's are, in its prepare)."""
+    import matplotlib.cm  # noqa: F401  (the heatmap's colour map)
     import skimage.filters  # noqa: F401
+    import skops.io  # noqa: F401
     import zarr  # noqa: F401
 
     import crystal_dask.exports.slide  # noqa: F401
@@ -288,7 +290,8 @@ def _warm() -> None:
     import crystal_dask.wsi.tissue_mask  # noqa: F401
 
 
-PHASES = ("infer-tissue", "infer-windows", "infer-export")
+# every kind of task infer_slides runs (infer/tasks.py), as the dashboard groups them
+PHASES = ("infer-model", "infer-tissue", "infer-windows", "infer-overlay", "infer-heatmap", "infer-export")
 
 
 def timed_infer(client: Any, entries: list, model: Path, out: Path) -> tuple[float, dict[str, int], dict, int]:
@@ -306,7 +309,7 @@ def timed_infer(client: Any, entries: list, model: Path, out: Path) -> tuple[flo
         seconds = time.perf_counter() - t0
     phases = {p: {"seconds": 0.0, "tasks": 0} for p in PHASES}
     for t in stream.data:
-        kind = key_split(t["key"])  # infer-tissue, infer-windows, infer-export, as the dashboard groups them
+        kind = key_split(t["key"])
         if kind in phases:
             phases[kind]["tasks"] += 1
             phases[kind]["seconds"] += sum(s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute")

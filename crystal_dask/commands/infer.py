@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-unit", choices=("px", "um"), default=None, help="unit of size and step")
     p.add_argument("--magnification", type=float, default=None, help="window px are at this magnification")
     p.add_argument("--heatmap-class", default="dcis", help="class whose probability the heatmap shows (dcis)")
-    p.add_argument("--block", type=int, default=16, help="windows per block side: one task per block (16)")
+    p.add_argument("--block", type=int, default=None,
+                   help="windows per block side: one task and one zarr chunk per block (default: the infer settings')")
     p.add_argument("--stop-on-error", action="store_true", help="fail on the first bad slide (default: reject it)")
     add_cluster_argument(p)
 
@@ -71,8 +72,9 @@ def _infer(args: argparse.Namespace, connect: Connect) -> int:
 
     settings = InferSettings(tissue_threshold=args.tissue_threshold, window_size=args.window_size,
                              window_step=args.window_step, window_unit=args.window_unit,
-                             magnification=args.magnification, heatmap_class=args.heatmap_class, block=args.block,
-                             skip_errors=not args.stop_on_error)
+                             magnification=args.magnification, heatmap_class=args.heatmap_class,
+                             skip_errors=not args.stop_on_error,
+                             **({} if args.block is None else {"block": args.block}))  # else InferSettings' default
     slides, corpus = collect_inputs(args.input, args.splits)
     with connect() as client:
         m = infer_slides(slides, args.model, args.out, client, settings, corpus=corpus,

@@ -45,13 +45,18 @@ def rasterize_grid(values: np.ndarray, shape: tuple[int, int], downsample: float
 def _blend(thumbnail: np.ndarray, index: np.ndarray, tint: np.ndarray, alpha: float) -> np.ndarray:
     """Each thumbnail pixel blended as rint((1 - alpha) * pixel + tint[index]) where index >= 0, else untouched.
 
-    Computed as a lookup table per tint row (its 3 x 256 blended values, in float32 as a per-pixel blend computes
-    them, so the bytes are the same): the thumbnail's pixels are only indexed, never converted to float."""
-    lut = np.rint((1 - alpha) * np.arange(256, dtype=np.float32)[None, None, :] + tint[:, :, None])
-    lut = np.concatenate([np.broadcast_to(np.arange(256, dtype=np.float32), (1, 3, 256)), lut]).astype(np.uint8)
-    flat = thumbnail.astype(np.int32)
-    flat += ((index.astype(np.int32) + 1) * (3 * 256))[..., None] + np.arange(0, 3 * 256, 256, dtype=np.int32)
-    return lut.ravel().take(flat)
+    Computed through a lookup table per channel: row k + 1 holds tint k's 256 blended values (in float32, as a
+    per-pixel blend computes them, so the bytes are the same) and row 0 the identity, indexed by (index + 1) * 256
+    + pixel. The thumbnail's pixels are only indexed, never converted to float; with at most 255 tints the index
+    fits in uint16, which halves the memory the gather walks (int32 beyond that)."""
+    lut = np.rint((1 - alpha) * np.arange(256, dtype=np.float32)[None, None, :] + tint.T[:, :, None])
+    lut = np.concatenate([np.broadcast_to(np.arange(256, dtype=np.float32), (3, 1, 256)), lut], axis=1)
+    lut = lut.astype(np.uint8).reshape(3, -1)
+    row = ((index + 1) * 256).astype(np.uint16 if lut.shape[1] <= 1 << 16 else np.int32)
+    out = np.empty_like(thumbnail)
+    for c in range(3):
+        np.take(lut[c], row + thumbnail[..., c], out=out[..., c])
+    return out
 
 
 def class_overlay(thumbnail: np.ndarray, classes: np.ndarray, downsample: float, *, step: float, size: float,
@@ -71,10 +76,12 @@ def heatmap_overlay(thumbnail: np.ndarray, proba: np.ndarray, downsample: float,
     import matplotlib  # its colour maps only; imported where a heatmap is drawn
 
     values = np.asarray(proba, np.float64)
-    cells = np.where(np.isfinite(values), np.arange(values.size).reshape(values.shape), -1)
-    grid = rasterize_grid(cells, thumbnail.shape[:2], downsample, step=step, size=size, origin=origin)
     rgba = matplotlib.colormaps[cmap](np.nan_to_num(np.clip(values.ravel(), 0, 1)))  # one colour per cell
-    return _blend(thumbnail, grid, alpha * 255 * rgba[:, :3].astype(np.float32), alpha)
+    # cells of one colour share a tint (a colour map has 256 colours): fewer lookup rows than cells
+    tint, colour = np.unique(alpha * 255 * rgba[:, :3].astype(np.float32), axis=0, return_inverse=True)
+    cells = np.where(np.isfinite(values), colour.reshape(values.shape), -1)
+    grid = rasterize_grid(cells, thumbnail.shape[:2], downsample, step=step, size=size, origin=origin)
+    return _blend(thumbnail, grid, tint, alpha)
 
 
 def _font(shape: tuple[int, int]) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:

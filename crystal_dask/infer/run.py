@@ -16,7 +16,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crystal_dask.infer.settings import InferSettings, render_context
-from crystal_dask.infer.tasks import FORMAT_VERSION, infer_block, infer_export, infer_tissue, marker
+from crystal_dask.infer.tasks import (
+    FORMAT_VERSION,
+    end_stage,
+    grid_blocks,
+    infer_block,
+    infer_export,
+    infer_picture,
+    infer_tissue,
+    load_shared_model,
+    marker,
+)
 from crystal_dask.stages.base import fingerprint
 from crystal_dask.store.files import remove_partial_writes, write_json
 from crystal_dask.store.schema import INFER_SUMMARY, REGIONS, REJECTS, conform, make_table, reject_row, write_table
@@ -84,10 +94,9 @@ def plan_slide(entry: SlideInput, out: Path, model_manifest: Mapping[str, Any],
     regions = [[list(xs), list(ys), cls] for xs, ys, cls in entry.regions]  # as JSON holds them
     digest = fingerprint(FORMAT_VERSION, model_manifest["sha256"], s.as_dict(), asdict(settings),
                          _slide_identity(entry.slide), entry.mpp, regions)
-    b = settings.block
-    blocks = [(r0, c0) for r0 in range(0, rows, b) for c0 in range(0, cols, b)]
     return {"slide": entry.slide, "bname": entry.bname, "width": width, "height": height, "mpp": mpp,
-            "size": size, "step": step, "rows": rows, "cols": cols, "blocks": blocks, "digest": digest,
+            "size": size, "step": step, "rows": rows, "cols": cols, "digest": digest,
+            "blocks": len(grid_blocks(rows, cols, settings.block)),
             "regions": regions,
             "dir": str(slide_dir(out, entry.bname)), "markers": str(slide_dir(out, entry.bname) / MARKERS / digest)}
 
@@ -188,19 +197,23 @@ def infer_slides(
 
 def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, Any], out: Path, client: Any,
              settings: InferSettings, corpus: str, show_progress: Callable[[list], None] | None) -> list[dict]:
-    """Every slide's tissue, block and export tasks in one graph (so blocks of all slides keep every worker
-    busy), the model broadcast once; each slide's export result, in plan order. The tissue tasks are submitted
-    first: the workers find tissue while this process loads and broadcasts the model."""
+    """Every slide's tasks in one graph, submitted at once (so blocks of all slides keep every worker busy, and
+    nothing waits on this process); each slide's export result, in plan order. The model is loaded by a task of
+    its own, on a worker, while another finds a slide's tissue; blocks receive it as a dependency (as bytes, one
+    copy per worker: infer.tasks.SharedModel). A slide's blocks run largest first (their priority is their place
+    in the tissue task's order), and its pictures are tasks of their own, drawn side by side."""
     import dask
 
+    from crystal_dask.exports.slide import PICTURES
     from crystal_dask.runtime.allocator import roomy_stage
-    from crystal_dask.store.models import load_model
-    from crystal_dask.wsi.slide_cache import close_stage
+    from crystal_dask.store.models import hashed_bytes
 
     task_manifest = {k: model_manifest[k] for k in ("config", "render_settings", "sha256", "feature_settings")}
     todo: list[Any] = []  # per slide: its export (or its finished result), in plan order
-    pending, tissues, model_future = [], [], None
+    needs_model = False
     with roomy_stage(client) as stage:
+        model_key = f"infer-model-{stage[:8]}"
+        model = dask.delayed(load_shared_model)(str(model_path), model_key, dask_key_name=model_key)
         for i, (entry, plan) in enumerate(plans):
             paths = {k: str(v) for k, v in output_paths(out, entry.bname, settings.heatmap_class).items()}
             base = {k: plan[k] for k in ("slide", "bname", "width", "height", "mpp", "size", "step", "rows", "cols",
@@ -212,31 +225,37 @@ def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, A
                 todo.append(dask.delayed(json.loads)(export_marker.read_text(), dask_key_name=f"infer-done-{i}"))
                 continue
             key = f"{plan['digest'][:8]}-{i}"
-            pending.append((len(todo), plan, base, paths, key))
-            todo.append(dask.delayed(infer_tissue)(base | {"tissue_threshold": settings.tissue_threshold,
-                                                           "thumbnail_side": settings.thumbnail_side},
-                                                   dask_key_name=f"infer-tissue-{key}"))
-        if pending:  # the tissue tasks run while the model is loaded and broadcast here
-            tissues = client.compute([todo[k] for k, *_ in pending])
-            # one copy per worker, referred to by key (not pickled into every task)
-            model_future = client.scatter(load_model(Path(model_path)), broadcast=True, hash=False)
-        for (k, plan, base, paths, key), tissue in zip(pending, tissues, strict=True):
-            blocks = [dask.delayed(infer_block)(base | {"r0": r0, "c0": c0, "stage": stage,
-                                                        "model_manifest": task_manifest},
-                                                tissue, model_future, dask_key_name=f"infer-windows-{key}-{r0}-{c0}")
-                      for r0, c0 in plan["blocks"]]
-            todo[k] = dask.delayed(infer_export)(
-                base | {"corpus": corpus, "paths": paths, "heatmap_class": settings.heatmap_class,
-                        "regions": plan["regions"],
-                        "min_overlap": settings.min_overlap},
-                tissue, blocks, dask_key_name=f"infer-export-{key}")
+            needs_model = True
+            tissue = dask.delayed(infer_tissue)(base | {"tissue_threshold": settings.tissue_threshold,
+                                                        "thumbnail_side": settings.thumbnail_side},
+                                                dask_key_name=f"infer-tissue-{key}")
+            blocks = []
+            for slot in range(plan["blocks"]):  # the largest blocks first (see infer_tissue)
+                with dask.annotate(priority=plan["blocks"] - slot):
+                    blocks.append(dask.delayed(infer_block)(base | {"slot": slot, "stage": stage,
+                                                                    "model_manifest": task_manifest},
+                                                            tissue, model, dask_key_name=f"infer-windows-{key}-{slot}"))
+            drawn = base | {"paths": paths, "heatmap_class": settings.heatmap_class}
+            pictures = [dask.delayed(infer_picture)(drawn | {"picture": name}, tissue, blocks,
+                                                    dask_key_name=f"infer-{name}-{key}") for name in PICTURES]
+            todo.append(dask.delayed(infer_export)(
+                drawn | {"corpus": corpus, "regions": plan["regions"], "min_overlap": settings.min_overlap},
+                tissue, blocks, pictures, dask_key_name=f"infer-export-{key}"))
         try:
             futures = client.compute(todo) if todo else []
+            if needs_model:
+                # a changed or damaged file fails here, in one line, while the workers start (not as a worker's
+                # traceback); the allow-list is checked where the model is loaded, on a worker
+                try:
+                    hashed_bytes(Path(model_path))
+                except ValueError:
+                    client.cancel(futures)
+                    raise
             if show_progress is not None and futures:
                 show_progress(futures)
             return client.gather(futures)
         finally:  # the workers' cached slides are closed with the stage
-            client.run(close_stage, stage, on_error="ignore")
+            client.run(end_stage, stage, on_error="ignore")
 
 
 def slides_from_regions(regions: pa.Table, splits: Sequence[str] | None = None) -> list[SlideInput]:

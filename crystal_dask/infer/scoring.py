@@ -65,34 +65,36 @@ def label_windows(boxes: np.ndarray, polygons: Sequence[tuple[Sequence[float], S
     return label, best
 
 
-def dice_per_class(pred: np.ndarray, truth: np.ndarray,
-                   class_names: Sequence[str] = CLASSES) -> dict[str, float | None]:
-    """Dice 2|P & T| / (|P| + |T|) per class of the predicted (P) against the annotated (T) windows of one grid
-    (-1: no prediction / no annotation). Windows have one area, so counts are areas; None when a class is
-    neither predicted nor annotated. Over the whole grid, so predictions outside annotated regions count
-    (restricted to annotated windows, Dice would equal the per-class F1 of `score_windows`)."""
+def window_counts(pred: np.ndarray, truth: np.ndarray, class_names: Sequence[str] = CLASSES) -> dict[str, Any]:
+    """What a slide's scores are made of, and what adds up over slides: the confusion of the windows both predicted
+    and labelled, and per class Dice's numerator and denominator [2|P & T|, |P| + |T|] over the whole grid
+    (-1: no prediction / no annotation; windows have one area, so counts are areas). JSON-able."""
     pred, truth = np.asarray(pred), np.asarray(truth)
     if pred.shape != truth.shape:
         raise ValueError(f"pred {pred.shape} and truth {truth.shape} must be one grid")
-    out: dict[str, float | None] = {}
+    pred, truth = pred.ravel(), truth.ravel()
+    both = (pred >= 0) & (truth >= 0)
+    cm = confusion(truth[both].astype(np.int64), pred[both].astype(np.int64), len(class_names))
+    dice = {}
     for k, name in enumerate(class_names):
         p, t = pred == k, truth == k
-        den = int(p.sum() + t.sum())
-        out[name] = 2 * int((p & t).sum()) / den if den else None
-    return out
+        dice[name] = [2 * int((p & t).sum()), int(p.sum() + t.sum())]
+    return {"confusion": cm.tolist(), "dice_counts": dice}
+
+
+def scores_of(counts: Mapping[str, Any], class_names: Sequence[str] = CLASSES) -> dict[str, Any]:
+    """The published tables of a confusion (metrics.summarize; None when no window is both predicted and labelled)
+    and per-class Dice 2|P & T| / (|P| + |T|) (None when a class is neither predicted nor annotated). Over the whole
+    grid, predictions outside annotated regions count (restricted to annotated windows, Dice would equal the
+    per-class F1 of the tables)."""
+    cm = np.asarray(counts["confusion"], np.int64)
+    return {"windows_scored": int(cm.sum()), "summary": summarize(cm, class_names) if cm.sum() else None,
+            "dice": {c: num / den if den else None for c, (num, den) in counts["dice_counts"].items()}}
 
 
 def score_windows(pred: np.ndarray, truth: np.ndarray, class_names: Sequence[str] = CLASSES) -> dict[str, Any]:
-    """The published tables on the windows that are both predicted and labelled (metrics.summarize of their
-    confusion; None when there are none) plus per-class Dice over the grid. JSON-able."""
-    pred, truth = np.asarray(pred).ravel(), np.asarray(truth).ravel()
-    both = (pred >= 0) & (truth >= 0)
-    summary = None
-    if both.any():
-        summary = summarize(confusion(truth[both].astype(np.int64), pred[both].astype(np.int64),
-                                      len(class_names)), class_names)
-    return {"windows_scored": int(both.sum()), "summary": summary,
-            "dice": dice_per_class(pred, truth, class_names)}
+    """The scores of one grid's predicted against its annotated windows (`scores_of` its `window_counts`)."""
+    return scores_of(window_counts(pred, truth, class_names), class_names)
 
 
 def score_slide(classes: np.ndarray, regions: Sequence[Sequence[Any]], size: float, step: float,
@@ -102,13 +104,8 @@ def score_slide(classes: np.ndarray, regions: Sequence[Sequence[Any]], size: flo
     rows, cols = classes.shape
     truth, _ = label_windows(window_boxes(rows, cols, size, step), [(r[0], r[1]) for r in regions],
                              [int(r[2]) for r in regions], min_overlap)
-    pred = classes.ravel()
-    out = score_windows(pred, truth)
-    both = (pred >= 0) & (truth >= 0)
-    out["confusion"] = confusion(truth[both], pred[both], len(CLASSES)).tolist()
-    out["dice_counts"] = {c: [2 * int(((pred == k) & (truth == k)).sum()), int((pred == k).sum() + (truth == k).sum())]
-                          for k, c in enumerate(CLASSES)}
-    return out
+    counts = window_counts(classes, truth.reshape(rows, cols))
+    return scores_of(counts) | counts
 
 
 def combine_scores(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -116,11 +113,6 @@ def combine_scores(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
     scores = [s for s in scores if s]
     if not scores:
         return None
-    cm = np.sum([np.array(s["confusion"]) for s in scores], axis=0)
-    dice = {}
-    for c in CLASSES:
-        num = sum(s["dice_counts"][c][0] for s in scores)
-        den = sum(s["dice_counts"][c][1] for s in scores)
-        dice[c] = num / den if den else None
-    return {"slides": len(scores), "windows_scored": int(cm.sum()),
-            "summary": summarize(cm, CLASSES) if cm.sum() else None, "dice": dice}
+    counts = {"confusion": np.sum([np.array(s["confusion"]) for s in scores], axis=0),
+              "dice_counts": {c: [sum(s["dice_counts"][c][i] for s in scores) for i in (0, 1)] for c in CLASSES}}
+    return {"slides": len(scores), **scores_of(counts)}

@@ -79,22 +79,19 @@ def model_types(data: bytes) -> set[str]:
 
     Raises ValueError when the bytes are not a skops file (no zip, no readable schema.json).
     """
+    types: set[str] = set()
+
+    def note(node: dict) -> dict:  # called by the parser for every JSON object of the schema, nested or not
+        if "__class__" in node or "__module__" in node:
+            types.add(f"{node.get('__module__')}.{node.get('__class__')}")
+        return node
+
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            schema = json.loads(z.read("schema.json"))
+            json.loads(z.read("schema.json"), object_hook=note)
     except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         what = _looks_like(data) if not zipfile.is_zipfile(io.BytesIO(data)) else f"a zip without a valid schema: {exc}"
         raise ValueError(f"not a skops model file: {what}") from exc
-    types: set[str] = set()
-    stack: list[Any] = [schema]
-    while stack:  # every node of the schema is a dict naming its __module__ and __class__
-        node = stack.pop()
-        if isinstance(node, dict):
-            if "__class__" in node or "__module__" in node:
-                types.add(f"{node.get('__module__')}.{node.get('__class__')}")
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
     return types
 
 
@@ -161,22 +158,21 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_model(path: Path, trusted: Sequence[str] | None = None) -> Any:
-    """Load a model written by save_model, after checking its hash and the types it contains.
-
-    Raises ValueError naming the file when the manifest is missing or the sha256 differs, and
-    UntrustedModelError naming the types when the file holds any type outside TRUSTED_TYPES + `trusted`.
-    The bytes that were hashed and checked are the bytes deserialized (no second read of the file).
-    """
+def hashed_bytes(path: Path) -> bytes:
+    """A model file's bytes once their sha256 matches its manifest's; ValueError naming the file otherwise."""
     path = Path(path)
     expected = read_manifest(path)["sha256"]
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ValueError(f"{path}: sha256 {actual} differs from the manifest's {expected}; file changed or corrupt")
-    import skops.io as sio
-    from skops.io.exceptions import UntrustedTypesFoundException
+    return data
 
+
+def checked_bytes(path: Path, trusted: Sequence[str] | None = None) -> tuple[bytes, list[str]]:
+    """A model file's bytes, once their sha256 matches the manifest and every type they name is on the allow-list
+    (TRUSTED_TYPES + `trusted`), and that list: what `load_model` deserializes. Raises as `load_model` does."""
+    data = hashed_bytes(path)
     allowed = sorted({*TRUSTED_TYPES, *(trusted or ())})
     try:
         found = model_types(data)
@@ -188,6 +184,20 @@ def load_model(path: Path, trusted: Sequence[str] | None = None) -> Any:
             f"{path}: refusing to load type(s) outside the trusted list {refused}; pass them in `trusted` only if "
             "you trust the file's author"
         )
+    return data, allowed
+
+
+def load_model(path: Path, trusted: Sequence[str] | None = None) -> Any:
+    """Load a model written by save_model, after checking its hash and the types it contains (`checked_bytes`).
+
+    Raises ValueError naming the file when the manifest is missing or the sha256 differs, and
+    UntrustedModelError naming the types when the file holds any type outside TRUSTED_TYPES + `trusted`.
+    The bytes that were hashed and checked are the bytes deserialized (no second read of the file).
+    """
+    import skops.io as sio
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    data, allowed = checked_bytes(path, trusted)
     try:
         # skops audits every type against `allowed` again while loading, in case a future schema hides a type
         # from our walk (a separate get_untrusted_types pass cost a third of the load: 1-2 s per forest)

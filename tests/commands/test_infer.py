@@ -42,6 +42,9 @@ def test_every_real_file_is_inferred_or_rejected(realdata, window_model, no_mpp_
         assert "(16x16 px) is smaller than one 256 px window" in reasons[tiny]
     assert m["slides_in"] == 6 and set(m["slides"]) == {"CMU-1-Small-Region", "OS-1-detail", "nompp"}
     assert m["slides_done"] == 3 and set(reasons) == {"unreadable.svs", "unopenable.tiff", "small.svs"}
+    from crystal_dask.infer.settings import InferSettings
+
+    assert m["settings"]["block"] == InferSettings().block  # the command's default is the settings' own
     summary = read_table(tmp_path / "px" / "summary.parquet", INFER_SUMMARY)
     nompp = summary.filter(pc.equal(summary["bname"], "nompp"))
     assert nompp.num_rows and nompp["area_mm2"].null_count == nompp.num_rows  # no MPP: no area

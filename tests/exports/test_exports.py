@@ -150,6 +150,30 @@ def test_overlay_and_heatmap_png(tmp_path):
             assert im.size == (260, 190) and im.mode == "RGB"
 
 
+@pytest.mark.parametrize("tints", [9, 255, 256, 1200])  # uint16 lookup up to 255 tints, int32 beyond
+def test_the_blend_is_the_per_pixel_blend(tints):
+    """The lookup-table blend gives the bytes of the per-pixel float32 blend it replaces, whichever index type its
+    number of tints needs; the heatmap's cells of one colour share a tint and draw what one tint per cell drew."""
+    from crystal_dask.exports.overlay import _blend, heatmap_overlay, rasterize_grid
+
+    rng = np.random.default_rng(tints)
+    thumb = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    index = rng.integers(-1, tints, (70, 90))
+    tint = (rng.random((tints, 3)) * 150).astype(np.float32)
+    alpha = 0.45
+    expect = np.where(index[..., None] >= 0, np.rint((1 - alpha) * thumb.astype(np.float32) + tint[index]), thumb)
+    np.testing.assert_array_equal(_blend(thumb, index, tint, alpha), expect.astype(np.uint8))
+    import matplotlib
+
+    proba = rng.random((7, 9))
+    proba[0, :3] = np.nan
+    one_per_cell = 0.6 * 255 * matplotlib.colormaps["inferno"](np.nan_to_num(proba.ravel()))[:, :3]
+    cells = np.where(np.isfinite(proba), np.arange(proba.size).reshape(proba.shape), -1)
+    grid = rasterize_grid(cells, thumb.shape[:2], 10.0, step=100, size=100)
+    np.testing.assert_array_equal(heatmap_overlay(thumb, proba, 10.0, step=100, size=100),
+                                  _blend(thumb, grid, one_per_cell.astype(np.float32), 0.6))
+
+
 def test_end_to_end_on_a_real_pyramid(tmp_path):
     """Known regions painted on a real TIFF: tissue-gated windows labelled by the regions, a perfect 'prediction'
     exported; polygons inside the slide, REGIONDECISIONS read back, overlay of the thumbnail's size."""

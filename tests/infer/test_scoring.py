@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crystal_dask.infer.scoring import combine_scores, dice_per_class, label_windows, score_slide, score_windows
+from crystal_dask.infer.scoring import combine_scores, label_windows, score_slide, score_windows
 from crystal_dask.synthetic.corpus import place_regions
 from crystal_dask.wsi.patches import plan_windows
 from crystal_dask.wsi.tissue_mask import window_boxes
@@ -22,9 +22,9 @@ def test_label_windows_frame_rule_and_scores():
     assert label.reshape(4, 4)[:2].tolist() == [[6, 6, 6, -1], [6, 6, -1, -1]]
     pred = np.array([[6, 6, 8, -1], [6, 1, -1, 8]])
     truth = label.reshape(4, 4)[:2]
-    dice = dice_per_class(pred, truth)
-    assert dice["dcis"] == pytest.approx(2 * 3 / (3 + 5)) and dice["indc"] == 0.0 and dice["bckg"] is None
     scores = score_windows(pred, truth)
+    dice = scores["dice"]
+    assert dice["dcis"] == pytest.approx(2 * 3 / (3 + 5)) and dice["indc"] == 0.0 and dice["bckg"] is None
     assert scores["windows_scored"] == 5 and scores["summary"]["n"] == 5 and scores["summary"]["correct"] == 3
 
 

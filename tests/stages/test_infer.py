@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -109,6 +110,23 @@ def test_grid_tissue_and_summary(inferred):
     assert first["area_mm2"] == pytest.approx(first["windows"] * (info["step"] * info["mpp"]) ** 2 / 1e6)
 
 
+def test_blocks_are_ordered_by_their_tissue_windows(inferred):
+    """The tissue task orders a slide's blocks by their tissue windows, most first (ties in plan order): the
+    block tasks run in that order, so the last to run are the small ones."""
+    from crystal_dask.infer.tasks import grid_blocks
+
+    for bname, info in json.loads((inferred / "infer.json").read_text())["slides"].items():
+        d = inferred / "slides" / bname
+        order = json.loads(next(d.rglob("tissue.json")).read_text())["order"]
+        tissue = zarr.open_group(str(d / "windows.zarr"), mode="r")["tissue"][...]
+        b = SETTINGS.block
+        blocks = grid_blocks(info["rows"], info["cols"], b)
+        windows = [int(tissue[r0:r0 + b, c0:c0 + b].sum()) for r0, c0 in blocks]
+        assert sorted(order) == list(range(len(blocks)))
+        assert [(-windows[i], i) for i in order] == sorted((-w, i) for i, w in enumerate(windows))
+        assert windows[order[0]] > windows[order[-1]]
+
+
 def test_geojson_is_a_feature_collection_inside_the_slide(inferred):
     m = json.loads((inferred / "infer.json").read_text())
     for bname, info in m["slides"].items():
@@ -187,6 +205,35 @@ def test_resume_after_lost_blocks_is_byte_identical(inferred, held_out, window_m
     infer_slides(held_out, window_model, out, client, SETTINGS, corpus="fcbr")
     assert not list(out.rglob("*.partial"))
     assert tree_digest(out) == tree_digest(inferred)
+
+
+def test_a_lost_picture_is_drawn_again_alone(inferred, held_out, window_model, client, tmp_path):
+    """The overlay and the heatmap are tasks of their own, each with its marker: a run that died after the heatmap
+    but before the overlay draws the overlay again (same bytes) and nothing else."""
+    out = tmp_path / "out"
+    shutil.copytree(inferred, out)
+    (out / "infer.json").unlink()
+    d = sorted((out / "slides").iterdir())[0]
+    for name in ("overlay", "export"):
+        next(d.rglob(f"{name}.json")).unlink()
+    (d / f"{d.name}_overlay.png").unlink()
+    heatmap = d / f"{d.name}_heatmap_dcis.png"
+    stamp = heatmap.stat().st_mtime_ns
+    infer_slides(held_out, window_model, out, client, SETTINGS, corpus="fcbr")
+    assert heatmap.stat().st_mtime_ns == stamp
+    assert tree_digest(out) == tree_digest(inferred)
+
+
+def test_a_damaged_model_fails_in_one_line_before_any_output(held_out, window_model, client, tmp_path):
+    from crystal_dask.store.models import manifest_path
+
+    bad = tmp_path / "model" / window_model.name
+    bad.parent.mkdir()
+    shutil.copy(manifest_path(window_model), manifest_path(bad))
+    bad.write_bytes(window_model.read_bytes() + b"x")
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: sha256 ") + r"\w+ differs from the manifest's"):
+        infer_slides(held_out[:1], bad, tmp_path / "out", client, SETTINGS)
+    assert not (tmp_path / "out" / "infer.json").exists()
 
 
 def test_one_worker_gives_the_same_bytes(inferred, held_out, window_model, tmp_path):
