@@ -80,8 +80,8 @@ def test_performance_reports_only_on_request(tmp_path, client, reports):
 
 # ------------------------------------------------------------------------------ the same job on other clusters
 def outputs_digest(out: Path) -> str:
-    """What must not depend on where or how a job ran: the zarr bytes, the patch tables, every prediction and
-    the report's numbers (paths inside the report are made relative to the output folder)."""
+    """What must not depend on where or how a job ran: the zarr bytes, the patch tables, the model files, every
+    prediction and the report's numbers (paths inside the report are made relative to the output folder)."""
     import hashlib
 
     h = hashlib.sha256()
@@ -93,6 +93,8 @@ def outputs_digest(out: Path) -> str:
         attrs.pop("plan_hash")  # it names the slide files, which live elsewhere in each run
         h.update(json.dumps(attrs, sort_keys=True).encode())
         h.update(pq.read_table(ds / "patches.parquet").drop(["slide", "annotation"]).to_string().encode())
+    for p in sorted((out / "models").glob("*.skops")):  # the model files themselves, byte for byte
+        h.update(p.name.encode() + p.read_bytes())
     for p in sorted((out / "eval").rglob("predictions.parquet")):
         h.update(str(p.relative_to(out)).encode() + pq.read_table(p).to_string().encode())
     h.update((out / "report" / "report.json").read_text().replace(str(out), "<out>").encode())

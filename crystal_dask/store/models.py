@@ -3,7 +3,8 @@
 A model file is `<name>.skops` beside its manifest `<name>.json` (the caller's manifest plus the file's sha256,
 the skops version and the versions of the packages that made it). Loading re-hashes the bytes, checks every
 type the file would instantiate against an explicit allow-list, and only then deserializes the same bytes.
-pickle/joblib are never used to load: a model file must not be able to run code.
+pickle/joblib are never used to load: a model file must not be able to run code. The same model gives the same
+bytes (`_canonical`), so a retrained model's sha256, and everything keyed on it, changes only when the model does.
 
 The allow-list is exactly TRUSTED_TYPES (plus what a caller passes): skops's own check trusts every
 scikit-learn estimator and many builtins by default, and `skops.io.load(..., trusted=...)` only adds to those
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import zipfile
 from collections.abc import Sequence
 from importlib import metadata
@@ -95,6 +97,52 @@ def model_types(data: bytes) -> set[str]:
     return types
 
 
+# skops 0.16 names every object's node ("__id__") and array file ("<id>.npy") after the object's id(), a memory
+# address; in the schema, JSON's own quotes mark them (a string's quotes inside "content" are escaped)
+_SKOPS_IDS = re.compile(rb'(?<="__id__": )\d+|(?<=")\d+(?=\.npy")')
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # the zip format's first date: no entry carries the time it was written
+
+
+def _canonical(data: bytes) -> bytes:
+    """A skops file written so that the same model gives the same bytes: the ids numbered in order of first
+    appearance in the schema (one object, one number: shared references stay shared), entries in that order with a
+    fixed time. skops reads it as any file it wrote."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    numbers: dict[bytes, bytes] = {}
+    schema = _SKOPS_IDS.sub(lambda m: numbers.setdefault(m.group(), str(len(numbers) + 1).encode()),
+                            src.read("schema.json"))
+    arrays = sorted((int(numbers[name.removesuffix(".npy").encode()]), name) for name in src.namelist()
+                    if name != "schema.json")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for name, payload in [("schema.json", schema), *((f"{k}.npy", _zero_padding(src.read(old)))
+                                                          for k, old in arrays)]:
+            dst.writestr(zipfile.ZipInfo(name, _EPOCH), payload, compress_type=zipfile.ZIP_DEFLATED)
+    return out.getvalue()
+
+
+def _zero_padding(npy: bytes) -> bytes:
+    """An .npy file whose structured array has padding between or after its fields (a tree's nodes: 7 bytes after
+    `missing_go_to_left`) with zeros there, where the array held whatever its memory held; others as they are.
+    The header is kept: numpy's own writer copies the padding through."""
+    import numpy as np
+
+    fmt = np.lib.format
+    f = io.BytesIO(npy)
+    read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(fmt.read_magic(f))
+    if read_header is None:  # 3.0: utf-8 field names, which skops's trees do not have
+        return npy
+    shape, fortran, dtype = read_header(f)
+    names = dtype.names
+    if not names or sum(dtype.fields[n][0].itemsize for n in names) == dtype.itemsize:
+        return npy
+    arr = np.frombuffer(npy, dtype, offset=f.tell()).reshape(shape, order="F" if fortran else "C")
+    clean = np.zeros(shape, dtype, order="F" if fortran else "C")
+    for n in names:
+        clean[n] = arr[n]
+    return npy[: f.tell()] + clean.tobytes(order="A")
+
+
 def manifest_path(path: Path) -> Path:
     """The manifest that belongs to a model file: same name, .json suffix."""
     return Path(path).with_suffix(".json")
@@ -123,7 +171,7 @@ def save_model(model: Any, path: Path, manifest: dict[str, Any]) -> dict[str, An
         raise ValueError(f"manifest for {path}: key(s) {clash} are reserved (filled in by save_model)")
     import skops.io as sio  # here: skops imports scikit-learn (~1 s), which reading a manifest does not need
 
-    data = sio.dumps(model, compression=zipfile.ZIP_DEFLATED)  # forests shrink ~10x
+    data = _canonical(sio.dumps(model))  # deflated there: forests shrink ~10x
     versions = _versions()
     full = {**manifest, "sha256": hashlib.sha256(data).hexdigest(), "skops_version": versions["skops"],
             "packages": versions}
