@@ -22,12 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="slide files, a corpus folder, or a scan folder (regions.parquet, written by `scan`)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--splits", nargs="+", default=None, help="corpus or scan input: only these splits' slides")
-    p.add_argument("--tissue-threshold", type=float, default=0.5, help="minimum tissue fraction of a window (0.5)")
+    p.add_argument("--tissue-threshold", type=float, default=None,
+                   help="minimum tissue fraction of a window (default: the infer settings')")
     p.add_argument("--window-size", type=float, default=None, help="window side (default: the model's dataset's)")
     p.add_argument("--window-step", type=float, default=None, help="step between windows (default: the size)")
     p.add_argument("--window-unit", choices=("px", "um"), default=None, help="unit of size and step")
     p.add_argument("--magnification", type=float, default=None, help="window px are at this magnification")
-    p.add_argument("--heatmap-class", default="dcis", help="class whose probability the heatmap shows (dcis)")
+    p.add_argument("--heatmap-class", default=None,
+                   help="class whose probability the heatmap shows (default: the infer settings')")
     p.add_argument("--block", type=int, default=None,
                    help="windows per block side: one task and one zarr chunk per block (default: the infer settings')")
     p.add_argument("--stop-on-error", action="store_true", help="fail on the first bad slide (default: reject it)")
@@ -70,11 +72,10 @@ def _infer(args: argparse.Namespace, connect: Connect) -> int:
     from crystal_dask.infer.run import infer_slides
     from crystal_dask.infer.settings import InferSettings
 
-    settings = InferSettings(tissue_threshold=args.tissue_threshold, window_size=args.window_size,
-                             window_step=args.window_step, window_unit=args.window_unit,
-                             magnification=args.magnification, heatmap_class=args.heatmap_class,
-                             skip_errors=not args.stop_on_error,
-                             **({} if args.block is None else {"block": args.block}))  # else InferSettings' default
+    given = {k: getattr(args, k) for k in ("tissue_threshold", "heatmap_class", "block")}
+    settings = InferSettings(window_size=args.window_size, window_step=args.window_step, window_unit=args.window_unit,
+                             magnification=args.magnification, skip_errors=not args.stop_on_error,
+                             **{k: v for k, v in given.items() if v is not None})  # else InferSettings' defaults
     slides, corpus = collect_inputs(args.input, args.splits)
     with connect() as client:
         m = infer_slides(slides, args.model, args.out, client, settings, corpus=corpus,

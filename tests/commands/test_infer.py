@@ -44,7 +44,9 @@ def test_every_real_file_is_inferred_or_rejected(realdata, window_model, no_mpp_
     assert m["slides_done"] == 3 and set(reasons) == {"unreadable.svs", "unopenable.tiff", "small.svs"}
     from crystal_dask.infer.settings import InferSettings
 
-    assert m["settings"]["block"] == InferSettings().block  # the command's default is the settings' own
+    defaults = InferSettings()  # the command's defaults are the settings' own
+    assert (m["settings"]["block"], m["settings"]["tissue_threshold"], m["settings"]["heatmap_class"]) == (
+        defaults.block, defaults.tissue_threshold, defaults.heatmap_class)
     summary = read_table(tmp_path / "px" / "summary.parquet", INFER_SUMMARY)
     nompp = summary.filter(pc.equal(summary["bname"], "nompp"))
     assert nompp.num_rows and nompp["area_mm2"].null_count == nompp.num_rows  # no MPP: no area
@@ -78,3 +80,16 @@ def test_a_scan_folder_scores_against_its_annotations(small_corpus, window_model
     assert not rejects and m["slides_done"] >= 1 and m["score"]["windows_scored"] > 0
     for bname in m["slides"]:
         assert (tmp_path / "out" / "slides" / bname / "score.json").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--heatmap-class", "nope", "heatmap_class: 'nope' is not one of"),
+    ("--tissue-threshold", "2", "tissue_threshold: must be in [0, 1]; got 2.0"),
+])
+def test_a_given_setting_reaches_the_settings_check(tmp_path, capsys, option, value, says):
+    """An option the user gives replaces the settings' default and is checked there: one line, nothing written."""
+    out = tmp_path / "out"
+    assert main(["infer", str(tmp_path / "m.skops"), str(tmp_path / "s.svs"), "-o", str(out), option, value]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("crystal-dask: error: ") and says in err and err.count("\n") == 1
+    assert not out.exists()
