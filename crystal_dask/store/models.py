@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import zipfile
 from collections.abc import Sequence
 from importlib import metadata
@@ -97,26 +96,56 @@ def model_types(data: bytes) -> set[str]:
     return types
 
 
-# skops 0.16 names every object's node ("__id__") and array file ("<id>.npy") after the object's id(), a memory
-# address; in the schema, JSON's own quotes mark them (a string's quotes inside "content" are escaped)
-_SKOPS_IDS = re.compile(rb'(?<="__id__": )\d+|(?<=")\d+(?=\.npy")')
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the zip format's first date: no entry carries the time it was written
+# skops nodes whose identity means something (one object referenced twice loads as one object); every other node
+# (a str, number, None, tuple or type) is a value, and whether two equal values were one Python object depends on
+# how the model travelled (pickled per tree from a worker process, or passed in memory)
+_SHARED_NODES = frozenset({"ObjectNode", "TreeNode", "NdArrayNode", "ListNode", "DictNode"})
 
 
 def _canonical(data: bytes) -> bytes:
-    """A skops file written so that the same model gives the same bytes: the ids numbered in order of first
-    appearance in the schema (one object, one number: shared references stay shared), entries in that order with a
-    fixed time. skops reads it as any file it wrote."""
+    """A skops file written so that the same model gives the same bytes. skops 0.16 numbers every node ("__id__")
+    and names every array file after an object's id(), a memory address, and stamps entries with the time; here,
+    walking the schema in order, a node that can be shared gets the next number the first time its object appears
+    (shared references stay shared), every value node a number of its own, each file its node's number, and the
+    entries a fixed order and time. skops reads it as any file it wrote. ValueError for an entry no node names."""
     src = zipfile.ZipFile(io.BytesIO(data))
-    numbers: dict[bytes, bytes] = {}
-    schema = _SKOPS_IDS.sub(lambda m: numbers.setdefault(m.group(), str(len(numbers) + 1).encode()),
-                            src.read("schema.json"))
-    arrays = sorted((int(numbers[name.removesuffix(".npy").encode()]), name) for name in src.namelist()
-                    if name != "schema.json")
+    schema = json.loads(src.read("schema.json"))
+    numbers: dict[int, int] = {}  # skops's id -> ours
+    files: dict[str, str] = {}
+    count = 0
+
+    def walk(node: Any) -> None:
+        nonlocal count
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict):
+            return
+        if "__loader__" in node and "__id__" in node:
+            old = node["__id__"]
+            if node["__loader__"] not in _SHARED_NODES or old not in numbers:
+                count += 1  # from 1: skops memoises no id 0
+                numbers[old] = count
+            node["__id__"] = numbers[old]
+            if isinstance(node.get("file"), str):
+                name = node["file"]
+                files.setdefault(name, f"{node['__id__']}{Path(name).suffix}")
+                node["file"] = files[name]
+        for value in node.values():
+            walk(value)
+
+    walk(schema)
+    unnamed = sorted(set(src.namelist()) - {"schema.json", *files})
+    if unnamed:
+        raise ValueError(f"skops wrote entries no schema node names: {unnamed[:3]}")
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as dst:
-        for name, payload in [("schema.json", schema), *((f"{k}.npy", _zero_padding(src.read(old)))
-                                                          for k, old in arrays)]:
+        entries = [("schema.json", json.dumps(schema, indent=2).encode())]
+        entries += [(new, _zero_padding(src.read(old)) if new.endswith(".npy") else src.read(old))
+                    for old, new in sorted(files.items(), key=lambda f: int(Path(f[1]).stem))]
+        for name, payload in entries:
             dst.writestr(zipfile.ZipInfo(name, _EPOCH), payload, compress_type=zipfile.ZIP_DEFLATED)
     return out.getvalue()
 
@@ -206,21 +235,27 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def hashed_bytes(path: Path) -> bytes:
-    """A model file's bytes once their sha256 matches its manifest's; ValueError naming the file otherwise."""
+def hashed_bytes(path: Path, sha256: str | None = None) -> bytes:
+    """A model file's bytes once their sha256 matches its manifest's, and `sha256` when given (the model a run was
+    planned with: a file retrained meanwhile is refused); ValueError naming the file otherwise."""
     path = Path(path)
     expected = read_manifest(path)["sha256"]
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ValueError(f"{path}: sha256 {actual} differs from the manifest's {expected}; file changed or corrupt")
+    if sha256 is not None and actual != sha256:
+        raise ValueError(f"{path}: sha256 {actual} is not the {sha256} this run started with; the model was "
+                         "replaced during the run")
     return data
 
 
-def checked_bytes(path: Path, trusted: Sequence[str] | None = None) -> tuple[bytes, list[str]]:
-    """A model file's bytes, once their sha256 matches the manifest and every type they name is on the allow-list
-    (TRUSTED_TYPES + `trusted`), and that list: what `load_model` deserializes. Raises as `load_model` does."""
-    data = hashed_bytes(path)
+def checked_bytes(path: Path, trusted: Sequence[str] | None = None, sha256: str | None = None
+                  ) -> tuple[bytes, list[str]]:
+    """A model file's bytes, once their sha256 matches the manifest (and `sha256`, as `hashed_bytes`) and every
+    type they name is on the allow-list (TRUSTED_TYPES + `trusted`), and that list: what `load_model`
+    deserializes. Raises as `load_model` does."""
+    data = hashed_bytes(path, sha256)
     allowed = sorted({*TRUSTED_TYPES, *(trusted or ())})
     try:
         found = model_types(data)
@@ -235,8 +270,9 @@ def checked_bytes(path: Path, trusted: Sequence[str] | None = None) -> tuple[byt
     return data, allowed
 
 
-def load_model(path: Path, trusted: Sequence[str] | None = None) -> Any:
-    """Load a model written by save_model, after checking its hash and the types it contains (`checked_bytes`).
+def load_model(path: Path, trusted: Sequence[str] | None = None, sha256: str | None = None) -> Any:
+    """Load a model written by save_model, after checking its hash (against `sha256` too, when given) and the
+    types it contains (`checked_bytes`).
 
     Raises ValueError naming the file when the manifest is missing or the sha256 differs, and
     UntrustedModelError naming the types when the file holds any type outside TRUSTED_TYPES + `trusted`.
@@ -245,7 +281,7 @@ def load_model(path: Path, trusted: Sequence[str] | None = None) -> Any:
     import skops.io as sio
     from skops.io.exceptions import UntrustedTypesFoundException
 
-    data, allowed = checked_bytes(path, trusted)
+    data, allowed = checked_bytes(path, trusted, sha256)
     try:
         # skops audits every type against `allowed` again while loading, in case a future schema hides a type
         # from our walk (a separate get_untrusted_types pass cost a third of the load: 1-2 s per forest)
