@@ -291,7 +291,12 @@ def _warm() -> None:
 
 
 # every kind of task infer_slides runs (infer/tasks.py), as the dashboard groups them
-PHASES = ("infer-model", "infer-tissue", "infer-windows", "infer-overlay", "infer-heatmap", "infer-export")
+def _phases() -> tuple[str, ...]:
+    """The kinds of infer's tasks, as key_split groups them: the model, the tissue, the windows, each picture
+    (exports.slide.PICTURES: a new picture is timed too), the export."""
+    from crystal_dask.exports.slide import PICTURES
+
+    return ("infer-model", "infer-tissue", "infer-windows", *(f"infer-{p}" for p in PICTURES), "infer-export")
 
 
 def timed_infer(client: Any, entries: list, model: Path, out: Path) -> tuple[float, dict[str, int], dict, int]:
@@ -307,7 +312,7 @@ def timed_infer(client: Any, entries: list, model: Path, out: Path) -> tuple[flo
         t0 = time.perf_counter()
         m = infer_slides(entries, model, out, client, infer_settings())
         seconds = time.perf_counter() - t0
-    phases = {p: {"seconds": 0.0, "tasks": 0} for p in PHASES}
+    phases = {p: {"seconds": 0.0, "tasks": 0} for p in _phases()}
     for t in stream.data:
         kind = key_split(t["key"])
         if kind in phases:
@@ -434,7 +439,7 @@ def run(work: Path, *, slides: int = 1, slide_size: tuple[int, int] = (40_000, 3
         "windows_per_s": {k: v.as_dict() for k, v in rates.items()},
         "ratios": ratios, "targets": targets, "peak_rss": peak,
         "phases": {k: {p: {"seconds": statistics.median(r[p]["seconds"] for r in v), "tasks": v[0][p]["tasks"]}
-                       for p in PHASES} for k, v in phases.items()},
+                       for p in _phases()} for k, v in phases.items()},
         "per_window_seconds": costs, "load_average": [list(v) for v in loads],
         "total_seconds": time.perf_counter() - started,
     }
@@ -488,9 +493,9 @@ def report(r: dict[str, Any]) -> str:
                      ("predict, pixel model (one call per block)", f"{c['predict_pixels'] * 1e3:.2f}"),
                      ("features: read at their resolution + " + " + ".join(FAMILIES), f"{c['features'] * 1e3:.2f}"),
                      ("predict, feature model (one call per block)", f"{c['predict_features'] * 1e3:.2f}")])]
-    rows = [("crystal_dask run", *(f"{p} s (tasks)" for p in PHASES))]
+    rows = [("crystal_dask run", *(f"{p} s (tasks)" for p in _phases()))]
     for k, ph in r["phases"].items():
-        rows.append((k, *(f"{ph[p]['seconds']:.2f} ({ph[p]['tasks']})" for p in PHASES)))
+        rows.append((k, *(f"{ph[p]['seconds']:.2f} ({ph[p]['tasks']})" for p in _phases())))
     lines += ["", "compute seconds summed over workers per kind of task (median over repeats):", table(rows)]
     lines.append(f"\nbench took {r['total_seconds']:.0f} s")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from crystal_dask.infer.tasks import (
     infer_tissue,
     load_shared_model,
     marker,
+    model_key,
 )
 from crystal_dask.stages.base import fingerprint
 from crystal_dask.store.files import remove_partial_writes, write_json
@@ -206,14 +207,15 @@ def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, A
 
     from crystal_dask.exports.slide import PICTURES
     from crystal_dask.runtime.allocator import roomy_stage
-    from crystal_dask.store.models import hashed_bytes
+    from crystal_dask.store.models import checked_bytes
 
     task_manifest = {k: model_manifest[k] for k in ("config", "render_settings", "sha256", "feature_settings")}
     todo: list[Any] = []  # per slide: its export (or its finished result), in plan order
     needs_model = False
     with roomy_stage(client) as stage:
-        model_key = f"infer-model-{stage[:8]}"
-        model = dask.delayed(load_shared_model)(str(model_path), model_key, dask_key_name=model_key)
+        shared = model_key(stage)
+        model = dask.delayed(load_shared_model)(str(Path(model_path).resolve()), shared, model_manifest["sha256"],
+                                                dask_key_name=shared)
         for i, (entry, plan) in enumerate(plans):
             paths = {k: str(v) for k, v in output_paths(out, entry.bname, settings.heatmap_class).items()}
             base = {k: plan[k] for k in ("slide", "bname", "width", "height", "mpp", "size", "step", "rows", "cols",
@@ -241,20 +243,17 @@ def _compute(plans: list, model_path: str | Path, model_manifest: Mapping[str, A
             todo.append(dask.delayed(infer_export)(
                 drawn | {"corpus": corpus, "regions": plan["regions"], "min_overlap": settings.min_overlap},
                 tissue, blocks, pictures, dask_key_name=f"infer-export-{key}"))
+        if needs_model:
+            # a changed, damaged or untrusted file fails here, in one line, before any task (a worker's failure
+            # would print its traceback); the worker checks the same bytes again where it loads them
+            checked_bytes(Path(model_path), sha256=model_manifest["sha256"])
+        futures = client.compute(todo) if todo else []
         try:
-            futures = client.compute(todo) if todo else []
-            if needs_model:
-                # a changed or damaged file fails here, in one line, while the workers start (not as a worker's
-                # traceback); the allow-list is checked where the model is loaded, on a worker
-                try:
-                    hashed_bytes(Path(model_path))
-                except ValueError:
-                    client.cancel(futures)
-                    raise
             if show_progress is not None and futures:
                 show_progress(futures)
             return client.gather(futures)
-        finally:  # the workers' cached slides are closed with the stage
+        finally:  # tasks not yet run are dropped; the workers' cached slides, model and arrays let go with the stage
+            client.cancel(futures)
             client.run(end_stage, stage, on_error="ignore")
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dask.sizeof import sizeof
 
 from crystal_dask.predict import predict_proba
 from crystal_dask.runtime.tasks import resumable
@@ -118,28 +119,44 @@ class SharedModel:
     data: bytes
 
 
+@sizeof.register(SharedModel)
+def _sizeof_shared(shared: SharedModel) -> int:  # dask's memory accounting sees the model's bytes
+    return len(shared.data) + 64
+
+
 _models: dict[str, Any] = {}  # this process's unpickled model, by SharedModel.key (the latest run's only)
 _models_lock = threading.Lock()
+_ended: set[str] = set()  # model keys of runs whose end_stage ran here: a late block does not cache them again
 
 
-def load_shared_model(path: str, key: str) -> SharedModel:
-    """Task infer-model: load the model file (hash and allow-list checked) and share it with the blocks."""
+def model_key(stage: str) -> str:
+    """The infer-model task's key, and its SharedModel's, for a run's stage id."""
+    return f"infer-model-{stage[:8]}"
+
+
+def load_shared_model(path: str, key: str, sha256: str) -> SharedModel:
+    """Task infer-model: load the model file (hash and allow-list checked; the file must still be the `sha256`
+    the run was planned with) and share it with the blocks."""
     from crystal_dask.store.models import load_model
 
-    model = load_model(Path(path))
+    model = load_model(Path(path), sha256=sha256)
     with _models_lock:
         _models.clear()
-        _models[key] = model
+        if key not in _ended:
+            _models[key] = model
     return SharedModel(key, pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def model_of(shared: SharedModel) -> Any:
-    """The shared model, unpickled once per process and run."""
+    """The shared model, unpickled once per process and run (not kept once the run has ended here)."""
     with _models_lock:
-        if shared.key not in _models:
+        if shared.key in _models:
+            return _models[shared.key]
+        model = pickle.loads(shared.data)
+        if shared.key not in _ended:
             _models.clear()
-            _models[shared.key] = pickle.loads(shared.data)
-        return _models[shared.key]
+            _models[shared.key] = model
+        return model
 
 
 def end_stage(stage: str) -> None:
@@ -149,6 +166,7 @@ def end_stage(stage: str) -> None:
     close_stage(stage)
     with _models_lock:
         _models.clear()
+        _ended.add(model_key(stage))
     _block_arrays.cache_clear()
 
 
@@ -170,11 +188,11 @@ def infer_block(task: dict, tissue_done: dict, model: SharedModel) -> dict:
         return {"error": "no tissue grid"}
     blocks = grid_blocks(task["rows"], task["cols"], task["block"])
     r0, c0 = blocks[(tissue_done.get("order") or range(len(blocks)))[task["slot"]]]
-    return window_block(task | {"r0": r0, "c0": c0}, model_of(model))
+    return window_block(task | {"r0": r0, "c0": c0}, model)
 
 
 @resumable(done_at=lambda task: marker(task, f"block-{task['r0']:05d}-{task['c0']:05d}"))
-def window_block(task: dict, model: Any) -> dict:
+def window_block(task: dict, model: SharedModel) -> dict:
     """Predict one block's tissue windows in one call and write its whole zarr chunk, then its marker."""
     from crystal_dask.infer.windows import window_matrix
     from crystal_dask.runtime.allocator import roomy_malloc
@@ -194,7 +212,7 @@ def window_block(task: dict, model: Any) -> dict:
             with cached_slide(task["slide"], task["stage"]) as slide:
                 X, described = window_matrix(slide, boxes[keep], task["model_manifest"])
             scored = np.flatnonzero(keep)[described]
-            proba[scored] = predict_proba(X[described], model)
+            proba[scored] = predict_proba(X[described], model_of(model))  # unpickled only for a block to run
             keep[:] = False
             keep[scored] = True
     except (SlideError, OSError, ValueError, MemoryError) as exc:

@@ -32,8 +32,11 @@ def test_bench_infer_runs_from_a_fresh_folder(tmp_path):
     blocks = math.ceil(3000 / 500 / b) * math.ceil(4000 / 500 / b)
     for run in ("crystal_dask_1w", "crystal_dask_2w", "crystal_dask_2w_features"):
         ph = r["phases"][run]
-        assert (ph["infer-tissue"]["tasks"], ph["infer-windows"]["tasks"], ph["infer-export"]["tasks"]) == (
-            1, blocks, 1)
+        from crystal_dask.exports.slide import PICTURES
+
+        assert {k: v["tasks"] for k, v in ph.items()} == {
+            "infer-model": 1, "infer-tissue": 1, "infer-windows": blocks, "infer-export": 1,
+            **{f"infer-{p}": 1 for p in PICTURES}}
         assert all(v["seconds"] > 0 for v in ph.values())
     c = r["per_window_seconds"]
     assert c["windows"] > 0 and all(c[k] > 0 for k in ("render", "features", "predict_pixels", "predict_features"))

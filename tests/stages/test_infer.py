@@ -236,6 +236,29 @@ def test_a_damaged_model_fails_in_one_line_before_any_output(held_out, window_mo
     assert not (tmp_path / "out" / "infer.json").exists()
 
 
+def test_an_untrusted_model_is_refused_before_any_task(held_out, window_model, client, tmp_path, capfd):
+    """A file whose hash matches its manifest but which names a type outside the allow-list is refused by the
+    client, in one line naming the file, before a worker loads it (its failure would print a traceback)."""
+    import hashlib
+
+    import skops.io as sio
+    from sklearn.dummy import DummyClassifier
+
+    from crystal_dask.store.models import UntrustedModelError, manifest_path
+
+    bad = tmp_path / "model" / window_model.name
+    bad.parent.mkdir()
+    data = sio.dumps(DummyClassifier().fit([[0], [1]], [0, 1]))
+    bad.write_bytes(data)
+    manifest = json.loads(manifest_path(window_model).read_text()) | {"sha256": hashlib.sha256(data).hexdigest()}
+    manifest_path(bad).write_text(json.dumps(manifest))
+    capfd.readouterr()
+    with pytest.raises(UntrustedModelError, match=re.escape(f"{bad}: refusing to load type(s)")):
+        infer_slides(held_out[:1], bad, tmp_path / "out", client, SETTINGS)
+    assert "Traceback" not in capfd.readouterr().err  # no task failed on a worker
+    assert not (tmp_path / "out" / "infer.json").exists()
+
+
 def test_one_worker_gives_the_same_bytes(inferred, held_out, window_model, tmp_path):
     from crystal_dask.runtime.cluster import local_client
 
