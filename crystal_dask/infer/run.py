@@ -93,8 +93,8 @@ def plan_slide(entry: SlideInput, out: Path, model_manifest: Mapping[str, Any],
     if rows * cols == 0:
         return {"reject": f"the slide ({width}x{height} px) is smaller than one {size:.0f} px window"}
     regions = [[list(xs), list(ys), cls] for xs, ys, cls in entry.regions]  # as JSON holds them
-    digest = fingerprint(FORMAT_VERSION, model_manifest["sha256"], s.as_dict(), asdict(settings),
-                         _slide_identity(entry.slide), entry.mpp, regions)
+    digest = fingerprint(FORMAT_VERSION, model_manifest["sha256"], model_manifest["feature_settings"], s.as_dict(),
+                         asdict(settings), _slide_identity(entry.slide), entry.mpp, regions)
     return {"slide": entry.slide, "bname": entry.bname, "width": width, "height": height, "mpp": mpp,
             "size": size, "step": step, "rows": rows, "cols": cols, "digest": digest,
             "blocks": len(grid_blocks(rows, cols, settings.block)),
@@ -147,10 +147,10 @@ def infer_slides(
 
     settings = settings or InferSettings()
     out = Path(out)
+    model_manifest, window_source = render_context(Path(model_path), settings)  # a refused model: nothing written
     out.mkdir(parents=True, exist_ok=True)
     manifest_file = out / "infer.json"
     manifest_file.unlink(missing_ok=True)
-    model_manifest, window_source = render_context(Path(model_path), settings)
     s = model_manifest["render_settings"]
     log.info("infer %s: window %s %s, step %s (from %s)", out, s["window_size"], s["window_unit"],
              s["window_step"] or s["window_size"], window_source)

@@ -85,6 +85,13 @@ def model_context(model_path: Path) -> dict[str, Any]:
     group = ds.group()
     manifest["feature_settings"] = {a: dict(group[a].attrs) for a in model_arrays(manifest)
                                     if a in ds.array_names() and a != PIXELS}
+    from crystal_dask.features import FAMILIES
+
+    for a, made in manifest["feature_settings"].items():  # windows are described by this code's families
+        if a in FAMILIES and made.get("version") != FAMILIES[a].version:
+            raise ValueError(f"{model_path}: fitted on {a} columns of version {made.get('version')}, and this "
+                             f"crystal_dask computes version {FAMILIES[a].version}: retrain the model (its job's "
+                             "train step reruns) before inferring with it")
     return manifest
 
 

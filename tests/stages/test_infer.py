@@ -367,3 +367,12 @@ def test_windows_no_feature_can_describe_are_unscored_in_every_export(small_data
         assert all((overlay[y, x] == thumb[y, x]).all() for y, x in centres)
         checked += len(centres)
     assert checked > 0 and m["unscored_windows"] == unscored_total, (checked, unscored_total)
+    # a model fitted on columns of another family version (the code changed since) is refused in one line, before
+    # any output: its windows would be described by columns it was not fitted on
+    from crystal_dask.features import FAMILIES
+
+    zarr.open_group(str(root / "patches.zarr"), mode="r+")["stain"].attrs["version"] = FAMILIES["stain"].version - 1
+    with pytest.raises(ValueError, match=re.escape(f"{model}: fitted on stain columns of version "
+                                                   f"{FAMILIES['stain'].version - 1}, and this crystal_dask computes")):
+        infer_slides([SlideInput(str(slide), "ellipse")], model, tmp_path / "out2", client, InferSettings(block=4))
+    assert not (tmp_path / "out2").exists()
