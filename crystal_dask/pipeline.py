@@ -227,11 +227,13 @@ def run_job(exp: Experiment, client: Client, show_progress: Callable[[list], Non
     performance report per step that runs, in <out>/reports/. `status`: the driver's, if it made one (Runner)."""
     with hold(exp.out):  # one run per output folder (re-entrant: `crystal-dask run` took it already)
         handlers = setup_logging(exp.out)
-        runner = Runner(exp, client, show_progress, performance_reports, status)
+        runner = None
         try:
+            runner = Runner(exp, client, show_progress, performance_reports, status)
             return runner.run()["report"]
-        except BaseException as exc:
-            runner.status.failed(exc)
+        except BaseException as exc:  # also when the runner failed once it had taken the status over
+            if runner is not None or status is not None:
+                (runner.status if runner is not None else status).failed(exc)
             raise
         finally:
             for h in handlers:
