@@ -5,8 +5,11 @@ basophilic (blue-purple), sharply bordered, often laminated or fractured by the 
 ("type I") is pale, colourless to amber and nearly invisible in H&E without polarised light: this family does
 NOT detect it, and a region holding only oxalate crystals reads as "no deposits".
 
-Detection (version 4) separates deposits from nuclei by more than darkness. Every rule is in µm, so it means
-the same tissue at any resolution; docs/features.md gives each rule's reason and the curves measured by the
+Detection (version 4) separates deposits from nuclei by more than darkness. Every size is in µm, so it means
+the same tissue at any resolution, except two read in whole pixels: the pixel-scale glassiness's window (at
+least 3 px) and rule 9's one-pixel crack margin and edge. Rules 6b-9 were decided at the features stage's
+2 µm/px and behave somewhat differently at other resolutions (docs/features.md gives 1 µm/px figures).
+docs/features.md gives each rule's reason and the curves measured by the
 validation harness (`crystal-dask bench calcification`, deposits painted on real H&E):
 1. Cracks closed: a grey closing of the haematoxylin amount H with a disk of CLOSE_UM (3 µm) radius fills the
    microtome's fracture lines (up to ~2 x CLOSE_UM wide) and lamination troughs, so a shattered deposit is one.
@@ -111,7 +114,7 @@ BORDER_UM = 2.0  # width of the ring outside a deposit where its border step is 
 BORDER_Q = 50.0  # percentile of H in that ring (half the border) ...
 BORDER_RATIO = 0.6  # ... which must be <= this x the deposit's median H
 SPLIT_RATIO = 1.2  # rule 7: a body this much darker than the median of the object it failed in is judged alone
-GLASS_UM = 1.0  # rules 6b and 7: half-side of the window of the pixel-scale glassiness (3 px at 2 µm/px)
+GLASS_UM = 1.0  # rules 6b, 7, 8 and 9: half-side of the window of the pixel-scale glassiness (3 px at 2 µm/px)
 PIXEL_CV_MAX = 0.07  # rules 6b, 7 and 8: largest (median) local coefficient of variation of H of glassy mineral
 GLASS_CORE_UM = 4.0  # rule 8: radius of the disc a glassy core inside a rejected object must hold
 GLASS_BORDER_RATIO = 1 / SPLIT_RATIO  # rule 8: a glassy body's ring median H <= this x its median H

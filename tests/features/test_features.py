@@ -240,8 +240,8 @@ def test_deposit_against_epidermis_is_judged_apart_from_it(skin, monkeypatch):
     from crystal_dask.bench.calcification import Deposit
 
     region, truth = _painted_on_skin(skin, 1503, 1002, Deposit(100, 100, 30.0, 0.85, False, False, 0, False))
-    assert _found(region, truth, monkeypatch, GLASS_BORDER_RATIO=0.0)  # rule 8 off: rule 7 finds it
-    assert not _found(region, truth, monkeypatch, SPLIT_RATIO=np.inf, GLASS_BORDER_RATIO=0.0)
+    assert _found(region, truth, monkeypatch, GLASS_BORDER_RATIO=-np.inf)  # rule 8 off: rule 7 finds it
+    assert not _found(region, truth, monkeypatch, SPLIT_RATIO=np.inf, GLASS_BORDER_RATIO=-np.inf)
 
 
 def test_pale_glassy_deposit_border_is_read_past_its_rim(skin, monkeypatch):
@@ -264,7 +264,7 @@ def test_glassy_body_inside_a_rejected_object_is_judged_alone(skin, monkeypatch)
         dep = Deposit(cy, cx, 30.0, h, False, False, 0, False)
         region, truth = _painted_on_skin(skin, 1503, 1002, dep)
         assert _found(region, truth, monkeypatch)
-        assert not _found(region, truth, monkeypatch, GLASS_BORDER_RATIO=0.0)  # rules 1-7 alone miss it
+        assert not _found(region, truth, monkeypatch, GLASS_BORDER_RATIO=-np.inf)  # rules 1-7 alone miss it
 
 
 def test_small_cracked_deposit_is_found_by_its_grown_size(skin, monkeypatch):
