@@ -76,6 +76,7 @@ def render_settings(model_manifest: Mapping[str, Any], settings: InferSettings) 
 def model_context(model_path: Path) -> dict[str, Any]:
     """The model's manifest plus its dataset's patch settings ("dataset_settings"), for `render_settings`, and
     how each feature array it uses was made ("feature_settings"), for windows.window_matrix."""
+    from crystal_dask.features import FAMILIES
     from crystal_dask.store.dataset import Dataset
     from crystal_dask.store.models import model_arrays, read_manifest
 
@@ -85,8 +86,6 @@ def model_context(model_path: Path) -> dict[str, Any]:
     group = ds.group()
     manifest["feature_settings"] = {a: dict(group[a].attrs) for a in model_arrays(manifest)
                                     if a in ds.array_names() and a != PIXELS}
-    from crystal_dask.features import FAMILIES
-
     for a, made in manifest["feature_settings"].items():  # windows are described by this code's families
         if a in FAMILIES and made.get("version") != FAMILIES[a].version:
             raise ValueError(f"{model_path}: fitted on {a} columns of version {made.get('version')}, and this "

@@ -200,7 +200,10 @@ def save_model(model: Any, path: Path, manifest: dict[str, Any]) -> dict[str, An
         raise ValueError(f"manifest for {path}: key(s) {clash} are reserved (filled in by save_model)")
     import skops.io as sio  # here: skops imports scikit-learn (~1 s), which reading a manifest does not need
 
-    data = _canonical(sio.dumps(model))  # deflated there: forests shrink ~10x
+    try:
+        data = _canonical(sio.dumps(model))  # deflated there: forests shrink ~10x
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
     versions = _versions()
     full = {**manifest, "sha256": hashlib.sha256(data).hexdigest(), "skops_version": versions["skops"],
             "packages": versions}
@@ -235,9 +238,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def hashed_bytes(path: Path, sha256: str | None = None) -> bytes:
-    """A model file's bytes once their sha256 matches its manifest's, and `sha256` when given (the model a run was
-    planned with: a file retrained meanwhile is refused); ValueError naming the file otherwise."""
+def checked_bytes(path: Path, trusted: Sequence[str] | None = None, sha256: str | None = None
+                  ) -> tuple[bytes, list[str]]:
+    """A model file's bytes, once their sha256 matches the manifest's (and `sha256` when given: the model a run was
+    planned with, so a file retrained meanwhile is refused) and every type they name is on the allow-list
+    (TRUSTED_TYPES + `trusted`), and that list: what `load_model` deserializes. Raises as `load_model` does."""
     path = Path(path)
     expected = read_manifest(path)["sha256"]
     data = path.read_bytes()
@@ -247,15 +252,6 @@ def hashed_bytes(path: Path, sha256: str | None = None) -> bytes:
     if sha256 is not None and actual != sha256:
         raise ValueError(f"{path}: sha256 {actual} is not the {sha256} this run started with; the model was "
                          "replaced during the run")
-    return data
-
-
-def checked_bytes(path: Path, trusted: Sequence[str] | None = None, sha256: str | None = None
-                  ) -> tuple[bytes, list[str]]:
-    """A model file's bytes, once their sha256 matches the manifest (and `sha256`, as `hashed_bytes`) and every
-    type they name is on the allow-list (TRUSTED_TYPES + `trusted`), and that list: what `load_model`
-    deserializes. Raises as `load_model` does."""
-    data = hashed_bytes(path, sha256)
     allowed = sorted({*TRUSTED_TYPES, *(trusted or ())})
     try:
         found = model_types(data)
